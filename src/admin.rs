@@ -1,0 +1,64 @@
+//! The admin listener: health, readiness, Prometheus metrics and a JSON status page.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::proxy::{error_response, full, json_response, ProxyBody};
+use crate::state::Shared;
+
+/// Handles one admin request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+        (&Method::GET, "/readyz") => readiness(&shared),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(full(shared.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::GET, "/status") => status(&shared),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status") => {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        (_, path) => error_response(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint at {path}"),
+        ),
+    };
+    Ok(response)
+}
+
+fn readiness(shared: &Shared) -> Response<ProxyBody> {
+    if shared.draining.load(Ordering::Relaxed) {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if !shared.ready.load(Ordering::Relaxed) {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "starting")
+    } else {
+        json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+    }
+}
+
+fn status(shared: &Shared) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "ready": shared.ready.load(Ordering::Relaxed),
+        "draining": shared.draining.load(Ordering::Relaxed),
+        "listen": shared.config.listen,
+        "clusters": shared.upstreams.status(),
+    });
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,448 @@
+//! Configuration: the TOML file, built-in defaults, command-line overrides, and one validation
+//! pass that reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the sidecar needs to run; `Default` is the documented built-in configuration.
+/// Unknown keys are collected by `serde_ignored` (all of them, not just the first) and rejected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the proxy listens on (HTTP/1.1 and h2c prior knowledge on the same port).
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger bodies get 413 before any upstream is contacted.
+    pub max_body_bytes: u64,
+    /// How long a client may take to send its request headers (HTTP/1.1).
+    pub header_read_timeout_ms: u64,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub shutdown_grace_ms: u64,
+    /// Log line format: `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// The admin listener (metrics, health, status).
+    pub admin: AdminConfig,
+    /// Where allowlist bundles come from.
+    pub bundles: BundlesConfig,
+    /// How requests are trimmed.
+    pub trim: TrimConfig,
+    /// Cluster that receives requests no cluster's `models` claims.
+    pub default_cluster: String,
+    /// Upstream clusters of leaf model servers.
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; loopback by default because it can change behaviour.
+    pub listen: SocketAddr,
+}
+
+/// Allowlist bundle source.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BundlesConfig {
+    /// Directory watched for `*.json` bundles; none means nothing is trimmed.
+    pub dir: Option<PathBuf>,
+    /// Full rescan period, a safety net behind the directory watcher.
+    pub rescan_interval_ms: u64,
+    /// Quiet time after a file event before the directory is rescanned.
+    pub debounce_ms: u64,
+}
+
+/// Trimming policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TrimConfig {
+    /// Default mode for model versions whose bundle does not set one.
+    pub mode: Mode,
+    /// What a request that names no version is trimmed with.
+    pub unversioned: Unversioned,
+    /// Window over which `trim_miss_rate` is computed.
+    pub miss_rate_window_ms: u64,
+}
+
+/// Trimming mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Never trim (ordered first: least aggressive).
+    Off,
+    /// Compute what would be removed, forward the original.
+    Observe,
+    /// Trim.
+    Enforce,
+}
+
+/// Allowlist used for requests without a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unversioned {
+    /// Union of every listed version's allowlist.
+    Union,
+    /// The highest version's allowlist.
+    Latest,
+    /// Do not trim.
+    Passthrough,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One named group of interchangeable leaf endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Name used in routing, metrics (`upstream` label) and error messages.
+    pub name: String,
+    /// `http://host:port` of each leaf.
+    pub endpoints: Vec<String>,
+    /// Model names (exact, or globs with `*` and `?`) routed to this cluster.
+    pub models: Vec<String>,
+    /// Wire protocol towards the leaves.
+    pub protocol: UpstreamProtocol,
+    /// How requests are spread across endpoints.
+    pub balance: Balance,
+    /// Time allowed to open a TCP connection to an endpoint.
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending a request to receiving the response headers.
+    pub request_timeout_ms: u64,
+    /// How long an endpoint that refused a connection is skipped.
+    pub eject_ms: u64,
+    /// Idle pooled connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+    /// Send the client's `Host` instead of the endpoint's authority (ingresses that route by Host).
+    pub preserve_host: bool,
+}
+
+/// Wire protocol towards a cluster's leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge.
+    H2c,
+}
+
+/// Endpoint selection policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The endpoint with the fewest requests waiting for an answer.
+    LeastOutstanding,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8585)),
+            max_body_bytes: 128 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
+            log_format: LogFormat::Text,
+            admin: AdminConfig::default(),
+            bundles: BundlesConfig::default(),
+            trim: TrimConfig::default(),
+            default_cluster: "default".to_owned(),
+            clusters: Vec::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9585)),
+        }
+    }
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            rescan_interval_ms: 30_000,
+            debounce_ms: 200,
+        }
+    }
+}
+
+impl Default for TrimConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            unversioned: Unversioned::Union,
+            miss_rate_window_ms: 60_000,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            endpoints: Vec::new(),
+            models: Vec::new(),
+            protocol: UpstreamProtocol::Http1,
+            balance: Balance::RoundRobin,
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 30_000,
+            eject_ms: 5_000,
+            max_idle_per_endpoint: 64,
+            preserve_host: false,
+        }
+    }
+}
+
+/// Values given on the command line; each one that is set replaces the file's.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin`.
+    pub admin: Option<SocketAddr>,
+    /// `--upstream`: the only endpoint of the default cluster.
+    pub upstream: Option<String>,
+    /// `--bundles`.
+    pub bundles: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration that could not be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One human-readable line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads `path` (or the built-in defaults when `None`), applies `overrides`, and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Self::parse(&text, &mut problems).unwrap_or_default(),
+                Err(e) => {
+                    return Err(ConfigError {
+                        problems: vec![format!("cannot read {}: {e}", path.display())],
+                    })
+                }
+            },
+        };
+        config.apply(overrides);
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Parses TOML, recording unknown keys (all of them) and syntax or type errors in `problems`.
+    fn parse(text: &str, problems: &mut Vec<String>) -> Option<Config> {
+        let deserializer = toml::Deserializer::new(text);
+        let mut unknown = Vec::new();
+        let parsed =
+            serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()));
+        problems.extend(
+            unknown
+                .into_iter()
+                .map(|key| format!("unknown key `{key}`")),
+        );
+        match parsed {
+            Ok(config) => Some(config),
+            Err(e) => {
+                problems.push(e.to_string().trim_end().replace('\n', "\n    "));
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, overrides: &Overrides) {
+        if let Some(listen) = overrides.listen {
+            self.listen = listen;
+        }
+        if let Some(admin) = overrides.admin {
+            self.admin.listen = admin;
+        }
+        if let Some(dir) = &overrides.bundles {
+            self.bundles.dir = Some(dir.clone());
+        }
+        if let Some(format) = overrides.log_format {
+            self.log_format = format;
+        }
+        if let Some(url) = &overrides.upstream {
+            let endpoints = vec![url.clone()];
+            match self
+                .clusters
+                .iter_mut()
+                .find(|c| c.name == self.default_cluster)
+            {
+                Some(cluster) => cluster.endpoints = endpoints,
+                None => self.clusters.push(ClusterConfig {
+                    name: self.default_cluster.clone(),
+                    endpoints,
+                    ..ClusterConfig::default()
+                }),
+            }
+        }
+    }
+
+    /// Every semantic problem, one line each; empty when the configuration is usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                problems.push(format!("`{name}` must be greater than 0"));
+            }
+        };
+        positive("max_body_bytes", self.max_body_bytes);
+        positive("header_read_timeout_ms", self.header_read_timeout_ms);
+        positive(
+            "bundles.rescan_interval_ms",
+            self.bundles.rescan_interval_ms,
+        );
+        positive("trim.miss_rate_window_ms", self.trim.miss_rate_window_ms);
+        if self.listen == self.admin.listen && self.listen.port() != 0 {
+            problems.push(format!(
+                "`listen` and `admin.listen` are both {}: the admin port never shares the proxy port",
+                self.listen
+            ));
+        }
+        if self.clusters.is_empty() {
+            problems
+                .push("no upstream: pass --upstream URL or add a [[clusters]] table".to_owned());
+        } else if !self.clusters.iter().any(|c| c.name == self.default_cluster) {
+            problems.push(format!(
+                "`default_cluster` is `{}` but no cluster has that name",
+                self.default_cluster
+            ));
+        }
+        let mut seen_names = std::collections::HashSet::new();
+        let mut seen_patterns = std::collections::HashMap::new();
+        for (i, cluster) in self.clusters.iter().enumerate() {
+            let label = if cluster.name.is_empty() {
+                format!("clusters[{i}]")
+            } else {
+                format!("cluster `{}`", cluster.name)
+            };
+            if cluster.name.is_empty() {
+                problems.push(format!("{label}: `name` is missing"));
+            } else if !seen_names.insert(cluster.name.as_str()) {
+                problems.push(format!("{label}: the name is used by another cluster"));
+            }
+            if cluster.endpoints.is_empty() {
+                problems.push(format!("{label}: `endpoints` is empty"));
+            }
+            for endpoint in &cluster.endpoints {
+                if let Err(why) = parse_endpoint(endpoint) {
+                    problems.push(format!("{label}: endpoint `{endpoint}` {why}"));
+                }
+            }
+            for pattern in &cluster.models {
+                if pattern.is_empty() {
+                    problems.push(format!("{label}: empty model pattern"));
+                } else if let Some(other) = seen_patterns.insert(pattern.as_str(), label.clone()) {
+                    problems.push(format!(
+                        "{label}: model pattern `{pattern}` is also routed by {other}"
+                    ));
+                }
+            }
+            for (name, value) in [
+                ("connect_timeout_ms", cluster.connect_timeout_ms),
+                ("request_timeout_ms", cluster.request_timeout_ms),
+            ] {
+                if value == 0 {
+                    problems.push(format!("{label}: `{name}` must be greater than 0"));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Parses an endpoint URL into its authority; only `http://host:port` (no path) is accepted.
+pub fn parse_endpoint(url: &str) -> Result<http::uri::Authority, &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "is not a URL")?;
+    if uri.scheme_str() != Some("http") {
+        return Err("must start with http:// (TLS towards leaves is not supported)");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must not have a path or query");
+    }
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.port_u16().is_none() {
+        return Err("must name a port");
+    }
+    Ok(authority.clone())
+}
+
+/// Milliseconds from the configuration as a `Duration`.
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_an_upstream() {
+        let overrides = Overrides {
+            upstream: Some("http://127.0.0.1:8501".into()),
+            ..Default::default()
+        };
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8585");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9585");
+        assert_eq!(config.clusters[0].name, "default");
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let mut problems = Vec::new();
+        let config = Config::parse(
+            "listn = 1\n[[clusters]]\nname = \"a\"\nendpoints = [\"ftp://x\"]\nconnect_timeout_ms = 0\n[trim]\nmod = \"x\"\n",
+            &mut problems,
+        )
+        .unwrap();
+        problems.extend(config.problems());
+        assert!(
+            problems.iter().any(|p| p.contains("`listn`")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("`trim.mod`")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("ftp://x")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("connect_timeout_ms")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("default_cluster")),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! feature-trimmer: a sidecar proxy that removes, from each score request, the features the
+//! target model version does not use, and forwards the smaller request to leaf model servers.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, defaults, command-line overrides, validation of every problem.
+//! - [`classify`]: what a URL addresses (protocol, model, version or label, score verb).
+//! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
+//! - [`proxy`]: the request path, from downstream body to upstream response.
+//! - [`admin`]: health, readiness, metrics and status on a separate port.
+//! - [`metrics`]: the Prometheus families.
+//! - [`server`]: listeners, connection tasks, graceful shutdown.
+//! - [`state`]: what the listeners share.
+
+pub mod admin;
+pub mod classify;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,175 @@
+//! The proxy path: read the body within its limit, classify, pick the cluster, forward, and
+//! stream the answer back. Every failure becomes an explicit JSON error response.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::classify::classify;
+use crate::state::Shared;
+
+/// Body type of every response the sidecar writes.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Handles one downstream request; never fails (errors are responses).
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let max = shared.config.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        shared.metrics.rejected("body_too_large").inc();
+        return Ok(too_large(max));
+    }
+    let (mut parts, body) = request.into_parts();
+    let framed = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let body = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            shared.metrics.rejected("body_too_large").inc();
+            return Ok(too_large(max));
+        }
+        Err(e) => {
+            shared.metrics.rejected("body_read_error").inc();
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    let target = classify(parts.uri.path());
+    let cluster = shared
+        .upstreams
+        .route(target.as_ref().map(|t| t.model.as_ref()));
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let expects_body = matches!(
+        parts.method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    if framed || expects_body || !body.is_empty() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    match cluster.send(&parts, body).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            // The downstream connection decides its own version (an HTTP/1.0 leaf must not
+            // downgrade an HTTP/1.1 client).
+            parts.version = http::Version::default();
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = parts.uri.path(), "upstream request failed");
+            Ok(error_response(e.status(), &e.to_string()))
+        }
+    }
+}
+
+fn too_large(max: u64) -> Response<ProxyBody> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body exceeds max_body_bytes ({max} bytes)"),
+    )
+}
+
+/// A response the sidecar writes itself: `{"error": message}` with the given status.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    json_response(status, body.into_bytes())
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A complete body as a `ProxyBody`.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// Removes headers that belong to one connection (RFC 9110 §7.6.1), including those the
+/// `Connection` header names. `TE: trailers` and `Trailer` are end-to-end and kept: hyper's
+/// HTTP/1.1 side only writes trailers that a `Trailer` header declared.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let keep_te = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if keep_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["x-request-id"], "abc");
+    }
+}

@@ -1,0 +1,184 @@
+//! Listeners and their lifecycle: bind, accept a task per connection (HTTP/1.1 and h2c on the
+//! same port), and on shutdown stop accepting, let in-flight requests finish within the grace
+//! period, then stop the admin listener last so probes see the drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{ms, Config};
+use crate::metrics::Metrics;
+use crate::proxy::ProxyBody;
+use crate::state::Shared;
+use crate::upstream::Upstreams;
+
+/// A sidecar whose listeners are bound and which is ready to run.
+pub struct Server {
+    shared: Arc<Shared>,
+    proxy: TcpListener,
+    admin: TcpListener,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Address from the configuration.
+        addr: SocketAddr,
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Metric registration failed (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Server {
+    /// Binds both listeners for a validated configuration.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let proxy = bind(config.listen, "proxy").await?;
+        let admin = bind(config.admin.listen, "admin").await?;
+        let metrics = Metrics::new()?;
+        let upstreams = Upstreams::new(&config, &metrics);
+        let shared = Arc::new(Shared {
+            config,
+            upstreams,
+            metrics,
+            ready: Default::default(),
+            draining: Default::default(),
+            started: Instant::now(),
+        });
+        Ok(Server {
+            shared,
+            proxy,
+            admin,
+        })
+    }
+
+    /// Address the proxy listener is bound to.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// Address the admin listener is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or(self.shared.config.admin.listen)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (proxy_addr, admin_addr) = (self.proxy_addr(), self.admin_addr());
+        let Server {
+            shared,
+            proxy,
+            admin,
+        } = self;
+        let (stop_proxy, proxy_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let proxy_task = tokio::spawn(accept_loop(
+            proxy,
+            shared.clone(),
+            proxy_stopped,
+            crate::proxy::handle,
+        ));
+        let admin_task = tokio::spawn(accept_loop(
+            admin,
+            shared.clone(),
+            admin_stopped,
+            crate::admin::handle,
+        ));
+        shared.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            listen = %proxy_addr,
+            admin = %admin_addr,
+            "feature-trimmer {} serving",
+            env!("CARGO_PKG_VERSION")
+        );
+        shutdown.await;
+        tracing::info!(
+            grace_ms = shared.config.shutdown_grace_ms,
+            "shutting down: draining in-flight requests"
+        );
+        shared.draining.store(true, Ordering::Relaxed);
+        let _ = stop_proxy.send(true);
+        let _ = proxy_task.await;
+        let _ = stop_admin.send(true);
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Accepts connections until told to stop, then waits (up to the grace period) for the
+/// connections it started.
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    H: Fn(Arc<Shared>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(shared.config.header_read_timeout_ms));
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let service = service_fn(move |request| handler(shared.clone(), request));
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let grace = ms(shared.config.shutdown_grace_ms);
+    let open = graceful.count();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open, "grace period over; closing remaining connections");
+    }
+}

@@ -1,0 +1,443 @@
+//! Upstream clusters of leaf model servers: routing by model name, pooled clients, endpoint
+//! selection, short ejection of endpoints that refuse connections, and timeouts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{Histogram, IntCounter};
+use serde::Serialize;
+
+use crate::config::{ms, Balance, ClusterConfig, Config, UpstreamProtocol};
+use crate::metrics::Metrics;
+
+/// Why a request could not be answered by its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Every endpoint refused or timed out the TCP connection.
+    #[error("no endpoint of upstream `{upstream}` accepted a connection (last tried {endpoint}: {cause})")]
+    Unreachable {
+        /// Cluster name.
+        upstream: String,
+        /// Last endpoint tried.
+        endpoint: String,
+        /// What the connection attempt reported.
+        cause: String,
+    },
+    /// The response headers did not arrive in time.
+    #[error("upstream `{upstream}` ({endpoint}) did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// Cluster name.
+        upstream: String,
+        /// Endpoint that was asked.
+        endpoint: String,
+        /// The configured request timeout.
+        timeout_ms: u64,
+    },
+    /// The connection failed after the request was sent (reset, malformed response).
+    #[error("upstream `{upstream}` ({endpoint}) failed: {cause}")]
+    Transport {
+        /// Cluster name.
+        upstream: String,
+        /// Endpoint that was asked.
+        endpoint: String,
+        /// What hyper reported.
+        cause: String,
+    },
+}
+
+impl UpstreamError {
+    /// The status the client gets: 504 for a timeout, 502 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// All clusters plus the model → cluster routing table.
+pub struct Upstreams {
+    /// Clusters in configuration order.
+    clusters: Vec<Cluster>,
+    /// Exact model names, checked before globs.
+    exact: HashMap<String, usize>,
+    /// Glob patterns in configuration order.
+    globs: Vec<(String, usize)>,
+    /// Index of the cluster for everything unclaimed.
+    default: usize,
+}
+
+impl Upstreams {
+    /// Builds clients for a validated configuration.
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+        let mut exact = HashMap::new();
+        let mut globs = Vec::new();
+        let mut default = 0;
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, cluster)| {
+                if cluster.name == config.default_cluster {
+                    default = i;
+                }
+                for pattern in &cluster.models {
+                    if pattern.contains(['*', '?']) {
+                        globs.push((pattern.clone(), i));
+                    } else {
+                        exact.insert(pattern.clone(), i);
+                    }
+                }
+                Cluster::new(cluster, metrics)
+            })
+            .collect();
+        Self {
+            clusters,
+            exact,
+            globs,
+            default,
+        }
+    }
+
+    /// The cluster serving `model` (exact name, then the first matching glob, then the default).
+    pub fn route(&self, model: Option<&str>) -> &Cluster {
+        let index = model
+            .and_then(|m| {
+                self.exact.get(m).copied().or_else(|| {
+                    self.globs
+                        .iter()
+                        .find(|(g, _)| glob_match(g, m))
+                        .map(|&(_, i)| i)
+                })
+            })
+            .unwrap_or(self.default);
+        &self.clusters[index]
+    }
+
+    /// A view of every cluster for `/status`.
+    pub fn status(&self) -> Vec<ClusterStatus> {
+        self.clusters.iter().map(Cluster::status).collect()
+    }
+}
+
+/// Matches `*` (any run, including empty) and `?` (one character).
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, ni));
+            pi += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            ni = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// One leaf server address with its live state.
+struct Endpoint {
+    /// `host:port` used for the URI (and `Host`).
+    authority: Authority,
+    /// Requests sent and not yet answered (for least-outstanding).
+    outstanding: AtomicUsize,
+    /// Milliseconds since `Cluster::epoch` before which the endpoint is skipped.
+    ejected_until_ms: AtomicU64,
+}
+
+/// A named group of interchangeable leaves with its pooled client and settings.
+pub struct Cluster {
+    /// Name from the configuration (metrics label, error messages).
+    pub name: String,
+    /// Leaf endpoints.
+    endpoints: Vec<Endpoint>,
+    /// Endpoint selection policy.
+    balance: Balance,
+    /// Round-robin cursor.
+    next: AtomicUsize,
+    /// Pooled client (HTTP/1.1 or h2c per configuration).
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Time allowed until response headers.
+    request_timeout: Duration,
+    /// How long a refusing endpoint is skipped.
+    eject: Duration,
+    /// Whether the client's `Host` header is kept.
+    preserve_host: bool,
+    /// Reference point for ejection deadlines.
+    epoch: Instant,
+    /// Pre-resolved metric handles for this cluster.
+    stats: ClusterStats,
+}
+
+/// Metric children for one cluster, resolved once at start-up.
+struct ClusterStats {
+    /// Responses by status class 1xx..5xx (index = class - 1).
+    responses: [IntCounter; 5],
+    duration: Histogram,
+    connect_errors: IntCounter,
+    timeouts: IntCounter,
+    transport_errors: IntCounter,
+}
+
+/// What `/status` shows of a cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub name: String,
+    /// Endpoints with their state.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// What `/status` shows of an endpoint.
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    /// `host:port`.
+    pub address: String,
+    /// Requests waiting for an answer.
+    pub outstanding: usize,
+    /// Whether it is being skipped after refusing a connection.
+    pub ejected: bool,
+}
+
+impl Cluster {
+    fn new(config: &ClusterConfig, metrics: &Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(ms(config.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .http2_only(config.protocol == UpstreamProtocol::H2c)
+            .build(connector);
+        let endpoints = config
+            .endpoints
+            .iter()
+            .filter_map(|url| crate::config::parse_endpoint(url).ok())
+            .map(|authority| Endpoint {
+                authority,
+                outstanding: AtomicUsize::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+            })
+            .collect();
+        let name = config.name.clone();
+        let class = |c: &str| {
+            metrics
+                .upstream_requests
+                .with_label_values(&[name.as_str(), c])
+        };
+        let error = |kind: &str| {
+            metrics
+                .upstream_errors
+                .with_label_values(&[name.as_str(), kind])
+        };
+        let stats = ClusterStats {
+            responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics
+                .upstream_duration
+                .with_label_values(&[name.as_str()]),
+            connect_errors: error("connect"),
+            timeouts: error("timeout"),
+            transport_errors: error("transport"),
+        };
+        Self {
+            name,
+            endpoints,
+            balance: config.balance,
+            next: AtomicUsize::new(0),
+            client,
+            request_timeout: ms(config.request_timeout_ms),
+            eject: ms(config.eject_ms),
+            preserve_host: config.preserve_host,
+            epoch: Instant::now(),
+            stats,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Endpoint indices in the order to try: healthy ones from the balancer's choice onwards,
+    /// then ejected ones (better a refused connection than a 502 without trying).
+    fn attempt_order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let start = match self.balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            Balance::LeastOutstanding => {
+                let offset = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (k + offset) % n)
+                    .min_by_key(|&i| self.endpoints[i].outstanding.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            }
+        };
+        let now = self.now_ms();
+        let (mut healthy, ejected): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|k| (start + k) % n)
+            .partition(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now);
+        healthy.extend(ejected);
+        healthy
+    }
+
+    /// Sends one request, trying further endpoints only when a connection could not be opened
+    /// (the request was then never sent, so trying again is safe for any method).
+    pub async fn send(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut last_failure = None;
+        for index in self.attempt_order() {
+            let endpoint = &self.endpoints[index];
+            let request = self.build_request(parts, &path, &endpoint.authority, body.clone());
+            endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let result =
+                tokio::time::timeout(self.request_timeout, self.client.request(request)).await;
+            endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(Ok(response)) => {
+                    self.stats.duration.observe(started.elapsed().as_secs_f64());
+                    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize;
+                    self.stats.responses[class - 1].inc();
+                    return Ok(response);
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    self.stats.connect_errors.inc();
+                    let until = self.now_ms() + self.eject.as_millis() as u64;
+                    endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+                    let cause = error_chain(&e);
+                    tracing::warn!(upstream = %self.name, endpoint = %endpoint.authority, %cause, "connect failed; endpoint ejected");
+                    last_failure = Some((endpoint.authority.to_string(), cause));
+                }
+                Ok(Err(e)) => {
+                    self.stats.transport_errors.inc();
+                    return Err(UpstreamError::Transport {
+                        upstream: self.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        cause: error_chain(&e),
+                    });
+                }
+                Err(_elapsed) => {
+                    self.stats.timeouts.inc();
+                    return Err(UpstreamError::Timeout {
+                        upstream: self.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        timeout_ms: self.request_timeout.as_millis() as u64,
+                    });
+                }
+            }
+        }
+        let (endpoint, cause) = last_failure.unwrap_or_else(|| ("-".into(), "no endpoints".into()));
+        Err(UpstreamError::Unreachable {
+            upstream: self.name.clone(),
+            endpoint,
+            cause,
+        })
+    }
+
+    fn build_request(
+        &self,
+        parts: &http::request::Parts,
+        path: &PathAndQuery,
+        authority: &Authority,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone());
+        uri = uri.path_and_query(path.clone());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        // Built from parts that were already valid; cannot fail.
+        *request.uri_mut() = uri.build().unwrap_or_default();
+        *request.headers_mut() = parts.headers.clone();
+        let headers = request.headers_mut();
+        if !self.preserve_host {
+            // The client sets `Host` (HTTP/1.1) or `:authority` (h2) from the URI.
+            headers.remove(http::header::HOST);
+        } else if !headers.contains_key(http::header::HOST) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(http::header::HOST, host);
+            }
+        }
+        request
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let now = self.now_ms();
+        ClusterStatus {
+            name: self.name.clone(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| EndpointStatus {
+                    address: e.authority.to_string(),
+                    outstanding: e.outstanding.load(Ordering::Relaxed),
+                    ejected: e.ejected_until_ms.load(Ordering::Relaxed) > now,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An error and its causes on one line (hyper's top-level messages alone are vague).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("homefeed_*", "homefeed_ranker"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*rank*er", "xrankyyer"));
+        assert!(!glob_match("ads_*", "homefeed"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Test fixtures shared by the integration tests: a recording leaf model server, a sidecar
+//! started in-process on ephemeral ports, and HTTP/1.1 and h2c clients. Everything runs on
+//! real sockets on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use feature_trimmer::config::{ClusterConfig, Config};
+use feature_trimmer::server::Server;
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// What a leaf saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A leaf model server stand-in that records every request. Paths:
+/// `/hang` never answers; `/slow/MS` answers after MS ms; `/trailers` answers with trailers;
+/// anything else echoes the body back with `x-leaf: NAME`.
+pub struct Leaf {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Leaf {
+    pub async fn start(name: &str) -> Leaf {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (name_, seen_) = (name.to_owned(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (name, seen) = (name_.clone(), seen_.clone());
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |req| leaf_handle(name.clone(), seen.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Leaf {
+            addr,
+            name: name.to_owned(),
+            seen,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type LeafBody = BoxBody<Bytes, Infallible>;
+
+async fn leaf_handle(
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    request: Request<Incoming>,
+) -> Result<Response<LeafBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let path = parts.uri.path().to_owned();
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|m| m.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut response = if path == "/trailers" {
+        let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"part one;")).await;
+            let _ = tx.send_data(Bytes::from_static(b"part two")).await;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            trailers.insert("x-checksum", "abc123".parse().unwrap());
+            let _ = tx.send_trailers(trailers).await;
+        });
+        let mut response = Response::new(rx.boxed());
+        response
+            .headers_mut()
+            .insert("trailer", "grpc-status, x-checksum".parse().unwrap());
+        response
+    } else {
+        Response::new(Full::new(body).boxed())
+    };
+    response
+        .headers_mut()
+        .insert("x-leaf", name.parse().unwrap());
+    response
+        .headers_mut()
+        .append("x-multi", "one".parse().unwrap());
+    response
+        .headers_mut()
+        .append("x-multi", "two".parse().unwrap());
+    Ok(response)
+}
+
+/// A sidecar running in this process.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with `config`, forcing ephemeral loopback ports.
+    pub async fn start(mut config: Config) -> Sidecar {
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(config.problems(), Vec::<String>::new());
+        let server = Server::bind(config).await.unwrap();
+        let (addr, admin) = (server.proxy_addr(), server.admin_addr());
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            addr,
+            admin,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A configuration with one cluster per `(name, endpoints, models)`; the first is the default.
+pub fn config_with(clusters: &[(&str, Vec<String>, Vec<&str>)]) -> Config {
+    Config {
+        default_cluster: clusters[0].0.to_owned(),
+        clusters: clusters
+            .iter()
+            .map(|(name, endpoints, models)| ClusterConfig {
+                name: (*name).to_owned(),
+                endpoints: endpoints.clone(),
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+                ..ClusterConfig::default()
+            })
+            .collect(),
+        ..Config::default()
+    }
+}
+
+/// A configuration sending everything to one leaf.
+pub fn config_for(leaf: &Leaf) -> Config {
+    config_with(&[("default", vec![leaf.url()], vec![])])
+}
+
+/// An address where nothing listens (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn h1_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A finished response: status, headers, body and trailers.
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Reads a whole response, trailers included.
+pub async fn answer<B>(response: Response<B>) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame: Frame<Bytes> = frame.unwrap();
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: data.into(),
+        trailers,
+    }
+}
+
+/// Sends `method url` with `body` and returns the whole answer.
+pub async fn send(client: &TestClient, method: &str, url: &str, body: impl Into<Bytes>) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .unwrap();
+    answer(client.request(request).await.unwrap()).await
+}
+
+/// GETs an admin or proxy URL as text.
+pub async fn get_text(url: &str) -> String {
+    let a = send(&h1_client(), "GET", url, Bytes::new()).await;
+    String::from_utf8(a.body.to_vec()).unwrap()
+}
+
+/// The value of one sample line in Prometheus text (`name{labels}` exactly as rendered).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

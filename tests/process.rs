@@ -1,0 +1,138 @@
+//! The `trimmer` binary as an operator runs it: configuration errors, JSON logs, and a
+//! graceful SIGTERM while requests are in flight.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trimmer");
+
+#[test]
+fn three_config_mistakes_are_all_reported_with_exit_64() {
+    let dir = std::env::temp_dir().join(format!("trimmer-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+max_body_byte = 10          # typo: unknown key
+default_cluster = "leaves"
+
+[[clusters]]
+name = "leaves"
+endpoints = ["127.0.0.1:8501"]   # no scheme
+request_timeout_ms = 0           # must be positive
+"#,
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("unknown key `max_body_byte`"), "{stderr}");
+    assert!(stderr.contains("endpoint `127.0.0.1:8501`"), "{stderr}");
+    assert!(
+        stderr.contains("`request_timeout_ms` must be greater than 0"),
+        "{stderr}"
+    );
+
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/trimmer.toml");
+    let output = Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the example config must be valid: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn no_upstream_is_a_usage_error() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no upstream"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    let leaf = Leaf::start("leaf").await;
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--upstream", &leaf.url()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first JSON log line names the bound addresses.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = lines
+            .next()
+            .expect("trimmer exited before serving")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if let (Some(listen), Some(admin)) = (
+            entry["fields"]["listen"].as_str(),
+            entry["fields"]["admin"].as_str(),
+        ) {
+            break (listen.to_owned(), admin.to_owned());
+        }
+    };
+    let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let client = h1_client();
+    let in_flight: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("http://{proxy}/slow/1200"));
+            tokio::spawn(async move { send(&client, "POST", &url, format!("req-{i}")).await })
+        })
+        .collect();
+    while leaf.count() < 8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = send(&client, "GET", &format!("http://{admin}/readyz"), "").await;
+    assert_eq!(ready.status, 503, "readiness must fail while draining");
+    for (i, request) in in_flight.into_iter().enumerate() {
+        let a = request.await.unwrap();
+        assert_eq!(a.status, 200, "request {i}");
+        assert_eq!(a.body, format!("req-{i}"));
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = logs.join().unwrap().join("\n");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+}
