@@ -27,7 +27,8 @@ pub async fn handle(
             response
         }
         (&Method::GET, "/status") => status(&shared),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status") => {
+        (&Method::POST, "/reload") => reload(&shared).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload") => {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         (_, path) => error_response(
@@ -48,7 +49,30 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
     }
 }
 
+/// Forces a rescan and reports what it did.
+async fn reload(shared: &Shared) -> Response<ProxyBody> {
+    let (reply, summary) = tokio::sync::oneshot::channel();
+    if shared.reload.send(reply).await.is_err() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reloader is not running",
+        );
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(60), summary).await {
+        Ok(Ok(summary)) => json_response(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+        ),
+        _ => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reload did not finish within 60 s",
+        ),
+    }
+}
+
 fn status(shared: &Shared) -> Response<ProxyBody> {
+    let state = shared.trim_state.load();
+    let allowlists = &state.allowlists;
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
@@ -56,6 +80,18 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
         "draining": shared.draining.load(Ordering::Relaxed),
         "listen": shared.config.listen,
         "clusters": shared.upstreams.status(),
+        "bundle_dir": shared.config.bundles.dir,
+        "directory_error": state.directory_error,
+        "bundles": state.bundles,
+        "allowlists": {
+            "model_versions": allowlists.allowlists(),
+            "models": allowlists.model_names().count(),
+            "distinct_features": allowlists.distinct_features(),
+            "conflicts": allowlists.conflicts(),
+            "last_reload": state.last_reload.map(|(at, _)| crate::reload::rfc3339(at)),
+            "last_reload_ms": state.last_reload.map(|(_, took)| took.as_secs_f64() * 1e3),
+        },
+        "kill_switch": { "file": state.kill_switch_file },
     });
     json_response(
         StatusCode::OK,

@@ -4,18 +4,25 @@
 //! # Layout
 //! - [`config`]: the TOML file, defaults, command-line overrides, validation of every problem.
 //! - [`classify`]: what a URL addresses (protocol, model, version or label, score verb).
+//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
+//!   the directory watcher.
+//! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
 //! - [`proxy`]: the request path, from downstream body to upstream response.
+//! - [`check`]: offline validation of a configuration and its bundles.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: listeners, connection tasks, graceful shutdown.
 //! - [`state`]: what the listeners share.
 
 pub mod admin;
+pub mod bundle;
+pub mod check;
 pub mod classify;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod upstream;

@@ -1,5 +1,6 @@
 //! The `trimmer` command line: parses arguments and hands over to the library.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,12 +32,21 @@ enum Command {
         #[command(flatten)]
         args: ServeArgs,
     },
-    /// Validate a configuration file and exit (non-zero on any problem).
+    /// Validate a configuration file and every bundle it points at (non-zero on any problem).
     Check {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
     },
+    /// Work with allowlist bundle artefacts.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Print the JSON Schema of the bundle format.
+    Schema,
 }
 
 #[derive(clap::Args)]
@@ -64,16 +74,27 @@ struct ServeArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { args } => serve(args),
-        Command::Check { config } => match Config::load(Some(&config), &Overrides::default()) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
+        Command::Check { config } => match feature_trimmer::check::check(&config) {
+            Ok(lines) => {
+                lines.iter().for_each(|line| println!("{line}"));
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
+            Err(problems) => {
+                problems
+                    .iter()
+                    .for_each(|problem| eprintln!("{}: {problem}", config.display()));
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Bundle(BundleCommand::Schema) => {
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                feature_trimmer::bundle::format::json_schema()
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

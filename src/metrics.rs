@@ -2,8 +2,8 @@
 //! child handles resolved ahead of time so the request path never looks up labels.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Buckets for upstream round trips: 0.5 ms to 30 s.
@@ -23,6 +23,23 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests the sidecar answered itself without asking a leaf, by reason.
     pub rejected_requests: IntCounterVec,
+    /// Bundle files parsed, by bundle and result (`ok`, `error`); `bundle="_directory"` counts
+    /// scans that could not list the directory.
+    pub bundle_loads: IntCounterVec,
+    /// 1 while a bundle's current file fails and its last-known-good content is served.
+    pub bundle_stale: IntGaugeVec,
+    /// Generation of each bundle's content being served.
+    pub bundle_generation: IntGaugeVec,
+    /// Model-version allowlists in the serving snapshot.
+    pub allowlists: IntGauge,
+    /// Model versions or labels defined by more than one bundle.
+    pub allowlist_conflicts: IntGauge,
+    /// Snapshot rebuilds (content actually changed).
+    pub bundle_reloads: IntCounter,
+    /// Unix time of the last snapshot rebuild.
+    pub bundle_last_reload: Gauge,
+    /// Duration of the last scan that rebuilt the snapshot.
+    pub bundle_reload_duration: Gauge,
 }
 
 impl Metrics {
@@ -68,6 +85,55 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let bundle_loads = IntCounterVec::new(
+            Opts::new(
+                "trimmer_bundle_loads_total",
+                "Bundle files parsed, by bundle and result.",
+            ),
+            &["bundle", "result"],
+        )?;
+        let bundle_stale = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_bundle_stale",
+                "1 while the bundle's file fails and its last-known-good content is served.",
+            ),
+            &["bundle"],
+        )?;
+        let bundle_generation = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_bundle_generation",
+                "Generation of the bundle content being served.",
+            ),
+            &["bundle"],
+        )?;
+        let allowlists = IntGauge::new(
+            "trimmer_allowlists",
+            "Model-version allowlists being served.",
+        )?;
+        let allowlist_conflicts = IntGauge::new(
+            "trimmer_allowlist_conflicts",
+            "Model versions or labels defined by more than one bundle (resolved to the union).",
+        )?;
+        let bundle_reloads = IntCounter::new(
+            "trimmer_bundle_reloads_total",
+            "Allowlist snapshot rebuilds after a content change.",
+        )?;
+        let bundle_last_reload = Gauge::new(
+            "trimmer_bundle_last_reload_timestamp_seconds",
+            "Unix time of the last allowlist snapshot rebuild.",
+        )?;
+        let bundle_reload_duration = Gauge::new(
+            "trimmer_bundle_reload_duration_seconds",
+            "Duration of the last directory scan that rebuilt the snapshot.",
+        )?;
+        registry.register(Box::new(bundle_loads.clone()))?;
+        registry.register(Box::new(bundle_stale.clone()))?;
+        registry.register(Box::new(bundle_generation.clone()))?;
+        registry.register(Box::new(allowlists.clone()))?;
+        registry.register(Box::new(allowlist_conflicts.clone()))?;
+        registry.register(Box::new(bundle_reloads.clone()))?;
+        registry.register(Box::new(bundle_last_reload.clone()))?;
+        registry.register(Box::new(bundle_reload_duration.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -79,6 +145,14 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             rejected_requests,
+            bundle_loads,
+            bundle_stale,
+            bundle_generation,
+            allowlists,
+            allowlist_conflicts,
+            bundle_reloads,
+            bundle_last_reload,
+            bundle_reload_duration,
         })
     }
 

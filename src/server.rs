@@ -15,11 +15,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{ms, Config};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
+use crate::reload::{ReloadRequest, Reloader};
 use crate::state::Shared;
 use crate::upstream::Upstreams;
 
@@ -28,6 +29,7 @@ pub struct Server {
     shared: Arc<Shared>,
     proxy: TcpListener,
     admin: TcpListener,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
 }
 
 /// Why the sidecar could not start.
@@ -60,6 +62,7 @@ impl Server {
         let admin = bind(config.admin.listen, "admin").await?;
         let metrics = Metrics::new()?;
         let upstreams = Upstreams::new(&config, &metrics);
+        let (reload, reload_requests) = mpsc::channel(8);
         let shared = Arc::new(Shared {
             config,
             upstreams,
@@ -67,11 +70,14 @@ impl Server {
             ready: Default::default(),
             draining: Default::default(),
             started: Instant::now(),
+            trim_state: Default::default(),
+            reload,
         });
         Ok(Server {
             shared,
             proxy,
             admin,
+            reload_requests,
         })
     }
 
@@ -94,7 +100,12 @@ impl Server {
             shared,
             proxy,
             admin,
+            reload_requests,
         } = self;
+        let (stop_reloader, reloader_stopped) = watch::channel(false);
+        let reloader =
+            tokio::spawn(Reloader::new(shared.clone(), reload_requests).run(reloader_stopped));
+        let sighup = tokio::spawn(reload_on_sighup(shared.clone()));
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let proxy_task = tokio::spawn(accept_loop(
@@ -109,7 +120,6 @@ impl Server {
             admin_stopped,
             crate::admin::handle,
         ));
-        shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin_addr,
@@ -126,6 +136,9 @@ impl Server {
         let _ = proxy_task.await;
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
+        sighup.abort();
+        let _ = stop_reloader.send(true);
+        let _ = reloader.await;
         tracing::info!("stopped");
     }
 }
@@ -180,5 +193,19 @@ async fn accept_loop<H, F>(
         .is_err()
     {
         tracing::warn!(open, "grace period over; closing remaining connections");
+    }
+}
+
+/// SIGHUP forces a bundle rescan, like `POST /reload`.
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use POST /reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received: rescanning bundles");
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let _ = shared.reload.send(reply).await;
     }
 }

@@ -3,8 +3,12 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reload::{ReloadRequest, TrimState};
 use crate::upstream::Upstreams;
 
 /// Everything a request handler may need, created once at start-up.
@@ -21,4 +25,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Process start, for `/status`.
     pub started: Instant,
+    /// Allowlists and bundle status: loaded once per request, swapped whole by the reloader.
+    pub trim_state: ArcSwap<TrimState>,
+    /// Asks the reloader for an immediate scan (`POST /reload`, SIGHUP).
+    pub reload: mpsc::Sender<ReloadRequest>,
 }

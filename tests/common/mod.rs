@@ -167,12 +167,18 @@ impl Sidecar {
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Sidecar {
+        let sidecar = Sidecar {
             addr,
             admin,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        let ready = sidecar.admin_url("/readyz");
+        eventually("the sidecar to become ready", || async {
+            send(&h1_client(), "GET", &ready, "").await.status == 200
+        })
+        .await;
+        sidecar
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -306,4 +312,64 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Polls `check` every 10 ms until it holds; panics after 10 s naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A bundle file's text: `models` are `(model, version, features)`.
+pub fn bundle_json(name: &str, generation: u64, models: &[(&str, &str, &[&str])]) -> String {
+    let models: Vec<serde_json::Value> = models
+        .iter()
+        .map(|(model, version, features)| serde_json::json!({"model": model, "version": version, "features": features}))
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "format": "trimmer.bundle/v1",
+        "bundle": name,
+        "generation": generation,
+        "models": models,
+    }))
+    .unwrap()
+}
+
+/// A fresh, empty directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("trimmer-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `/status` as JSON.
+pub async fn status(sidecar: &Sidecar) -> serde_json::Value {
+    serde_json::from_str(&get_text(&sidecar.admin_url("/status")).await).unwrap()
 }

@@ -1,0 +1,265 @@
+//! Bundle format v1: the Rust types are the schema (`trimmer bundle schema` prints it), plus the
+//! checks that JSON Schema cannot express (checksum, file name, uniqueness).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::checksum::bundle_checksum;
+use crate::config::Mode;
+
+/// The value of `format` for this version.
+pub const FORMAT_V1: &str = "trimmer.bundle/v1";
+
+/// One allowlist bundle artefact (`<bundle>.json`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "trimmer.bundle/v1")]
+pub struct Bundle {
+    /// Always `trimmer.bundle/v1`.
+    #[schemars(regex(pattern = r"^trimmer\.bundle/v1$"))]
+    pub format: String,
+    /// Bundle name; must equal the file name without `.json`.
+    #[schemars(length(min = 1))]
+    pub bundle: String,
+    /// Monotonic generation set by the pipeline (informational to the sidecar).
+    pub generation: u64,
+    /// RFC 3339 build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Provenance: pipeline run, model repository revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// One entry per model version.
+    pub models: Vec<ModelEntry>,
+    /// Per model: label → version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Lowercase hex SHA-256 of the JCS canonical document without this member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// The allowlist of one model version.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Model name as it appears in score URLs (case-sensitive).
+    #[schemars(length(min = 1))]
+    pub model: String,
+    /// Version as it appears in score URLs.
+    #[schemars(length(min = 1))]
+    pub version: String,
+    /// Rollout stage of this version.
+    #[serde(default)]
+    pub stage: Stage,
+    /// Input feature names the version uses; an empty list is treated as missing.
+    pub features: Vec<String>,
+    /// Trimming mode for this version; the configured default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+/// Rollout stage of a model version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Served by the leaves now.
+    #[default]
+    Current,
+    /// Known to the root ahead of the leaves serving it.
+    Pending,
+}
+
+/// Why a bundle file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Not JSON (truncated, half-written, garbage).
+    #[error("not valid JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON, but not the v1 schema.
+    #[error("schema violation: {0}")]
+    Schema(String),
+    /// The content does not match its `sha256`.
+    #[error("checksum mismatch: file says {stated}, content hashes to {actual}")]
+    Checksum {
+        /// The `sha256` member.
+        stated: String,
+        /// What the content hashes to.
+        actual: String,
+    },
+    /// The `bundle` member disagrees with the file name.
+    #[error("bundle field is `{field}` but the file is named `{file}.json`")]
+    NameMismatch {
+        /// The `bundle` member.
+        field: String,
+        /// The file name without `.json`.
+        file: String,
+    },
+}
+
+impl Bundle {
+    /// Parses and validates a bundle file; `expected_name` is the file name without `.json`.
+    pub fn parse(bytes: &[u8], expected_name: &str) -> Result<Bundle, BundleError> {
+        let document: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(BundleError::Json)?;
+        let stated = document
+            .get("sha256")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        if let Some(stated) = stated {
+            let actual = bundle_checksum(&document);
+            if stated != actual {
+                return Err(BundleError::Checksum { stated, actual });
+            }
+        }
+        let bundle: Bundle =
+            serde_json::from_value(document).map_err(|e| BundleError::Schema(e.to_string()))?;
+        bundle.check_schema()?;
+        if bundle.bundle != expected_name {
+            return Err(BundleError::NameMismatch {
+                field: bundle.bundle,
+                file: expected_name.to_owned(),
+            });
+        }
+        Ok(bundle)
+    }
+
+    /// Checks what the types alone do not: format tag, non-empty names, unique versions.
+    fn check_schema(&self) -> Result<(), BundleError> {
+        let fail = |why: String| Err(BundleError::Schema(why));
+        if self.format != FORMAT_V1 {
+            return fail(format!(
+                "format is `{}`, expected `{FORMAT_V1}`",
+                self.format
+            ));
+        }
+        if self.bundle.is_empty() {
+            return fail("`bundle` is empty".into());
+        }
+        if let Some(sha) = &self.sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return fail("`sha256` must be 64 lowercase hex digits".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, entry) in self.models.iter().enumerate() {
+            if entry.model.is_empty() || entry.version.is_empty() {
+                return fail(format!(
+                    "models[{i}]: `model` and `version` must not be empty"
+                ));
+            }
+            if !seen.insert((entry.model.as_str(), entry.version.as_str())) {
+                return fail(format!(
+                    "models[{i}]: {}@{} is listed twice",
+                    entry.model, entry.version
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills in `sha256` for the current content.
+    pub fn seal(&mut self) {
+        self.sha256 = None;
+        // Serialising these types to a Value cannot fail.
+        let value = serde_json::to_value(&*self).unwrap_or_default();
+        self.sha256 = Some(bundle_checksum(&value));
+    }
+}
+
+/// The JSON Schema of format v1, generated from the types.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Bundle);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+      "format": "trimmer.bundle/v1", "bundle": "homefeed", "generation": 42,
+      "models": [
+        {"model": "homefeed_ranker", "version": "17", "stage": "current", "features": ["f_a", "f_b"]},
+        {"model": "homefeed_ranker", "version": "18", "stage": "pending", "features": ["f_a", "f_c"], "mode": "observe"}
+      ],
+      "labels": {"homefeed_ranker": {"stable": "17", "canary": "18"}}
+    }"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let bundle = Bundle::parse(GOOD.as_bytes(), "homefeed").unwrap();
+        assert_eq!(bundle.generation, 42);
+        assert_eq!(bundle.models[1].mode, Some(Mode::Observe));
+        assert_eq!(bundle.models[1].stage, Stage::Pending);
+    }
+
+    #[test]
+    fn sealed_bundles_verify_and_tampering_shows() {
+        let mut bundle = Bundle::parse(GOOD.as_bytes(), "homefeed").unwrap();
+        bundle.seal();
+        let text = serde_json::to_string_pretty(&bundle).unwrap();
+        assert!(Bundle::parse(text.as_bytes(), "homefeed").is_ok());
+        let tampered = text.replace("\"f_b\"", "\"f_x\"");
+        assert!(matches!(
+            Bundle::parse(tampered.as_bytes(), "homefeed"),
+            Err(BundleError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn rejections_say_why() {
+        let cases = [
+            (
+                GOOD.replace("trimmer.bundle/v1", "trimmer.bundle/v2"),
+                "format is",
+            ),
+            (
+                GOOD.replace("\"generation\": 42", "\"generation\": -1"),
+                "schema violation",
+            ),
+            (
+                GOOD.replace("\"stage\": \"pending\"", "\"stage\": \"canary\""),
+                "schema violation",
+            ),
+            (GOOD.replace("\"labels\"", "\"lables\""), "unknown field"),
+            (
+                GOOD.replace("\"18\", \"stage\"", "\"17\", \"stage\""),
+                "listed twice",
+            ),
+            (GOOD[..GOOD.len() / 2].to_owned(), "not valid JSON"),
+        ];
+        for (text, expected) in cases {
+            let error = Bundle::parse(text.as_bytes(), "homefeed")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{error} should contain {expected}"
+            );
+        }
+        let error = Bundle::parse(GOOD.as_bytes(), "ads")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("file is named `ads.json`"), "{error}");
+    }
+
+    #[test]
+    fn schema_names_the_fields() {
+        let schema = json_schema();
+        for field in [
+            "format",
+            "generation",
+            "models",
+            "features",
+            "labels",
+            "sha256",
+            "pending",
+        ] {
+            assert!(schema.contains(field), "{field} missing from schema");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The bundle directory as last seen: one entry per bundle name with its last-known-good
+//! content. A scan lists the directory, re-reads every candidate file, and only parses the
+//! ones whose bytes changed; a file that fails keeps its predecessor's content (stale).
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use super::checksum::hex;
+use super::format::Bundle;
+
+/// Name of the sentinel file whose presence disables all trimming.
+pub const KILL_SWITCH_FILE: &str = "TRIMMING_DISABLED";
+
+/// What is known about one bundle name.
+#[derive(Debug, Clone)]
+pub struct BundleState {
+    /// File the bundle was read from.
+    pub path: PathBuf,
+    /// Last content that parsed and validated; `None` if the file never did.
+    pub good: Option<Arc<Bundle>>,
+    /// SHA-256 of the last good file's bytes.
+    pub good_digest: Option<String>,
+    /// When the last good content was loaded.
+    pub loaded_at: Option<SystemTime>,
+    /// The current file failed; `good` (if any) is what is being served.
+    pub stale: bool,
+    /// Why the current file failed.
+    pub last_error: Option<String>,
+    /// SHA-256 of the bytes last examined, good or not: unchanged bytes are not re-parsed.
+    seen_digest: [u8; 32],
+}
+
+/// One file examined during a scan.
+#[derive(Debug, Clone)]
+pub struct LoadEvent {
+    /// Bundle name.
+    pub bundle: String,
+    /// `Ok` when it loaded; the reason otherwise.
+    pub result: Result<(), String>,
+}
+
+/// What a scan found and did.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    /// The set of good bundle contents changed: the snapshot must be rebuilt.
+    pub changed: bool,
+    /// Files whose bytes changed (or appeared) and were parsed.
+    pub loads: Vec<LoadEvent>,
+    /// Bundles whose file disappeared.
+    pub removed: Vec<String>,
+    /// The directory could not be listed; nothing was changed.
+    pub dir_error: Option<String>,
+}
+
+/// The bundle directory's loaded state.
+#[derive(Debug, Default)]
+pub struct BundleStore {
+    /// Watched directory; `None` when no directory is configured.
+    dir: Option<PathBuf>,
+    /// Bundle name → state, in name order.
+    entries: BTreeMap<String, BundleState>,
+    /// Whether the kill-switch file was present at the last successful listing.
+    kill_switch: bool,
+}
+
+impl BundleStore {
+    /// An empty store for `dir`.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            ..Self::default()
+        }
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Every known bundle name with its state.
+    pub fn entries(&self) -> &BTreeMap<String, BundleState> {
+        &self.entries
+    }
+
+    /// Good bundle contents, in name order.
+    pub fn good_bundles(&self) -> impl Iterator<Item = &Bundle> {
+        self.entries.values().filter_map(|e| e.good.as_deref())
+    }
+
+    /// Whether the kill-switch file is present.
+    pub fn kill_switch(&self) -> bool {
+        self.kill_switch
+    }
+
+    /// Lists the directory and brings every entry up to date.
+    pub fn scan(&mut self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let Some(dir) = self.dir.clone() else {
+            return report;
+        };
+        let listing = match list_candidates(&dir) {
+            Ok(listing) => listing,
+            Err(e) => {
+                report.dir_error = Some(format!("cannot list {}: {e}", dir.display()));
+                return report;
+            }
+        };
+        self.kill_switch = dir.join(KILL_SWITCH_FILE).exists();
+        let mut present = std::collections::HashSet::new();
+        for (name, path) in listing {
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // A symlink whose target went away (a key removed from a ConfigMap) or a file
+                // deleted since the listing: the bundle is gone, not broken.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    present.insert(name.clone());
+                    let why = format!("cannot read {}: {e}", path.display());
+                    self.record_failure(&name, path, [0; 32], why, &mut report);
+                    continue;
+                }
+            };
+            present.insert(name.clone());
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            if self
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.seen_digest == digest)
+            {
+                continue;
+            }
+            match Bundle::parse(&bytes, &name) {
+                Ok(bundle) => {
+                    let content_changed =
+                        self.entries.get(&name).and_then(|e| e.good.as_deref()) != Some(&bundle);
+                    report.changed |= content_changed;
+                    self.entries.insert(
+                        name.clone(),
+                        BundleState {
+                            path,
+                            good: Some(Arc::new(bundle)),
+                            good_digest: Some(hex(&digest)),
+                            loaded_at: Some(SystemTime::now()),
+                            stale: false,
+                            last_error: None,
+                            seen_digest: digest,
+                        },
+                    );
+                    report.loads.push(LoadEvent {
+                        bundle: name,
+                        result: Ok(()),
+                    });
+                }
+                Err(e) => {
+                    let why = format!("{}: {e}", path.display());
+                    self.record_failure(&name, path, digest, why, &mut report);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(entry) = self.entries.remove(&name) {
+                report.changed |= entry.good.is_some();
+            }
+            report.removed.push(name);
+        }
+        report
+    }
+
+    fn record_failure(
+        &mut self,
+        name: &str,
+        path: PathBuf,
+        digest: [u8; 32],
+        why: String,
+        report: &mut ScanReport,
+    ) {
+        let entry = self
+            .entries
+            .entry(name.to_owned())
+            .or_insert_with(|| BundleState {
+                path: path.clone(),
+                good: None,
+                good_digest: None,
+                loaded_at: None,
+                stale: true,
+                last_error: None,
+                seen_digest: [0; 32],
+            });
+        entry.path = path;
+        entry.stale = true;
+        entry.last_error = Some(why.clone());
+        entry.seen_digest = digest;
+        report.loads.push(LoadEvent {
+            bundle: name.to_owned(),
+            result: Err(why),
+        });
+    }
+}
+
+/// `(bundle name, path)` of every `*.json` entry that is not hidden or an editor file.
+fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        // `..data`, `..2026_11_22...` (ConfigMap internals), dotfiles, `#emacs#` saves.
+        if file_name.starts_with('.') || file_name.starts_with('#') {
+            continue;
+        }
+        let Some(name) = file_name.strip_suffix(".json") else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let path = entry.path();
+        // Follows symlinks; directories and dangling links are not bundles.
+        if std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            out.push((name.to_owned(), path));
+        }
+    }
+    Ok(out)
+}

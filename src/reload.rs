@@ -1,0 +1,406 @@
+//! Keeps the serving state current: rescans the bundle directory when the watcher hints, on a
+//! timer, on `POST /reload` or SIGHUP; rebuilds the allowlist snapshot off the request path;
+//! records metrics; swaps one `TrimState` whole. No request ever waits on a reload.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::bundle::store::BundleState;
+use crate::bundle::watch::BundleWatcher;
+use crate::bundle::{AllowlistSnapshot, BundleStore, ScanReport};
+use crate::config::ms;
+use crate::state::Shared;
+
+/// Everything a request reads about allowlists, swapped whole after every scan that changed
+/// something.
+#[derive(Debug, Default)]
+pub struct TrimState {
+    /// The merged allowlists.
+    pub allowlists: Arc<AllowlistSnapshot>,
+    /// Per-bundle status, for `/status`.
+    pub bundles: Vec<BundleStatus>,
+    /// The kill-switch file is present in the bundle directory.
+    pub kill_switch_file: bool,
+    /// Why the directory could not be listed at the last scan.
+    pub directory_error: Option<String>,
+    /// When the allowlists were last rebuilt, and how long that scan took.
+    pub last_reload: Option<(SystemTime, Duration)>,
+}
+
+/// What `/status` shows of a bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleStatus {
+    /// Bundle name (file name without `.json`).
+    pub name: String,
+    /// File it is read from.
+    pub file: String,
+    /// Generation of the content being served (`None` if nothing ever loaded).
+    pub generation: Option<u64>,
+    /// The served content's `sha256` member, if it had one.
+    pub sha256: Option<String>,
+    /// SHA-256 of the served file's bytes.
+    pub file_sha256: Option<String>,
+    /// Provenance of the served content.
+    pub source: Option<String>,
+    /// When the served content was loaded (RFC 3339, UTC).
+    pub loaded_at: Option<String>,
+    /// The current file fails; the previous content is served.
+    pub stale: bool,
+    /// Why the current file fails.
+    pub last_error: Option<String>,
+    /// Model versions the served content lists.
+    pub model_versions: usize,
+}
+
+/// Sent to the reloader to force a scan; the reply carries its summary.
+pub type ReloadRequest = oneshot::Sender<ReloadSummary>;
+
+/// The outcome of one scan, as `POST /reload` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadSummary {
+    /// The allowlists were rebuilt.
+    pub changed: bool,
+    /// Bundles whose new content loaded.
+    pub loaded: Vec<String>,
+    /// Bundles whose file failed, with the reason (their last-known-good stays).
+    pub failed: Vec<FailedLoad>,
+    /// Bundles whose file is gone.
+    pub removed: Vec<String>,
+    /// Why the directory could not be listed.
+    pub directory_error: Option<String>,
+    /// Model-version allowlists now served.
+    pub allowlists: usize,
+}
+
+/// A bundle file that failed to load.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedLoad {
+    /// Bundle name.
+    pub bundle: String,
+    /// File and reason.
+    pub error: String,
+}
+
+/// Owns the bundle store and the watcher; runs as one task.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    /// Behind a mutex only so a scan can run on the blocking pool and come back.
+    store: Arc<Mutex<BundleStore>>,
+    watcher: Option<BundleWatcher>,
+    /// Last watcher problem logged, so a missing directory is not logged every loop.
+    watch_problem: Option<String>,
+    hints_tx: mpsc::Sender<()>,
+    hints: mpsc::Receiver<()>,
+    requests: mpsc::Receiver<ReloadRequest>,
+}
+
+impl Reloader {
+    /// A reloader for `shared`'s bundle directory, answering forced reloads from `requests`.
+    pub fn new(shared: Arc<Shared>, requests: mpsc::Receiver<ReloadRequest>) -> Self {
+        let store = BundleStore::new(shared.config.bundles.dir.clone());
+        let (hints_tx, hints) = mpsc::channel(1);
+        Reloader {
+            shared,
+            store: Arc::new(Mutex::new(store)),
+            watcher: None,
+            watch_problem: None,
+            hints_tx,
+            hints,
+            requests,
+        }
+    }
+
+    /// Scans once, marks the sidecar ready, then reacts to hints, the timer and requests until
+    /// `stop` fires. A hint schedules a scan once events have been quiet for the debounce
+    /// period (at most 20 periods after the first, so a directory that never goes quiet is
+    /// still rescanned); forced reloads never wait for it.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.ensure_watcher();
+        self.rescan().await;
+        self.shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let period = ms(self.shared.config.bundles.rescan_interval_ms);
+        let quiet = ms(self.shared.config.bundles.debounce_ms);
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // (first hint, scan due) while hints are pending.
+        let mut pending: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+        loop {
+            let due = async {
+                match pending {
+                    Some((_, due)) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = self.hints.recv() => {
+                    let now = tokio::time::Instant::now();
+                    let first = pending.map_or(now, |(first, _)| first);
+                    pending = Some((first, (now + quiet).min(first + quiet * 20)));
+                    continue;
+                }
+                _ = due => {
+                    self.rescan().await;
+                }
+                _ = timer.tick() => {
+                    self.rescan().await;
+                }
+                Some(reply) = self.requests.recv() => {
+                    let summary = self.rescan().await;
+                    let _ = reply.send(summary);
+                }
+                _ = stop.changed() => break,
+            }
+            pending = None;
+            self.ensure_watcher();
+        }
+    }
+
+    /// (Re)arms the watcher when there is none or it can no longer be trusted.
+    fn ensure_watcher(&mut self) {
+        let Some(dir) = self.shared.config.bundles.dir.clone() else {
+            return;
+        };
+        if self.watcher.as_ref().is_some_and(BundleWatcher::is_healthy) {
+            return;
+        }
+        let rearm = self.watcher.take().is_some();
+        let problem = match BundleWatcher::arm(&dir, self.hints_tx.clone()) {
+            Ok(watcher) => {
+                let watches_dir = watcher.watches_dir();
+                self.watcher = Some(watcher);
+                if rearm {
+                    // Changes made while unwatched: look now.
+                    let _ = self.hints_tx.try_send(());
+                }
+                (!watches_dir)
+                    .then(|| format!("{} does not exist; watching its parent", dir.display()))
+            }
+            Err(problem) => Some(format!("{problem}; relying on periodic rescans")),
+        };
+        match problem {
+            Some(problem) if self.watch_problem.as_deref() != Some(problem.as_str()) => {
+                tracing::warn!(%problem, "bundle directory not watched");
+                self.watch_problem = Some(problem);
+            }
+            Some(_) => {}
+            None => {
+                if self.watch_problem.take().is_some() || rearm {
+                    tracing::info!(dir = %dir.display(), "bundle directory watch armed");
+                }
+            }
+        }
+    }
+
+    /// Scans the directory on the blocking pool, rebuilds and swaps what changed.
+    async fn rescan(&mut self) -> ReloadSummary {
+        let started = Instant::now();
+        let store = self.store.clone();
+        let trim = self.shared.config.trim.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut store = store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let report = store.scan();
+            let snapshot = report
+                .changed
+                .then(|| AllowlistSnapshot::build(store.good_bundles(), &trim));
+            let statuses: Vec<BundleStatus> = store
+                .entries()
+                .iter()
+                .map(|(n, e)| bundle_status(n, e))
+                .collect();
+            (report, snapshot, statuses, store.kill_switch())
+        })
+        .await;
+        let (report, snapshot, statuses, kill_switch_file) = match scanned {
+            Ok(scanned) => scanned,
+            Err(e) => {
+                tracing::error!(error = %e, "bundle scan failed; keeping the current allowlists");
+                return ReloadSummary::from_report(
+                    &ScanReport::default(),
+                    self.current_allowlists(),
+                );
+            }
+        };
+        self.record(&report, &statuses);
+        let current = self.shared.trim_state.load_full();
+        let last_reload = match &snapshot {
+            Some(_) => Some((SystemTime::now(), started.elapsed())),
+            None => current.last_reload,
+        };
+        let allowlists = snapshot
+            .map(Arc::new)
+            .unwrap_or_else(|| current.allowlists.clone());
+        if let Some((at, took)) = last_reload.filter(|_| report.changed) {
+            let m = &self.shared.metrics;
+            m.bundle_reloads.inc();
+            m.allowlists.set(allowlists.allowlists() as i64);
+            m.allowlist_conflicts.set(allowlists.conflicts() as i64);
+            m.bundle_last_reload.set(
+                at.duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+            m.bundle_reload_duration.set(took.as_secs_f64());
+            tracing::info!(
+                allowlists = allowlists.allowlists(),
+                conflicts = allowlists.conflicts(),
+                took_ms = took.as_millis() as u64,
+                "allowlists reloaded"
+            );
+        }
+        if kill_switch_file != current.kill_switch_file {
+            tracing::warn!(
+                disabled = kill_switch_file,
+                "kill-switch file changed: trimming {}",
+                if kill_switch_file {
+                    "disabled"
+                } else {
+                    "enabled"
+                }
+            );
+        }
+        let summary = ReloadSummary::from_report(&report, allowlists.allowlists());
+        self.shared.trim_state.store(Arc::new(TrimState {
+            allowlists,
+            bundles: statuses,
+            kill_switch_file,
+            directory_error: report.dir_error,
+            last_reload,
+        }));
+        summary
+    }
+
+    fn current_allowlists(&self) -> usize {
+        self.shared.trim_state.load().allowlists.allowlists()
+    }
+
+    /// Load counters, stale and generation gauges, and logs for one scan.
+    fn record(&self, report: &ScanReport, statuses: &[BundleStatus]) {
+        let m = &self.shared.metrics;
+        if let Some(problem) = &report.dir_error {
+            m.bundle_loads
+                .with_label_values(&["_directory", "error"])
+                .inc();
+            tracing::warn!(%problem, "bundle directory unreadable; keeping the current allowlists");
+        }
+        for load in &report.loads {
+            match &load.result {
+                Ok(()) => {
+                    m.bundle_loads
+                        .with_label_values(&[load.bundle.as_str(), "ok"])
+                        .inc();
+                    tracing::info!(bundle = %load.bundle, "bundle loaded");
+                }
+                Err(why) => {
+                    m.bundle_loads
+                        .with_label_values(&[load.bundle.as_str(), "error"])
+                        .inc();
+                    tracing::warn!(bundle = %load.bundle, error = %why, "bundle rejected; last-known-good kept");
+                }
+            }
+        }
+        for name in &report.removed {
+            let _ = m.bundle_stale.remove_label_values(&[name.as_str()]);
+            let _ = m.bundle_generation.remove_label_values(&[name.as_str()]);
+            tracing::info!(bundle = %name, "bundle file gone; its allowlists removed");
+        }
+        for status in statuses {
+            m.bundle_stale
+                .with_label_values(&[status.name.as_str()])
+                .set(i64::from(status.stale));
+            if let Some(generation) = status.generation {
+                m.bundle_generation
+                    .with_label_values(&[status.name.as_str()])
+                    .set(generation as i64);
+            }
+        }
+    }
+}
+
+impl ReloadSummary {
+    fn from_report(report: &ScanReport, allowlists: usize) -> Self {
+        let mut summary = ReloadSummary {
+            changed: report.changed,
+            loaded: Vec::new(),
+            failed: Vec::new(),
+            removed: report.removed.clone(),
+            directory_error: report.dir_error.clone(),
+            allowlists,
+        };
+        for load in &report.loads {
+            match &load.result {
+                Ok(()) => summary.loaded.push(load.bundle.clone()),
+                Err(e) => summary.failed.push(FailedLoad {
+                    bundle: load.bundle.clone(),
+                    error: e.clone(),
+                }),
+            }
+        }
+        summary
+    }
+}
+
+fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
+    let good = entry.good.as_deref();
+    BundleStatus {
+        name: name.to_owned(),
+        file: entry.path.display().to_string(),
+        generation: good.map(|b| b.generation),
+        sha256: good.and_then(|b| b.sha256.clone()),
+        file_sha256: entry.good_digest.clone(),
+        source: good.and_then(|b| b.source.clone()),
+        loaded_at: entry.loaded_at.map(rfc3339),
+        stale: entry.stale,
+        last_error: entry.last_error.clone(),
+        model_versions: good.map_or(0, |b| b.models.len()),
+    }
+}
+
+/// `2026-11-22T01:02:03Z` for a system time (UTC, whole seconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_utc_timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_305_600)),
+            "2026-11-22T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_786_061)),
+            "2000-02-29T01:01:01Z"
+        );
+    }
+}
