@@ -7,6 +7,7 @@
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
 //!   the directory watcher.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
+//! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
 //! - [`proxy`]: the request path, from downstream body to upstream response.
 //! - [`check`]: offline validation of a configuration and its bundles.
@@ -25,4 +26,5 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod trim;
 pub mod upstream;

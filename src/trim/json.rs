@@ -1,0 +1,442 @@
+//! The JSON scanning core shared by the engines: a cursor over the body that validates as it
+//! goes and reports byte offsets, so engines copy kept bytes instead of re-serialising them.
+//! Nesting is tracked on an explicit stack, never by recursion, so a deeply nested value cannot
+//! overflow the thread's stack. Accepts TF Serving's `NaN`, `Infinity` and `-Infinity` tokens.
+
+/// Why a body is not JSON the trimmer understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Byte offset where scanning stopped.
+    pub offset: usize,
+    /// What was expected there.
+    pub expected: &'static str,
+}
+
+/// Result of a scanning step.
+pub type Scan<T> = Result<T, SyntaxError>;
+
+/// A string's position: `start` is the opening quote, `end` one past the closing quote.
+#[derive(Debug, Clone, Copy)]
+pub struct StrSpan {
+    /// Offset of the opening quote.
+    pub start: usize,
+    /// Offset one past the closing quote.
+    pub end: usize,
+    /// The content contains at least one backslash escape.
+    pub escaped: bool,
+}
+
+/// A validating cursor over a JSON document.
+pub struct Cursor<'a> {
+    /// The whole document (already checked to be UTF-8).
+    pub bytes: &'a [u8],
+    /// Current offset.
+    pub pos: usize,
+    /// Open containers (`{` or `[`) while skipping a value; reused across values.
+    stack: Vec<u8>,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the start of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Cursor {
+            bytes,
+            pos: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    fn fail<T>(&self, expected: &'static str) -> Scan<T> {
+        Err(SyntaxError {
+            offset: self.pos,
+            expected,
+        })
+    }
+
+    /// Skips insignificant whitespace.
+    #[inline]
+    pub fn ws(&mut self) {
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The next byte after whitespace, without consuming it.
+    #[inline]
+    pub fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// Consumes `byte` (after whitespace) or fails.
+    #[inline]
+    pub fn expect(&mut self, byte: u8, expected: &'static str) -> Scan<()> {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            self.fail(expected)
+        }
+    }
+
+    /// After `{` or `[` was consumed: true when the container is empty (its closing bracket is
+    /// consumed too).
+    #[inline]
+    pub fn empty_container(&mut self, close: u8) -> bool {
+        if self.peek() == Some(close) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// After a member or element: consumes `,` (true, more follow) or `close` (false).
+    #[inline]
+    pub fn next_or_close(&mut self, close: u8) -> Scan<bool> {
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(b) if b == close => {
+                self.pos += 1;
+                Ok(false)
+            }
+            _ => self.fail(if close == b'}' {
+                "`,` or `}`"
+            } else {
+                "`,` or `]`"
+            }),
+        }
+    }
+
+    /// Reads an object key and its colon; the cursor is left at the value.
+    #[inline]
+    pub fn key(&mut self) -> Scan<StrSpan> {
+        if self.peek() != Some(b'"') {
+            return self.fail("a string key");
+        }
+        let key = self.string()?;
+        self.expect(b':', "`:`")?;
+        self.ws();
+        Ok(key)
+    }
+
+    /// Reads a string starting at the cursor (which must be on `"`), validating escapes and
+    /// rejecting raw control characters.
+    pub fn string(&mut self) -> Scan<StrSpan> {
+        let start = self.pos;
+        self.pos += 1;
+        let mut escaped = false;
+        loop {
+            let rest = &self.bytes[self.pos..];
+            let Some(i) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
+                self.pos = self.bytes.len();
+                return self.fail("the end of a string");
+            };
+            self.pos += i;
+            match self.bytes[self.pos] {
+                b'"' => {
+                    self.pos += 1;
+                    return Ok(StrSpan {
+                        start,
+                        end: self.pos,
+                        escaped,
+                    });
+                }
+                b'\\' => {
+                    escaped = true;
+                    match self.bytes.get(self.pos + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            self.pos += 2
+                        }
+                        Some(b'u') => {
+                            let hex = self.bytes.get(self.pos + 2..self.pos + 6);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return self.fail("four hex digits after \\u");
+                            }
+                            self.pos += 6;
+                        }
+                        _ => return self.fail("a valid escape"),
+                    }
+                }
+                _ => return self.fail("no control characters in strings"),
+            }
+        }
+    }
+
+    /// Skips one complete value of any depth, validating it.
+    pub fn skip_value(&mut self) -> Scan<()> {
+        let base = self.stack.len();
+        loop {
+            // A value starts here.
+            match self.peek() {
+                Some(b'{') => {
+                    self.pos += 1;
+                    if !self.empty_container(b'}') {
+                        self.stack.push(b'}');
+                        self.key()?;
+                        continue;
+                    }
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    if !self.empty_container(b']') {
+                        self.stack.push(b']');
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(_) => self.scalar()?,
+                None => return self.fail("a value"),
+            }
+            // A value ended: close containers until one continues.
+            loop {
+                if self.stack.len() == base {
+                    return Ok(());
+                }
+                let close = self.stack[self.stack.len() - 1];
+                if self.next_or_close(close)? {
+                    if close == b'}' {
+                        self.key()?;
+                    }
+                    break;
+                }
+                self.stack.pop();
+            }
+        }
+    }
+
+    /// A number, `true`, `false`, `null`, `NaN`, `Infinity` or `-Infinity`.
+    fn scalar(&mut self) -> Scan<()> {
+        let rest = &self.bytes[self.pos..];
+        for literal in [
+            &b"true"[..],
+            b"false",
+            b"null",
+            b"NaN",
+            b"Infinity",
+            b"-Infinity",
+        ] {
+            if rest.starts_with(literal) {
+                self.pos += literal.len();
+                return Ok(());
+            }
+        }
+        self.number()
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while self.bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Scan<()> {
+        if self.bytes.get(self.pos) == Some(&b'-') {
+            self.pos += 1;
+        }
+        match self.bytes.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return self.fail("a value"),
+        }
+        if self.bytes.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return self.fail("digits after `.`");
+            }
+        }
+        if matches!(self.bytes.get(self.pos), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if matches!(self.bytes.get(self.pos), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return self.fail("exponent digits");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that only whitespace remains.
+    pub fn end(&mut self) -> Scan<()> {
+        if self.peek().is_some() {
+            return self.fail("the end of the document");
+        }
+        Ok(())
+    }
+
+    /// Reads an unsigned integer value (e.g. `binary_data_size`).
+    pub fn unsigned(&mut self) -> Scan<u64> {
+        self.ws();
+        let start = self.pos;
+        if self.digits() == 0 {
+            return self.fail("an unsigned integer");
+        }
+        let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or("");
+        match text.parse() {
+            Ok(n)
+                if matches!(
+                    self.bytes.get(self.pos),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                ) =>
+            {
+                Ok(n)
+            }
+            _ => self.fail("an unsigned integer"),
+        }
+    }
+
+    /// The text of a string span, unescaped into `scratch` only when it has escapes.
+    pub fn text<'s>(&'s self, span: StrSpan, scratch: &'s mut String) -> &'s str {
+        let raw = &self.bytes[span.start + 1..span.end - 1];
+        // The body was checked to be UTF-8 and a span never splits a character.
+        let raw = std::str::from_utf8(raw).unwrap_or("");
+        if !span.escaped {
+            return raw;
+        }
+        unescape(raw, scratch);
+        scratch
+    }
+}
+
+/// Decodes JSON escapes (already validated) into `out`; lone surrogates become U+FFFD.
+fn unescape(raw: &str, out: &mut String) {
+    out.clear();
+    let mut chars = raw.char_indices();
+    let bytes = raw.as_bytes();
+    while let Some((i, c)) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some((_, kind)) = chars.next() else { break };
+        match kind {
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let hex = |at: usize| {
+                    raw.get(at..at + 4)
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                };
+                let Some(high) = hex(i + 2) else { break };
+                for _ in 0..4 {
+                    chars.next();
+                }
+                let low_follows = (0xD800..0xDC00).contains(&high)
+                    && bytes.get(i + 6) == Some(&b'\\')
+                    && bytes.get(i + 7) == Some(&b'u');
+                let low = if low_follows {
+                    hex(i + 8).filter(|l| (0xDC00..0xE000).contains(l))
+                } else {
+                    None
+                };
+                match low {
+                    Some(low) => {
+                        for _ in 0..6 {
+                            chars.next();
+                        }
+                        out.push(
+                            char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+                                .unwrap_or('\u{FFFD}'),
+                        );
+                    }
+                    None => out.push(char::from_u32(high).unwrap_or('\u{FFFD}')),
+                }
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(text: &str) -> bool {
+        let mut c = Cursor::new(text.as_bytes());
+        c.skip_value().and_then(|()| c.end()).is_ok()
+    }
+
+    #[test]
+    fn accepts_json_and_tf_serving_tokens() {
+        for text in [
+            "0",
+            "-0.5e+10",
+            "1E3",
+            "\"a\\u00e9\\n\"",
+            "[]",
+            "{}",
+            " [1, {\"a\": [null, true, false]}] ",
+            "NaN",
+            "[Infinity, -Infinity]",
+            "{\"b64\": \"aGk=\"}",
+        ] {
+            assert!(valid(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_json() {
+        for text in [
+            "",
+            "01",
+            "1.",
+            "-",
+            "+1",
+            "[1,]",
+            "{\"a\" 1}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "nul",
+            "\"tab\there\"",
+            "[",
+            "{\"a\":}",
+            "{1:2}",
+            "[1]]",
+            "inf",
+        ] {
+            assert!(!valid(text), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        let deep = "[".repeat(200_000) + &"]".repeat(200_000);
+        assert!(valid(&deep));
+        let unbalanced = "[".repeat(200_000) + &"]".repeat(199_999);
+        assert!(!valid(&unbalanced));
+        let objects = "{\"a\":".repeat(50_000) + "1" + &"}".repeat(50_000);
+        assert!(valid(&objects));
+    }
+
+    #[test]
+    fn unescapes_keys() {
+        let mut out = String::new();
+        unescape(r#"f\u005fa\n\ud83d\ude00\"x"#, &mut out);
+        assert_eq!(out, "f_a\n\u{1F600}\"x");
+        unescape(r"\ud800x", &mut out);
+        assert_eq!(out, "\u{FFFD}x");
+    }
+}
