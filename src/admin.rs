@@ -8,6 +8,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::proxy::{error_response, full, json_response, ProxyBody};
+use crate::server::Peer;
 use crate::state::Shared;
 
 /// Handles one admin request.
@@ -19,7 +20,19 @@ pub async fn handle(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
         (&Method::GET, "/readyz") => readiness(&shared),
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(full(shared.metrics.render()));
+            let state = shared.trim_state.load();
+            let metrics = &shared.metrics;
+            metrics.set_miss_rates(
+                state
+                    .models
+                    .iter()
+                    .map(|m| m.as_ref())
+                    .chain([&shared.unknown_model]),
+            );
+            metrics
+                .trimming_disabled
+                .set(i64::from(shared.kill_switch(&state)));
+            let mut response = Response::new(full(metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -27,16 +40,50 @@ pub async fn handle(
             response
         }
         (&Method::GET, "/status") => status(&shared),
-        (&Method::POST, "/reload") => reload(&shared).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload") => {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        (&Method::POST, "/reload" | "/trimming/disable" | "/trimming/enable")
+            if !mutation_allowed(&shared, &request) =>
+        {
+            error_response(
+                StatusCode::FORBIDDEN,
+                "admin changes are only accepted from loopback (admin.allow_remote_changes)",
+            )
         }
+        (&Method::POST, "/reload") => reload(&shared).await,
+        (&Method::POST, "/trimming/disable") => kill_switch(&shared, true),
+        (&Method::POST, "/trimming/enable") => kill_switch(&shared, false),
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/trimming/disable"
+            | "/trimming/enable",
+        ) => error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, path) => error_response(
             StatusCode::NOT_FOUND,
             &format!("no admin endpoint at {path}"),
         ),
     };
     Ok(response)
+}
+
+/// Mutating calls come from loopback peers only, unless the configuration allows more.
+fn mutation_allowed(shared: &Shared, request: &Request<Incoming>) -> bool {
+    shared.config.admin.allow_remote_changes
+        || request
+            .extensions()
+            .get::<Peer>()
+            .is_some_and(|peer| peer.0.ip().is_loopback())
+}
+
+/// Sets the admin kill switch; the file switch is independent (either one disables).
+fn kill_switch(shared: &Shared, disabled: bool) -> Response<ProxyBody> {
+    shared.trimming_disabled.store(disabled, Ordering::Relaxed);
+    let state = shared.trim_state.load();
+    tracing::warn!(disabled, "trimming kill switch set through the admin port");
+    let body = serde_json::json!({
+        "admin": disabled,
+        "file": state.kill_switch_file,
+        "trimming_disabled": shared.kill_switch(&state),
+    });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
 fn readiness(shared: &Shared) -> Response<ProxyBody> {
@@ -91,7 +138,11 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
             "last_reload": state.last_reload.map(|(at, _)| crate::reload::rfc3339(at)),
             "last_reload_ms": state.last_reload.map(|(_, took)| took.as_secs_f64() * 1e3),
         },
-        "kill_switch": { "file": state.kill_switch_file },
+        "kill_switch": {
+            "admin": shared.trimming_disabled.load(Ordering::Relaxed),
+            "file": state.kill_switch_file,
+            "trimming_disabled": shared.kill_switch(&state),
+        },
     });
     json_response(
         StatusCode::OK,

@@ -40,6 +40,8 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address of the admin listener; loopback by default because it can change behaviour.
     pub listen: SocketAddr,
+    /// Accept `POST /reload` and the kill switch from non-loopback peers.
+    pub allow_remote_changes: bool,
 }
 
 /// Allowlist bundle source.
@@ -169,6 +171,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9585)),
+            allow_remote_changes: false,
         }
     }
 }

@@ -1,15 +1,184 @@
 //! Prometheus metrics: one registry per running sidecar, metric families created once, and
 //! child handles resolved ahead of time so the request path never looks up labels.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for upstream round trips: 0.5 ms to 30 s.
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Buckets for time spent in a trim engine: 1 µs to 250 ms.
+const TRIM_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// What happened to a score request (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Trimmed to the allowlist (possibly nothing needed removing).
+    Trimmed,
+    /// Mode observe: measured, forwarded untouched.
+    Observed,
+    /// Kill switch or mode off.
+    Disabled,
+    /// No bundle names the model.
+    UnknownModel,
+    /// The model is known, the version, label or a non-empty allowlist is not.
+    UnknownVersion,
+    /// The body is not JSON (or binary layout) the trimmer understands.
+    ParseError,
+    /// A compressed body the trimmer cannot read.
+    UnsupportedEncoding,
+    /// Understood, but not a shape that may be trimmed.
+    NotTrimmable,
+}
+
+impl Outcome {
+    /// Every outcome, in label-handle order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Trimmed,
+        Outcome::Observed,
+        Outcome::Disabled,
+        Outcome::UnknownModel,
+        Outcome::UnknownVersion,
+        Outcome::ParseError,
+        Outcome::UnsupportedEncoding,
+        Outcome::NotTrimmable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Trimmed => "trimmed",
+            Outcome::Observed => "observed",
+            Outcome::Disabled => "disabled",
+            Outcome::UnknownModel => "unknown_model",
+            Outcome::UnknownVersion => "unknown_version",
+            Outcome::ParseError => "parse_error",
+            Outcome::UnsupportedEncoding => "unsupported_encoding",
+            Outcome::NotTrimmable => "not_trimmable",
+        }
+    }
+
+    /// A lookup that found nothing: what `trim_miss_rate` counts.
+    pub fn is_miss(self) -> bool {
+        matches!(self, Outcome::UnknownModel | Outcome::UnknownVersion)
+    }
+}
+
+/// Label value for models no loaded bundle names (request data never creates series).
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+/// Per-model metric handles, resolved once per model and reused across snapshots.
+pub struct ModelMetrics {
+    /// Model name (or `_unknown`).
+    pub name: String,
+    /// `trimmer_requests_total` by outcome, indexed like `Outcome::ALL`.
+    requests: [IntCounter; 8],
+    /// `trimmer_request_bytes_total{direction="in"}`.
+    bytes_in: IntCounter,
+    /// `trimmer_request_bytes_total{direction="out"}`.
+    bytes_out: IntCounter,
+    /// `trimmer_features_removed_total`.
+    features_removed: IntCounter,
+    /// `trimmer_features_observed_total`: what observe mode would have removed.
+    features_observed: IntCounter,
+    /// Score requests and misses over the recent window, for `trim_miss_rate`.
+    window: MissWindow,
+}
+
+impl ModelMetrics {
+    /// Records one score request.
+    pub fn record(&self, outcome: Outcome, bytes_in: usize, bytes_out: usize, removed: u64) {
+        let index = Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0);
+        self.requests[index].inc();
+        self.bytes_in.inc_by(bytes_in as u64);
+        self.bytes_out.inc_by(bytes_out as u64);
+        match outcome {
+            Outcome::Trimmed => self.features_removed.inc_by(removed),
+            Outcome::Observed => self.features_observed.inc_by(removed),
+            _ => {}
+        }
+        self.window.record(outcome.is_miss());
+    }
+}
+
+/// Requests and misses in a ring of time buckets covering the window; lock-free.
+struct MissWindow {
+    /// Bucket width.
+    bucket: Duration,
+    /// Reference point for bucket numbers.
+    epoch: Instant,
+    /// Ring of `(bucket number, requests, misses)`.
+    buckets: Box<[[AtomicU64; 3]]>,
+}
+
+impl MissWindow {
+    const BUCKETS: u64 = 60;
+
+    fn new(window: Duration) -> Self {
+        let bucket = (window / Self::BUCKETS as u32).max(Duration::from_millis(1));
+        let buckets = (0..Self::BUCKETS)
+            .map(|_| {
+                [
+                    AtomicU64::new(u64::MAX),
+                    AtomicU64::new(0),
+                    AtomicU64::new(0),
+                ]
+            })
+            .collect();
+        MissWindow {
+            bucket,
+            epoch: Instant::now(),
+            buckets,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() / self.bucket.as_nanos().max(1)) as u64
+    }
+
+    fn record(&self, miss: bool) {
+        let now = self.now();
+        let slot = &self.buckets[(now % Self::BUCKETS) as usize];
+        if slot[0].load(Ordering::Relaxed) != now && slot[0].swap(now, Ordering::AcqRel) != now {
+            // First request in a new bucket; a racing increment may be lost, which a rate
+            // over a minute tolerates.
+            slot[1].store(0, Ordering::Relaxed);
+            slot[2].store(0, Ordering::Relaxed);
+        }
+        slot[1].fetch_add(1, Ordering::Relaxed);
+        if miss {
+            slot[2].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Misses divided by requests over the window; 0 without requests.
+    fn rate(&self) -> f64 {
+        let now = self.now();
+        let (mut requests, mut misses) = (0u64, 0u64);
+        for slot in self.buckets.iter() {
+            let stamp = slot[0].load(Ordering::Acquire);
+            if stamp != u64::MAX && now.saturating_sub(stamp) < Self::BUCKETS {
+                requests += slot[1].load(Ordering::Relaxed);
+                misses += slot[2].load(Ordering::Relaxed);
+            }
+        }
+        if requests == 0 {
+            0.0
+        } else {
+            misses as f64 / requests as f64
+        }
+    }
+}
 
 /// Every metric family the sidecar exports.
 pub struct Metrics {
@@ -40,6 +209,20 @@ pub struct Metrics {
     pub bundle_last_reload: Gauge,
     /// Duration of the last scan that rebuilt the snapshot.
     pub bundle_reload_duration: Gauge,
+    /// Score requests by model and outcome.
+    requests: IntCounterVec,
+    /// Score request body bytes by model and direction.
+    request_bytes: IntCounterVec,
+    /// Feature values removed by model.
+    features_removed: IntCounterVec,
+    /// Feature values observe mode would have removed, by model.
+    features_observed: IntCounterVec,
+    /// Time spent in a trim engine.
+    pub trim_duration: Histogram,
+    /// Misses / score requests over the window, by model; set when scraped.
+    miss_rate: GaugeVec,
+    /// 1 while trimming is disabled by the kill switch (admin call or file).
+    pub trimming_disabled: IntGauge,
 }
 
 impl Metrics {
@@ -126,6 +309,59 @@ impl Metrics {
             "trimmer_bundle_reload_duration_seconds",
             "Duration of the last directory scan that rebuilt the snapshot.",
         )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "trimmer_requests_total",
+                "Score requests by model and outcome.",
+            ),
+            &["model", "outcome"],
+        )?;
+        let request_bytes = IntCounterVec::new(
+            Opts::new(
+                "trimmer_request_bytes_total",
+                "Score request body bytes received (in) and forwarded (out), by model.",
+            ),
+            &["model", "direction"],
+        )?;
+        let features_removed = IntCounterVec::new(
+            Opts::new(
+                "trimmer_features_removed_total",
+                "Feature values removed from score requests.",
+            ),
+            &["model"],
+        )?;
+        let features_observed = IntCounterVec::new(
+            Opts::new(
+                "trimmer_features_observed_total",
+                "Feature values that mode observe would have removed (requests forwarded untouched).",
+            ),
+            &["model"],
+        )?;
+        let trim_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "trimmer_trim_duration_seconds",
+                "Time spent in a trim engine per request.",
+            )
+            .buckets(TRIM_BUCKETS.to_vec()),
+        )?;
+        let miss_rate = GaugeVec::new(
+            Opts::new(
+                "trim_miss_rate",
+                "Misses (unknown_version; unknown_model for _unknown) / score requests over the window.",
+            ),
+            &["model"],
+        )?;
+        let trimming_disabled = IntGauge::new(
+            "trimmer_trimming_disabled",
+            "1 while the kill switch disables all trimming.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_bytes.clone()))?;
+        registry.register(Box::new(features_removed.clone()))?;
+        registry.register(Box::new(features_observed.clone()))?;
+        registry.register(Box::new(trim_duration.clone()))?;
+        registry.register(Box::new(miss_rate.clone()))?;
+        registry.register(Box::new(trimming_disabled.clone()))?;
         registry.register(Box::new(bundle_loads.clone()))?;
         registry.register(Box::new(bundle_stale.clone()))?;
         registry.register(Box::new(bundle_generation.clone()))?;
@@ -153,12 +389,42 @@ impl Metrics {
             bundle_reloads,
             bundle_last_reload,
             bundle_reload_duration,
+            requests,
+            request_bytes,
+            features_removed,
+            features_observed,
+            trim_duration,
+            miss_rate,
+            trimming_disabled,
         })
     }
 
     /// The handle for a rejection reason (few, fixed reasons: looked up on the rare error path).
     pub fn rejected(&self, reason: &str) -> IntCounter {
         self.rejected_requests.with_label_values(&[reason])
+    }
+
+    /// Handles for one model (call once per model name, not per request).
+    pub fn model(&self, name: &str, window: Duration) -> ModelMetrics {
+        ModelMetrics {
+            name: name.to_owned(),
+            requests: Outcome::ALL.map(|o| self.requests.with_label_values(&[name, o.as_str()])),
+            bytes_in: self.request_bytes.with_label_values(&[name, "in"]),
+            bytes_out: self.request_bytes.with_label_values(&[name, "out"]),
+            features_removed: self.features_removed.with_label_values(&[name]),
+            features_observed: self.features_observed.with_label_values(&[name]),
+            window: MissWindow::new(window),
+        }
+    }
+
+    /// Sets `trim_miss_rate` for exactly these models (series of models gone are dropped).
+    pub fn set_miss_rates<'a>(&self, models: impl IntoIterator<Item = &'a ModelMetrics>) {
+        self.miss_rate.reset();
+        for model in models {
+            self.miss_rate
+                .with_label_values(&[model.name.as_str()])
+                .set(model.window.rate());
+        }
     }
 
     /// Renders every family in the Prometheus text format.

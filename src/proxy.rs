@@ -11,8 +11,149 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::classify::classify;
+use crate::bundle::snapshot::Lookup;
+use crate::classify::{classify, Protocol, Target, Verb};
+use crate::config::Mode;
+use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
+use crate::trim::tf_serving::TfBody;
+use crate::trim::{kserve, tf_serving, Untrimmable};
+
+/// Triton's binary extension: length of the JSON part of the body.
+const INFERENCE_HEADER_LENGTH: HeaderName =
+    HeaderName::from_static("inference-header-content-length");
+
+/// What the trim step decided for one score request.
+struct Decision<'a> {
+    /// Label for `trimmer_requests_total`.
+    outcome: Outcome,
+    /// The model's metric handles (`_unknown` for models no bundle names).
+    model: ModelHandle<'a>,
+    /// The body to forward instead of the original, when features were removed.
+    body: Option<Vec<u8>>,
+    /// New `Inference-Header-Content-Length` for a trimmed Triton binary body.
+    json_len: Option<usize>,
+    /// Features removed (or, in mode observe, that would have been).
+    removed: u64,
+}
+
+/// Metric handles that outlive the snapshot guard: the model's (shared) or `_unknown`'s.
+enum ModelHandle<'a> {
+    Known(Arc<ModelMetrics>),
+    Unknown(&'a ModelMetrics),
+}
+
+impl std::ops::Deref for ModelHandle<'_> {
+    type Target = ModelMetrics;
+    fn deref(&self) -> &ModelMetrics {
+        match self {
+            ModelHandle::Known(m) => m,
+            ModelHandle::Unknown(m) => m,
+        }
+    }
+}
+
+/// Looks the request up in the current snapshot (one load) and runs the protocol's engine.
+fn decide<'a>(
+    shared: &'a Shared,
+    target: &Target<'_>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Decision<'a> {
+    let state = shared.trim_state.load();
+    let untouched = |outcome, model| Decision {
+        outcome,
+        model,
+        body: None,
+        json_len: None,
+        removed: 0,
+    };
+    let (index, entry) = match state.allowlists.lookup(&target.model, &target.version) {
+        Lookup::UnknownModel => {
+            let outcome = if shared.kill_switch(&state) {
+                Outcome::Disabled
+            } else {
+                Outcome::UnknownModel
+            };
+            return untouched(outcome, ModelHandle::Unknown(&shared.unknown_model));
+        }
+        Lookup::UnknownVersion { model } => (model, None),
+        Lookup::Passthrough { model } => (model, Some(None)),
+        Lookup::Found { model, entry } => (model, Some(Some(entry))),
+    };
+    let model = match state.models.get(index) {
+        Some(handles) => ModelHandle::Known(handles.clone()),
+        None => ModelHandle::Unknown(&shared.unknown_model),
+    };
+    if shared.kill_switch(&state) {
+        return untouched(Outcome::Disabled, model);
+    }
+    let entry = match entry {
+        None => return untouched(Outcome::UnknownVersion, model),
+        Some(None) => return untouched(Outcome::NotTrimmable, model),
+        Some(Some(entry)) => entry,
+    };
+    if entry.mode == Mode::Off {
+        return untouched(Outcome::Disabled, model);
+    }
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return untouched(Outcome::UnsupportedEncoding, model);
+    }
+    let snapshot = &state.allowlists;
+    let allowed = |name: &str| snapshot.allows(&entry.allowlist, name);
+    let started = std::time::Instant::now();
+    let result = match (target.protocol, target.verb) {
+        (Protocol::TfServing, Some(Verb::Predict)) => {
+            tf_serving::trim(body, TfBody::Predict, allowed)
+        }
+        (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
+        (Protocol::KServeV2, _) => match headers.get(&INFERENCE_HEADER_LENGTH) {
+            None => kserve::trim_json(body, allowed),
+            Some(value) => match value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(json_len) => kserve::trim_binary(body, json_len, allowed),
+                None => Err(Untrimmable::Parse {
+                    offset: 0,
+                    reason: "a numeric Inference-Header-Content-Length",
+                }),
+            },
+        },
+    };
+    shared
+        .metrics
+        .trim_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(trimmed) if entry.mode == Mode::Observe => Decision {
+            outcome: Outcome::Observed,
+            model,
+            body: None,
+            json_len: None,
+            removed: trimmed.removed,
+        },
+        Ok(trimmed) => Decision {
+            outcome: Outcome::Trimmed,
+            model,
+            removed: trimmed.removed,
+            json_len: trimmed.json_len.filter(|_| trimmed.removed > 0),
+            body: (trimmed.removed > 0).then_some(trimmed.body),
+        },
+        Err(Untrimmable::NotTrimmable(why)) => {
+            tracing::debug!(model = %target.model, why, "not trimmable; forwarded untouched");
+            untouched(Outcome::NotTrimmable, model)
+        }
+        Err(Untrimmable::Parse { offset, reason }) => {
+            tracing::debug!(model = %target.model, offset, expected = reason, "body not understood; forwarded untouched");
+            untouched(Outcome::ParseError, model)
+        }
+    }
+}
 
 /// Body type of every response the sidecar writes.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -56,6 +197,27 @@ pub async fn handle(
     let cluster = shared
         .upstreams
         .route(target.as_ref().map(|t| t.model.as_ref()));
+    let mut body = body;
+    if let Some(target) = target
+        .as_ref()
+        .filter(|t| t.verb.is_some() && parts.method == http::Method::POST)
+    {
+        let decision = decide(&shared, target, &parts.headers, &body);
+        decision.model.record(
+            decision.outcome,
+            body.len(),
+            decision.body.as_ref().map_or(body.len(), Vec::len),
+            decision.removed,
+        );
+        if let Some(trimmed) = decision.body {
+            body = Bytes::from(trimmed);
+        }
+        if let Some(json_len) = decision.json_len {
+            parts
+                .headers
+                .insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(json_len));
+        }
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     let expects_body = matches!(

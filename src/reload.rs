@@ -12,11 +12,12 @@ use crate::bundle::store::BundleState;
 use crate::bundle::watch::BundleWatcher;
 use crate::bundle::{AllowlistSnapshot, BundleStore, ScanReport};
 use crate::config::ms;
+use crate::metrics::ModelMetrics;
 use crate::state::Shared;
 
 /// Everything a request reads about allowlists, swapped whole after every scan that changed
 /// something.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TrimState {
     /// The merged allowlists.
     pub allowlists: Arc<AllowlistSnapshot>,
@@ -28,6 +29,8 @@ pub struct TrimState {
     pub directory_error: Option<String>,
     /// When the allowlists were last rebuilt, and how long that scan took.
     pub last_reload: Option<(SystemTime, Duration)>,
+    /// Metric handles per model, indexed like the snapshot's models.
+    pub models: Vec<Arc<ModelMetrics>>,
 }
 
 /// What `/status` shows of a bundle.
@@ -92,6 +95,8 @@ pub struct Reloader {
     watcher: Option<BundleWatcher>,
     /// Last watcher problem logged, so a missing directory is not logged every loop.
     watch_problem: Option<String>,
+    /// Metric handles by model name, kept across reloads so counters and miss windows persist.
+    model_metrics: std::collections::HashMap<String, Arc<ModelMetrics>>,
     hints_tx: mpsc::Sender<()>,
     hints: mpsc::Receiver<()>,
     requests: mpsc::Receiver<ReloadRequest>,
@@ -107,6 +112,7 @@ impl Reloader {
             store: Arc::new(Mutex::new(store)),
             watcher: None,
             watch_problem: None,
+            model_metrics: Default::default(),
             hints_tx,
             hints,
             requests,
@@ -232,9 +238,13 @@ impl Reloader {
             Some(_) => Some((SystemTime::now(), started.elapsed())),
             None => current.last_reload,
         };
-        let allowlists = snapshot
-            .map(Arc::new)
-            .unwrap_or_else(|| current.allowlists.clone());
+        let (allowlists, models) = match snapshot {
+            Some(snapshot) => {
+                let models = self.model_handles(&snapshot);
+                (Arc::new(snapshot), models)
+            }
+            None => (current.allowlists.clone(), current.models.clone()),
+        };
         if let Some((at, took)) = last_reload.filter(|_| report.changed) {
             let m = &self.shared.metrics;
             m.bundle_reloads.inc();
@@ -271,8 +281,24 @@ impl Reloader {
             kill_switch_file,
             directory_error: report.dir_error,
             last_reload,
+            models,
         }));
         summary
+    }
+
+    /// Handles for every model of `snapshot`, in its index order; new names get new handles.
+    fn model_handles(&mut self, snapshot: &AllowlistSnapshot) -> Vec<Arc<ModelMetrics>> {
+        let window = ms(self.shared.config.trim.miss_rate_window_ms);
+        let metrics = &self.shared.metrics;
+        snapshot
+            .model_names()
+            .map(|name| {
+                self.model_metrics
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Arc::new(metrics.model(name, window)))
+                    .clone()
+            })
+            .collect()
     }
 
     fn current_allowlists(&self) -> usize {

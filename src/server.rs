@@ -18,11 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ms, Config};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNKNOWN_MODEL};
 use crate::proxy::ProxyBody;
 use crate::reload::{ReloadRequest, Reloader};
 use crate::state::Shared;
 use crate::upstream::Upstreams;
+
+/// The remote address of the connection a request arrived on (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 /// A sidecar whose listeners are bound and which is ready to run.
 pub struct Server {
@@ -62,6 +66,7 @@ impl Server {
         let admin = bind(config.admin.listen, "admin").await?;
         let metrics = Metrics::new()?;
         let upstreams = Upstreams::new(&config, &metrics);
+        let metrics_unknown = metrics.model(UNKNOWN_MODEL, ms(config.trim.miss_rate_window_ms));
         let (reload, reload_requests) = mpsc::channel(8);
         let shared = Arc::new(Shared {
             config,
@@ -72,6 +77,8 @@ impl Server {
             started: Instant::now(),
             trim_state: Default::default(),
             reload,
+            unknown_model: metrics_unknown,
+            trimming_disabled: Default::default(),
         });
         Ok(Server {
             shared,
@@ -164,10 +171,13 @@ async fn accept_loop<H, F>(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
-                    let service = service_fn(move |request| handler(shared.clone(), request));
+                    let service = service_fn(move |mut request: Request<Incoming>| {
+                        request.extensions_mut().insert(Peer(peer));
+                        handler(shared.clone(), request)
+                    });
                     let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {

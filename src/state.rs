@@ -1,13 +1,13 @@
 //! State shared by the proxy and admin listeners for the life of the process.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::reload::{ReloadRequest, TrimState};
 use crate::upstream::Upstreams;
 
@@ -29,4 +29,15 @@ pub struct Shared {
     pub trim_state: ArcSwap<TrimState>,
     /// Asks the reloader for an immediate scan (`POST /reload`, SIGHUP).
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Metric handles for models no bundle names (`model="_unknown"`).
+    pub unknown_model: ModelMetrics,
+    /// Kill switch set through the admin port (`POST /trimming/disable`).
+    pub trimming_disabled: AtomicBool,
+}
+
+impl Shared {
+    /// Whether the kill switch (admin call or file) disables trimming, given the current state.
+    pub fn kill_switch(&self, state: &TrimState) -> bool {
+        state.kill_switch_file || self.trimming_disabled.load(Ordering::Relaxed)
+    }
 }
