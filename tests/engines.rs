@@ -1,0 +1,254 @@
+//! The trim engines alone: golden cases per protocol and body form, and a property test over
+//! random documents and allowlists.
+
+use feature_trimmer::trim::kserve::{trim_binary, trim_json};
+use feature_trimmer::trim::tf_serving::{trim, TfBody};
+use feature_trimmer::trim::Untrimmable;
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+fn allow<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> bool + 'a {
+    move |k| names.contains(&k)
+}
+
+fn tf(body: &str, names: &[&str]) -> Result<String, Untrimmable> {
+    trim(body.as_bytes(), TfBody::Predict, allow(names)).map(|t| String::from_utf8(t.body).unwrap())
+}
+
+#[test]
+fn golden_tf_serving() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        // NaN and infinities are values like any other.
+        (
+            r#"{"instances":[{"a":NaN,"b":Infinity,"c":-Infinity}]}"#,
+            &["a", "c"],
+            r#"{"instances":[{"a":NaN,"c":-Infinity}]}"#,
+        ),
+        // b64 values survive as they are.
+        (
+            r#"{"inputs":{"img":{"b64":"aGVsbG8="},"other":{"b64":"eA=="}}}"#,
+            &["img"],
+            r#"{"inputs":{"img":{"b64":"aGVsbG8="}}}"#,
+        ),
+        // Duplicate keys: each occurrence is judged on its own and keeps its bytes and order.
+        (
+            r#"{"instances":[{"a":1,"x":2,"a":3}]}"#,
+            &["a"],
+            r#"{"instances":[{"a":1,"a":3}]}"#,
+        ),
+        (
+            r#"{"instances":[{"a":1,"x":2,"x":3}]}"#,
+            &["a"],
+            r#"{"instances":[{"a":1}]}"#,
+        ),
+        // Unicode escapes in names are decoded before the lookup; the raw key is kept.
+        (
+            r#"{"instances":[{"f\u005fa":1,"\u00e9t\u00e9":2,"z":3}]}"#,
+            &["f_a", "été"],
+            r#"{"instances":[{"f\u005fa":1,"\u00e9t\u00e9":2}]}"#,
+        ),
+        // Whitespace and separators outside removed members are kept.
+        (
+            "{ \"instances\" : [ { \"a\" : 1 , \"b\" : 2 } ,\n {\"b\":3, \"a\":4} ] }",
+            &["a"],
+            "{ \"instances\" : [ { \"a\" : 1 } ,\n {\"a\":4} ] }",
+        ),
+        // Only feature maps are touched: nested objects inside a kept value stay whole.
+        (
+            r#"{"instances":[{"a":{"b":1,"c":[{"d":2}]},"b":0}],"b":"top"}"#,
+            &["a"],
+            r#"{"instances":[{"a":{"b":1,"c":[{"d":2}]}}],"b":"top"}"#,
+        ),
+    ];
+    for (body, names, expected) in cases {
+        assert_eq!(tf(body, names).as_deref(), Ok(*expected), "{body}");
+    }
+    let not_trimmable: &[&str] = &[
+        r#"{"instances":[]}"#,
+        r#"{"instances":[1,2,3]}"#,
+        r#"{"instances":[[1,2],[3,4]]}"#,
+        r#"{"instances":[{"b64":"aGk="},{"b64":"aGk="}]}"#,
+        r#"{"instances":[{"a":1},[2]]}"#,
+        r#"{"inputs":[[1,2]]}"#,
+    ];
+    for body in not_trimmable {
+        assert!(
+            matches!(tf(body, &["a"]), Err(Untrimmable::NotTrimmable(_))),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn deep_nesting_in_a_value_is_neither_a_crash_nor_a_miss() {
+    let deep = "[".repeat(10_000) + "1" + &"]".repeat(10_000);
+    let body = format!(r#"{{"instances":[{{"deep":{deep},"keep":1}}]}}"#);
+    assert_eq!(
+        tf(&body, &["keep"]).unwrap(),
+        r#"{"instances":[{"keep":1}]}"#
+    );
+    let body = format!(r#"{{"instances":[{{"deep":{deep},"keep":1}}]}}"#);
+    assert_eq!(tf(&body, &["deep", "keep"]).unwrap(), body);
+    let broken = format!(
+        r#"{{"instances":[{{"deep":{}1{}}}]}}"#,
+        "[".repeat(10_000),
+        "]".repeat(9_999)
+    );
+    assert!(matches!(
+        tf(&broken, &["deep"]),
+        Err(Untrimmable::Parse { .. })
+    ));
+}
+
+#[test]
+fn golden_classify_and_regress() {
+    let body = r#"{"signature_name":"s","context":{"country":"de","junk":[1]},"examples":[{"age":1,"junk":2},{"age":3}]}"#;
+    let out = trim(
+        body.as_bytes(),
+        TfBody::Examples,
+        allow(&["country", "age"]),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out.body).unwrap(),
+        r#"{"signature_name":"s","context":{"country":"de"},"examples":[{"age":1},{"age":3}]}"#
+    );
+}
+
+#[test]
+fn golden_kserve() {
+    // A Triton body whose JSON header has no binary inputs: the binary section is empty.
+    let header = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"INT32","data":[1]},{"name":"b","shape":[1],"datatype":"INT32","data":[2]}]}"#;
+    let t = trim_binary(header.as_bytes(), header.len(), allow(&["b"])).unwrap();
+    assert_eq!(
+        String::from_utf8(t.body.clone()).unwrap(),
+        r#"{"inputs":[{"name":"b","shape":[1],"datatype":"INT32","data":[2]}]}"#
+    );
+    assert_eq!(t.json_len, Some(t.body.len()));
+    // Mixed data and binary inputs: bytes follow the binary inputs only, in order.
+    let header = r#"{"inputs":[{"name":"a","datatype":"UINT8","shape":[2],"parameters":{"binary_data_size":2}},{"name":"b","datatype":"UINT8","shape":[1],"data":[9]},{"name":"c","datatype":"UINT8","shape":[1],"parameters":{"other":true,"binary_data_size":1}}],"outputs":[{"name":"o","parameters":{"binary_data":true}}]}"#;
+    let mut body = header.as_bytes().to_vec();
+    body.extend_from_slice(b"AAC");
+    let t = trim_binary(&body, header.len(), allow(&["a", "b"])).unwrap();
+    let json_len = t.json_len.unwrap();
+    assert_eq!(&t.body[json_len..], b"AA");
+    let t = trim_binary(&body, header.len(), allow(&["c"])).unwrap();
+    assert_eq!(&t.body[t.json_len.unwrap()..], b"C");
+    assert!(std::str::from_utf8(&t.body[..t.json_len.unwrap()])
+        .unwrap()
+        .contains(r#""outputs":[{"name":"o""#));
+    // An input name with escapes.
+    let t = trim_json(
+        br#"{"inputs":[{"name":"\u0061","data":[1]},{"name":"b","data":[2]}]}"#,
+        allow(&["a"]),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(t.body).unwrap(),
+        r#"{"inputs":[{"name":"\u0061","data":[1]}]}"#
+    );
+    // A header claiming more bytes than the body has.
+    assert!(matches!(
+        trim_binary(&body, body.len() + 10, allow(&["a"])),
+        Err(Untrimmable::Parse { .. })
+    ));
+}
+
+/// Feature names, some of which need escaping when written as JSON.
+const POOL: &[&str] = &[
+    "a", "b", "c", "user_id", "é", "q\"uote", "tab\t", "b64x", "n/1", "z",
+];
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(|f| json!(f)),
+        "[a-z\\\\\"\u{e9}\u{1F600} ]{0,8}".prop_map(Value::from),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        "[A-Za-z0-9+/]{0,8}".prop_map(|s| json!({"b64": s})),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    scalar().prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z]{1,3}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn feature_map() -> impl Strategy<Value = Map<String, Value>> {
+    prop::collection::btree_map(prop::sample::select(POOL), value(), 1..POOL.len())
+        .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn allowlist() -> impl Strategy<Value = Vec<&'static str>> {
+    prop::sample::subsequence(POOL, 1..POOL.len())
+}
+
+fn filtered(map: &Map<String, Value>, names: &[&str]) -> Value {
+    Value::Object(
+        map.iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn tf_rows_trim_to_exactly_the_allowed_features(
+        rows in prop::collection::vec(feature_map(), 1..5),
+        extra in value(),
+        names in allowlist(),
+        pretty in any::<bool>(),
+    ) {
+        let input = json!({"signature_name": "serving_default", "instances": rows, "zz_extra": extra});
+        let text = if pretty { serde_json::to_string_pretty(&input) } else { serde_json::to_string(&input) }.unwrap();
+        let out = trim(text.as_bytes(), TfBody::Predict, allow(&names)).unwrap();
+        let expected = json!({
+            "signature_name": "serving_default",
+            "instances": rows.iter().map(|r| filtered(r, &names)).collect::<Vec<_>>(),
+            "zz_extra": extra,
+        });
+        let parsed: Value = serde_json::from_slice(&out.body).unwrap();
+        // Both sides go through serde_json's text parser (its float parsing is not exact).
+        let expected_parsed: Value = serde_json::from_str(&serde_json::to_string(&expected).unwrap()).unwrap();
+        prop_assert_eq!(&parsed, &expected_parsed);
+        if !pretty {
+            // Compact input: every kept byte is where serde_json would write it.
+            prop_assert_eq!(std::str::from_utf8(&out.body).unwrap(), serde_json::to_string(&expected).unwrap());
+        }
+        let again = trim(&out.body, TfBody::Predict, allow(&names)).unwrap();
+        prop_assert_eq!(again.removed, 0);
+        prop_assert_eq!(again.body, out.body);
+    }
+
+    #[test]
+    fn kserve_inputs_trim_to_exactly_the_allowed_names(
+        inputs in prop::collection::vec((prop::sample::select(POOL), prop::collection::vec(-1e3f64..1e3, 0..4)), 1..8),
+        names in allowlist(),
+    ) {
+        let entries: Vec<Value> = inputs
+            .iter()
+            .map(|(name, data)| json!({"name": name, "shape": [data.len()], "datatype": "FP64", "data": data}))
+            .collect();
+        let input = json!({"id": "x", "inputs": entries, "outputs": [{"name": "out"}]});
+        let text = serde_json::to_string(&input).unwrap();
+        let out = trim_json(text.as_bytes(), allow(&names)).unwrap();
+        let kept: Vec<Value> = entries.iter().filter(|e| names.contains(&e["name"].as_str().unwrap())).cloned().collect();
+        let expected = json!({"id": "x", "inputs": kept, "outputs": [{"name": "out"}]});
+        prop_assert_eq!(std::str::from_utf8(&out.body).unwrap(), serde_json::to_string(&expected).unwrap());
+        match trim_json(&out.body, allow(&names)) {
+            Ok(again) => prop_assert_eq!(again.body, out.body),
+            // Every input was removed; an empty `inputs` is left alone the second time.
+            Err(Untrimmable::NotTrimmable(_)) => prop_assert!(kept.is_empty()),
+            Err(e) => prop_assert!(false, "{:?}", e),
+        }
+    }
+}
