@@ -10,6 +10,7 @@
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
 //! - [`proxy`]: the request path, from downstream body to upstream response.
+//! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
 //! - [`check`]: offline validation of a configuration and its bundles.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
 //! - [`metrics`]: the Prometheus families.
@@ -21,6 +22,7 @@ pub mod bundle;
 pub mod check;
 pub mod classify;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the whole loop on loopback with the example bundles and print what was saved.
+    Demo {
+        /// Stay up after the sample traffic and print the URLs to explore.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Work with allowlist bundle artefacts.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Demo { keep_running } => demo(keep_running),
         Command::Bundle(BundleCommand::Schema) => {
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = writeln!(
@@ -113,7 +120,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(config.log_format);
+    init_logging(config.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,6 +144,27 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
+fn demo(keep_running: bool) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("trimmer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(feature_trimmer::demo::run(keep_running)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trimmer demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -157,9 +185,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -136,3 +136,46 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let logs = logs.join().unwrap().join("\n");
     assert!(logs.contains("SIGTERM received"), "{logs}");
 }
+
+#[test]
+fn the_demo_runs_the_whole_loop_and_exits_0() {
+    let output = Command::new(BIN)
+        .arg("demo")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = |outcome: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(outcome)?.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no {outcome} line in:\n{stdout}"))
+    };
+    assert_eq!(count("trimmed "), 4);
+    assert_eq!(count("unknown_model "), 1);
+    assert_eq!(count("unknown_version "), 2);
+    assert_eq!(count("observed "), 1);
+    let total = stdout.lines().find(|l| l.starts_with("total")).unwrap();
+    let saved: f64 = total
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(saved > 10.0, "{total}");
+    assert!(stdout.contains("/metrics"));
+    // From another directory the embedded example bundles are used.
+    let output = Command::new(BIN)
+        .arg("demo")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("trimmed                       4"));
+}
