@@ -110,13 +110,16 @@ pub async fn run(keep_running: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `(label, path, extra headers, body)` of every request the demo sends.
-fn traffic() -> Vec<(
+/// One sample request: label, path, extra headers, body.
+type Sample = (
     &'static str,
     &'static str,
     Vec<(&'static str, String)>,
     Vec<u8>,
-)> {
+);
+
+/// Every request the demo sends.
+fn traffic() -> Vec<Sample> {
     let rows = tf_rows(16);
     let v2 = v2_json();
     let (binary, json_len) = v2_binary();
