@@ -35,7 +35,8 @@ pub struct Seen {
 
 /// A leaf model server stand-in that records every request. Paths:
 /// `/hang` never answers; `/slow/MS` answers after MS ms; `/trailers` answers with trailers;
-/// anything else echoes the body back with `x-leaf: NAME`.
+/// a request with `x-leaf-answer: v2` gets a valid KServe V2 response; anything else echoes the
+/// body back with `x-leaf: NAME`.
 pub struct Leaf {
     pub addr: SocketAddr,
     pub name: String,
@@ -117,7 +118,19 @@ async fn leaf_handle(
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|m| m.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let mut response = if path == "/trailers" {
+    let v2_answer = parts
+        .headers
+        .get("x-leaf-answer")
+        .is_some_and(|v| v == "v2");
+    let mut response = if v2_answer {
+        // A valid KServe V2 response, for real clients that parse what they get back.
+        let answer = r#"{"model_name":"m","model_version":"1","outputs":[{"name":"out","datatype":"FP32","shape":[1],"data":[0.5]}]}"#;
+        let mut response = Response::new(Full::new(Bytes::from_static(answer.as_bytes())).boxed());
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        response
+    } else if path == "/trailers" {
         let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
         tokio::spawn(async move {
             let _ = tx.send_data(Bytes::from_static(b"part one;")).await;

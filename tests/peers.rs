@@ -1,0 +1,99 @@
+//! Real peers nobody here wrote: Triton's Python client (`tritonclient`) builds V2 JSON and
+//! binary-tensor requests against the sidecar; the leaf records what arrives. `.ci/run`
+//! installs the client; run the tests through it.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const BUNDLE: &str = r#"{"format": "trimmer.bundle/v1", "bundle": "peers", "generation": 1,
+  "models": [{"model": "triton_m", "version": "1", "features": ["x", "z"]}]}"#;
+
+fn input_names(json: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(json).unwrap();
+    v["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_json_and_binary_requests_are_trimmed() {
+    let dir = TempDir::new("peers");
+    std::fs::write(dir.path("peers.json"), BUNDLE).unwrap();
+    let leaf = Leaf::start("leaf").await;
+    let mut config = config_for(&leaf);
+    config.bundles.dir = Some(dir.0.clone());
+    let sidecar = Sidecar::start(config).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/triton_client.py");
+    let addr = sidecar.addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &addr, "triton_m", "1"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 is needed (bash .ci/run installs the peers)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "tritonclient is not installed; run the tests with `bash .ci/run`, which installs it:\n{stderr}"
+    );
+    assert!(output.status.success(), "tritonclient failed:\n{stderr}");
+
+    let seen = leaf.seen();
+    assert_eq!(seen.len(), 2);
+    // JSON: y is gone, x and z are exactly as the client wrote them.
+    assert_eq!(input_names(&seen[0].body), ["x", "z"]);
+    let json: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(json["id"], "peer-0");
+    assert_eq!(
+        json["inputs"][0]["data"],
+        serde_json::json!([1.0, 2.0, 3.0, 4.0])
+    );
+    // Binary: y's bytes are cut, x's and z's follow the rewritten JSON header in order.
+    let binary = &seen[1];
+    let json_len: usize = binary.headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        binary.headers["content-length"],
+        binary.body.len().to_string()
+    );
+    let (header, tensors) = binary.body.split_at(json_len);
+    assert_eq!(input_names(header), ["x", "z"]);
+    let mut expected = Vec::new();
+    for v in [1.0f32, 2.0, 3.0, 4.0] {
+        expected.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [0.25f64, -8.5] {
+        expected.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(tensors, expected.as_slice());
+
+    let metrics = get_text(&sidecar.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"trimmer_requests_total{model="triton_m",outcome="trimmed"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"trimmer_features_removed_total{model="triton_m"}"#
+        ),
+        Some(2.0)
+    );
+    sidecar.stop().await;
+}
