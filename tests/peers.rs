@@ -1,6 +1,7 @@
 //! Real peers nobody here wrote: Triton's Python client (`tritonclient`) builds V2 JSON and
-//! binary-tensor requests against the sidecar; the leaf records what arrives. `.ci/run`
-//! installs the client; run the tests through it.
+//! binary-tensor requests against the sidecar (the leaf records what arrives), and MLServer is
+//! a real V2 leaf with a strict model that rejects undeclared inputs. `.ci/run` installs both;
+//! run the tests through it.
 
 mod common;
 
@@ -94,6 +95,135 @@ async fn tritonclient_json_and_binary_requests_are_trimmed() {
             r#"trimmer_features_removed_total{model="triton_m"}"#
         ),
         Some(2.0)
+    );
+    sidecar.stop().await;
+}
+
+/// An MLServer process serving `tests/peers/mlserver` (a strict model) on loopback.
+struct MlServer {
+    child: std::process::Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Drop for MlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_mlserver() -> MlServer {
+    let dir = TempDir::new("mlserver");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mlserver");
+    for file in ["model-settings.json", "strict_runtime.py"] {
+        std::fs::copy(format!("{source}/{file}"), dir.path(file)).unwrap();
+    }
+    let (http, grpc, metrics) = (
+        dead_addr().await.port(),
+        dead_addr().await.port(),
+        dead_addr().await.port(),
+    );
+    let child = Command::new("mlserver")
+        .arg("start")
+        .arg(&dir.0)
+        .env("MLSERVER_HOST", "127.0.0.1")
+        .env("MLSERVER_HTTP_PORT", http.to_string())
+        .env("MLSERVER_GRPC_PORT", grpc.to_string())
+        .env("MLSERVER_METRICS_PORT", metrics.to_string())
+        .env("MLSERVER_PARALLEL_WORKERS", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mlserver is needed (bash .ci/run installs it)");
+    let server = MlServer {
+        child,
+        url: format!("http://127.0.0.1:{http}"),
+        _dir: dir,
+    };
+    let ready = format!("{}/v2/models/strict/versions/1/ready", server.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let client = h1_client();
+        let request = http::Request::get(&ready)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        if client
+            .request(request)
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return server;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mlserver did not become ready in 90 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlserver_rejects_the_full_request_and_answers_the_trimmed_one() {
+    let mlserver = start_mlserver().await;
+    let dir = TempDir::new("peers-mlserver");
+    std::fs::write(dir.path("peers.json"), BUNDLE.replace("triton_m", "strict")).unwrap();
+    let mut config = config_with(&[("mlserver", vec![mlserver.url.clone()], vec![])]);
+    config.bundles.dir = Some(dir.0.clone());
+    let sidecar = Sidecar::start(config).await;
+    let client = h1_client();
+    let body = r#"{"id": "r-1", "inputs": [
+        {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+        {"name": "y", "shape": [1], "datatype": "FP32", "data": [100]},
+        {"name": "z", "shape": [1], "datatype": "FP64", "data": [5]}]}"#;
+
+    // The strict leaf refuses the root's superset of features...
+    let direct = send(
+        &client,
+        "POST",
+        &format!("{}/v2/models/strict/versions/1/infer", mlserver.url),
+        body,
+    )
+    .await;
+    assert_eq!(direct.status, 400, "{:?}", direct.body);
+    assert!(String::from_utf8_lossy(&direct.body).contains("unexpected inference input"));
+    // ...and answers once the sidecar has trimmed it.
+    let trimmed = send(
+        &client,
+        "POST",
+        &sidecar.url("/v2/models/strict/versions/1/infer"),
+        body,
+    )
+    .await;
+    assert_eq!(trimmed.status, 200, "{:?}", trimmed.body);
+    let answer = trimmed.json();
+    assert_eq!(answer["id"], "r-1");
+    assert_eq!(answer["outputs"][0]["data"], serde_json::json!([8.0]));
+    // A miss is forwarded untouched: the client gets the leaf's own answer (no version 2).
+    let miss = send(
+        &client,
+        "POST",
+        &sidecar.url("/v2/models/strict/versions/2/infer"),
+        body,
+    )
+    .await;
+    assert_eq!(miss.status, 404, "{:?}", miss.body);
+    assert!(
+        String::from_utf8_lossy(&miss.body).contains("strict"),
+        "{:?}",
+        miss.body
+    );
+    let metrics = get_text(&sidecar.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"trimmer_requests_total{model="strict",outcome="unknown_version"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, r#"trim_miss_rate{model="strict"}"#),
+        Some(0.5)
     );
     sidecar.stop().await;
 }
