@@ -121,15 +121,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("trimmer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let server = match Server::bind(config).await {
@@ -146,21 +139,28 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn demo(keep_running: bool) -> ExitCode {
     init_logging(LogFormat::Text, "warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("trimmer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(feature_trimmer::demo::run(keep_running)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trimmer demo: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The multi-threaded runtime, or `None` after saying why it could not start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("trimmer: cannot start the runtime: {e}");
+            None
         }
     }
 }

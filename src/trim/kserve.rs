@@ -3,7 +3,7 @@
 //! dropped input's `binary_data_size` bytes are cut out and the header length is reported anew.
 
 use super::json::Cursor;
-use super::{utf8, Splice, TrimResult, Trimmed, Untrimmable};
+use super::{open_root, Splice, TrimResult, Trimmed, Untrimmable};
 
 /// Trims a V2 JSON body (no binary section).
 pub fn trim_json(body: &[u8], allowed: impl Fn(&str) -> bool) -> TrimResult {
@@ -51,14 +51,7 @@ fn trim_header(
     body: &[u8],
     allowed: &impl Fn(&str) -> bool,
 ) -> Result<(Trimmed, Vec<(u64, bool)>), Untrimmable> {
-    utf8(body)?;
-    let mut c = Cursor::new(body);
-    if c.peek() != Some(b'{') {
-        c.skip_value()?;
-        c.end()?;
-        return Err(Untrimmable::NotTrimmable("the body is not a JSON object"));
-    }
-    c.pos += 1;
+    let mut c = open_root(body)?;
     let mut out = Vec::with_capacity(body.len());
     let mut copied = 0;
     let mut scratch = String::new();

@@ -48,14 +48,22 @@ impl From<SyntaxError> for Untrimmable {
 /// Result of an engine.
 pub type TrimResult = Result<Trimmed, Untrimmable>;
 
-/// Checks UTF-8 once for the whole document so spans can be read as `str` later.
-fn utf8(body: &[u8]) -> Result<(), Untrimmable> {
-    std::str::from_utf8(body)
-        .map(|_| ())
-        .map_err(|e| Untrimmable::Parse {
-            offset: e.valid_up_to(),
-            reason: "valid UTF-8",
-        })
+/// A cursor just inside the document's top-level object. The whole body is checked to be UTF-8
+/// once here, so spans can be read as `str` later; a valid body that is not an object is
+/// not trimmable.
+fn open_root(body: &[u8]) -> Result<Cursor<'_>, Untrimmable> {
+    std::str::from_utf8(body).map_err(|e| Untrimmable::Parse {
+        offset: e.valid_up_to(),
+        reason: "valid UTF-8",
+    })?;
+    let mut c = Cursor::new(body);
+    if c.peek() != Some(b'{') {
+        c.skip_value()?;
+        c.end()?;
+        return Err(Untrimmable::NotTrimmable("the body is not a JSON object"));
+    }
+    c.pos += 1;
+    Ok(c)
 }
 
 /// Copies a container while dropping some of its items (object members or array elements),

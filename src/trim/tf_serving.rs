@@ -3,7 +3,7 @@
 //! and `examples[]` feature maps. Everything outside those maps is copied byte for byte.
 
 use super::json::Cursor;
-use super::{filter_map, utf8, MapKind, TrimResult, Trimmed, Untrimmable};
+use super::{filter_map, open_root, MapKind, TrimResult, Trimmed, Untrimmable};
 
 /// Which body shape the URL's verb implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,14 +16,7 @@ pub enum TfBody {
 
 /// Trims a TF Serving REST body, keeping the features `allowed` accepts.
 pub fn trim(body: &[u8], shape: TfBody, allowed: impl Fn(&str) -> bool) -> TrimResult {
-    utf8(body)?;
-    let mut c = Cursor::new(body);
-    if c.peek() != Some(b'{') {
-        c.skip_value()?;
-        c.end()?;
-        return Err(Untrimmable::NotTrimmable("the body is not a JSON object"));
-    }
-    c.pos += 1;
+    let mut c = open_root(body)?;
     if c.empty_container(b'}') {
         c.end()?;
         return Err(Untrimmable::NotTrimmable("the body has no feature maps"));
