@@ -63,7 +63,9 @@ pub struct ModelEntry {
 }
 
 /// Rollout stage of a model version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Served by the leaves now.
@@ -103,6 +105,19 @@ pub enum BundleError {
 impl Bundle {
     /// Parses and validates a bundle file; `expected_name` is the file name without `.json`.
     pub fn parse(bytes: &[u8], expected_name: &str) -> Result<Bundle, BundleError> {
+        let bundle = Self::parse_document(bytes)?;
+        if bundle.bundle != expected_name {
+            return Err(BundleError::NameMismatch {
+                field: bundle.bundle,
+                file: expected_name.to_owned(),
+            });
+        }
+        Ok(bundle)
+    }
+
+    /// Parses and validates a bundle document wherever it is stored (checksum and schema, not
+    /// the file name).
+    pub fn parse_document(bytes: &[u8]) -> Result<Bundle, BundleError> {
         let document: serde_json::Value =
             serde_json::from_slice(bytes).map_err(BundleError::Json)?;
         let stated = document
@@ -118,12 +133,6 @@ impl Bundle {
         let bundle: Bundle =
             serde_json::from_value(document).map_err(|e| BundleError::Schema(e.to_string()))?;
         bundle.check_schema()?;
-        if bundle.bundle != expected_name {
-            return Err(BundleError::NameMismatch {
-                field: bundle.bundle,
-                file: expected_name.to_owned(),
-            });
-        }
         Ok(bundle)
     }
 

@@ -3,7 +3,12 @@
 //! Knows nothing of HTTP.
 
 pub mod checksum;
+pub mod diff;
 pub mod format;
+pub mod pbtxt;
+pub mod pipeline;
+pub mod publish;
+pub mod signature;
 pub mod snapshot;
 pub mod store;
 pub mod watch;

@@ -1,0 +1,123 @@
+//! Installing bundles into a watched directory: atomically (temp file, fsync, rename, fsync of
+//! the directory), with history under `DIR/.history/NAME/GENERATION.json` so that a rollback
+//! is a metadata operation. The sidecar ignores dot-files, so neither temp files nor history
+//! are ever loaded.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::format::Bundle;
+
+/// Publishes the bundle file at `file` as `dir/<bundle>.json`; returns the installed path.
+/// Refuses a generation not newer than the live one unless `force`.
+pub fn publish(file: &Path, dir: &Path, force: bool) -> Result<(PathBuf, Bundle), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bundle = Bundle::parse_document(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let problems = super::pipeline::invariants(&bundle, None, &[], false);
+    if !problems.is_empty() {
+        return Err(format!("{}: {}", file.display(), problems.join("; ")));
+    }
+    let target = dir.join(format!("{}.json", bundle.bundle));
+    let history = history_dir(dir, &bundle.bundle);
+    if let Some((live_bytes, live)) = live(&target) {
+        if bundle.generation <= live.generation && !force {
+            return Err(format!(
+                "generation {} is not newer than the live generation {} of `{}` (--force to publish anyway)",
+                bundle.generation, live.generation, bundle.bundle
+            ));
+        }
+        // Keep the live generation restorable even if it was installed by hand.
+        let kept = history.join(format!("{}.json", live.generation));
+        if !kept.exists() {
+            write_atomically(&kept, &live_bytes)?;
+        }
+    }
+    write_atomically(&history.join(format!("{}.json", bundle.generation)), &bytes)?;
+    write_atomically(&target, &bytes)?;
+    Ok((target, bundle))
+}
+
+/// Restores generation `to` (default: the newest one older than the live one) of bundle
+/// `name` in `dir`; returns the restored generation.
+pub fn rollback(name: &str, dir: &Path, to: Option<u64>) -> Result<u64, String> {
+    let history = history_dir(dir, name);
+    let target = dir.join(format!("{name}.json"));
+    let mut generations: Vec<u64> = std::fs::read_dir(&history)
+        .map_err(|e| format!("no history for `{name}` in {}: {e}", history.display()))?
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    generations.sort_unstable();
+    let generation = match to {
+        Some(g) => g,
+        None => {
+            let live = live(&target).map(|(_, b)| b.generation).ok_or_else(|| {
+                format!(
+                    "{} is missing or invalid; name a generation with --to",
+                    target.display()
+                )
+            })?;
+            *generations
+                .iter()
+                .rev()
+                .find(|&&g| g < live)
+                .ok_or_else(|| {
+                    format!(
+                        "no generation of `{name}` older than the live {live} in {}",
+                        history.display()
+                    )
+                })?
+        }
+    };
+    if !generations.contains(&generation) {
+        return Err(format!(
+            "generation {generation} of `{name}` is not in {} (have {generations:?})",
+            history.display()
+        ));
+    }
+    let source = history.join(format!("{generation}.json"));
+    let bytes =
+        std::fs::read(&source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+    Bundle::parse(&bytes, name).map_err(|e| format!("{}: {e}", source.display()))?;
+    write_atomically(&target, &bytes)?;
+    Ok(generation)
+}
+
+fn history_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(".history").join(name)
+}
+
+/// The live file's bytes and content, when it exists and is valid.
+fn live(target: &Path) -> Option<(Vec<u8>, Bundle)> {
+    let bytes = std::fs::read(target).ok()?;
+    let bundle = Bundle::parse_document(&bytes).ok()?;
+    Some((bytes, bundle))
+}
+
+/// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot install {}: {e}", path.display())
+    })
+}
