@@ -13,6 +13,7 @@
 //! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
 //! - [`check`]: offline validation of a configuration and its bundles.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
+//! - [`workload`]: the reference workloads shared by benches, tests and the e2e harness.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: listeners, connection tasks, graceful shutdown.
 //! - [`state`]: what the listeners share.
@@ -30,3 +31,4 @@ pub mod server;
 pub mod state;
 pub mod trim;
 pub mod upstream;
+pub mod workload;

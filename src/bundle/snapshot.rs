@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use crate::classify::VersionSpec;
 use crate::config::{Mode, TrimConfig, Unversioned};
 
@@ -108,9 +110,11 @@ pub enum Lookup<'a> {
 #[derive(Debug, Default)]
 pub struct AllowlistSnapshot {
     /// Interned feature names → id.
-    features: HashMap<Box<str>, u32>,
+    /// FxHash: keys are short, bundle-controlled strings looked up once per request feature;
+    /// SipHash's flooding resistance buys nothing here (requests never insert).
+    features: FxHashMap<Box<str>, u32>,
     /// Model name → index into `models`.
-    model_index: HashMap<Box<str>, usize>,
+    model_index: FxHashMap<Box<str>, usize>,
     /// Models in name order.
     models: Vec<ModelAllowlists>,
     /// Number of non-empty model-version allowlists.
@@ -124,7 +128,7 @@ impl AllowlistSnapshot {
     /// Every allowlist shares one universe of ids, so unions are word-wise ORs.
     pub fn build<'a>(bundles: impl IntoIterator<Item = &'a Bundle>, trim: &TrimConfig) -> Self {
         let bundles: Vec<&Bundle> = bundles.into_iter().collect();
-        let mut features: HashMap<Box<str>, u32> = HashMap::new();
+        let mut features: FxHashMap<Box<str>, u32> = FxHashMap::default();
         for bundle in &bundles {
             for entry in &bundle.models {
                 for name in &entry.features {

@@ -26,21 +26,37 @@ pub struct StrSpan {
     pub escaped: bool,
 }
 
+/// Bytes that end a run of plain string content: `"`, `\\` and control characters.
+const STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// A validating cursor over a JSON document.
 pub struct Cursor<'a> {
-    /// The whole document (already checked to be UTF-8).
+    /// The whole document, already checked to be UTF-8.
+    pub text: &'a str,
+    /// The same, as bytes.
     pub bytes: &'a [u8],
     /// Current offset.
     pub pos: usize,
-    /// Open containers (`{` or `[`) while skipping a value; reused across values.
+    /// Open containers (their closing bracket) while skipping a value; reused across values.
     stack: Vec<u8>,
 }
 
 impl<'a> Cursor<'a> {
-    /// A cursor at the start of `bytes`.
-    pub fn new(bytes: &'a [u8]) -> Self {
+    /// A cursor at the start of `text`.
+    pub fn new(text: &'a str) -> Self {
         Cursor {
-            bytes,
+            text,
+            bytes: text.as_bytes(),
             pos: 0,
             stack: Vec::new(),
         }
@@ -57,11 +73,10 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub fn ws(&mut self) {
         while let Some(&b) = self.bytes.get(self.pos) {
-            if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-                self.pos += 1;
-            } else {
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
                 break;
             }
+            self.pos += 1;
         }
     }
 
@@ -129,52 +144,66 @@ impl<'a> Cursor<'a> {
 
     /// Reads a string starting at the cursor (which must be on `"`), validating escapes and
     /// rejecting raw control characters.
+    #[inline]
     pub fn string(&mut self) -> Scan<StrSpan> {
         let start = self.pos;
-        self.pos += 1;
+        let mut pos = self.pos + 1;
         let mut escaped = false;
         loop {
-            let rest = &self.bytes[self.pos..];
-            let Some(i) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
-                self.pos = self.bytes.len();
-                return self.fail("the end of a string");
-            };
-            self.pos += i;
-            match self.bytes[self.pos] {
-                b'"' => {
-                    self.pos += 1;
+            while let Some(&b) = self.bytes.get(pos) {
+                if STRING_STOP[b as usize] {
+                    break;
+                }
+                pos += 1;
+            }
+            match self.bytes.get(pos) {
+                Some(b'"') => {
+                    self.pos = pos + 1;
                     return Ok(StrSpan {
                         start,
                         end: self.pos,
                         escaped,
                     });
                 }
-                b'\\' => {
+                Some(b'\\') => {
                     escaped = true;
-                    match self.bytes.get(self.pos + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                            self.pos += 2
-                        }
+                    match self.bytes.get(pos + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => pos += 2,
                         Some(b'u') => {
-                            let hex = self.bytes.get(self.pos + 2..self.pos + 6);
+                            let hex = self.bytes.get(pos + 2..pos + 6);
                             if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                self.pos = pos;
                                 return self.fail("four hex digits after \\u");
                             }
-                            self.pos += 6;
+                            pos += 6;
                         }
-                        _ => return self.fail("a valid escape"),
+                        _ => {
+                            self.pos = pos;
+                            return self.fail("a valid escape");
+                        }
                     }
                 }
-                _ => return self.fail("no control characters in strings"),
+                Some(_) => {
+                    self.pos = pos;
+                    return self.fail("no control characters in strings");
+                }
+                None => {
+                    self.pos = pos;
+                    return self.fail("the end of a string");
+                }
             }
         }
     }
 
     /// Skips one complete value of any depth, validating it.
     pub fn skip_value(&mut self) -> Scan<()> {
+        // Scalars (most values) never touch the stack.
+        match self.peek() {
+            Some(b'"') => return self.string().map(|_| ()),
+            Some(b'{' | b'[') => {}
+            Some(_) => return self.scalar(),
+            None => return self.fail("a value"),
+        }
         let base = self.stack.len();
         loop {
             // A value starts here.
@@ -202,10 +231,13 @@ impl<'a> Cursor<'a> {
             }
             // A value ended: close containers until one continues.
             loop {
-                if self.stack.len() == base {
+                let Some(&close) = self
+                    .stack
+                    .get(self.stack.len().wrapping_sub(1))
+                    .filter(|_| self.stack.len() > base)
+                else {
                     return Ok(());
-                }
-                let close = self.stack[self.stack.len() - 1];
+                };
                 if self.next_or_close(close)? {
                     if close == b'}' {
                         self.key()?;
@@ -218,24 +250,28 @@ impl<'a> Cursor<'a> {
     }
 
     /// A number, `true`, `false`, `null`, `NaN`, `Infinity` or `-Infinity`.
+    #[inline]
     fn scalar(&mut self) -> Scan<()> {
-        let rest = &self.bytes[self.pos..];
-        for literal in [
-            &b"true"[..],
-            b"false",
-            b"null",
-            b"NaN",
-            b"Infinity",
-            b"-Infinity",
-        ] {
-            if rest.starts_with(literal) {
-                self.pos += literal.len();
-                return Ok(());
-            }
+        let literal: &[u8] = match self.bytes[self.pos] {
+            b'0'..=b'9' => return self.number(),
+            b'-' if self.bytes.get(self.pos + 1) != Some(&b'I') => return self.number(),
+            b'-' => b"-Infinity",
+            b't' => b"true",
+            b'f' => b"false",
+            b'n' => b"null",
+            b'N' => b"NaN",
+            b'I' => b"Infinity",
+            _ => return self.fail("a value"),
+        };
+        if self.bytes[self.pos..].starts_with(literal) {
+            self.pos += literal.len();
+            Ok(())
+        } else {
+            self.fail("a value")
         }
-        self.number()
     }
 
+    #[inline]
     fn digits(&mut self) -> usize {
         let start = self.pos;
         while self.bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
@@ -245,6 +281,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    #[inline]
     fn number(&mut self) -> Scan<()> {
         if self.bytes.get(self.pos) == Some(&b'-') {
             self.pos += 1;
@@ -289,25 +326,21 @@ impl<'a> Cursor<'a> {
         if self.digits() == 0 {
             return self.fail("an unsigned integer");
         }
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).unwrap_or("");
-        match text.parse() {
-            Ok(n)
-                if matches!(
-                    self.bytes.get(self.pos),
-                    None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
-                ) =>
-            {
-                Ok(n)
-            }
+        let delimited = matches!(
+            self.bytes.get(self.pos),
+            None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+        );
+        match self.text.get(start..self.pos).and_then(|t| t.parse().ok()) {
+            Some(n) if delimited => Ok(n),
             _ => self.fail("an unsigned integer"),
         }
     }
 
     /// The text of a string span, unescaped into `scratch` only when it has escapes.
+    #[inline]
     pub fn text<'s>(&'s self, span: StrSpan, scratch: &'s mut String) -> &'s str {
-        let raw = &self.bytes[span.start + 1..span.end - 1];
-        // The body was checked to be UTF-8 and a span never splits a character.
-        let raw = std::str::from_utf8(raw).unwrap_or("");
+        // Quotes are ASCII, so both ends are character boundaries.
+        let raw = self.text.get(span.start + 1..span.end - 1).unwrap_or("");
         if !span.escaped {
             return raw;
         }
@@ -373,7 +406,7 @@ mod tests {
     use super::*;
 
     fn valid(text: &str) -> bool {
-        let mut c = Cursor::new(text.as_bytes());
+        let mut c = Cursor::new(text);
         c.skip_value().and_then(|()| c.end()).is_ok()
     }
 

@@ -3,7 +3,7 @@
 //! dropped input's `binary_data_size` bytes are cut out and the header length is reported anew.
 
 use super::json::Cursor;
-use super::{open_root, Splice, TrimResult, Trimmed, Untrimmable};
+use super::{open_root, Output, Splice, TrimResult, Trimmed, Untrimmable};
 
 /// Trims a V2 JSON body (no binary section).
 pub fn trim_json(body: &[u8], allowed: impl Fn(&str) -> bool) -> TrimResult {
@@ -52,46 +52,17 @@ fn trim_header(
     allowed: &impl Fn(&str) -> bool,
 ) -> Result<(Trimmed, Vec<(u64, bool)>), Untrimmable> {
     let mut c = open_root(body)?;
-    let mut out = Vec::with_capacity(body.len());
-    let mut copied = 0;
-    let mut scratch = String::new();
+    let mut o = Output::new(body.len());
     let mut inputs: Option<Vec<(u64, bool)>> = None;
-    let (mut removed, mut kept) = (0u64, 0u64);
     if !c.empty_container(b'}') {
         loop {
             let key = c.key()?;
-            if c.text(key, &mut scratch) == "inputs" {
-                if inputs.is_some() {
-                    return Err(Untrimmable::NotTrimmable("`inputs` appears twice"));
-                }
-                if c.peek() != Some(b'[') {
-                    return Err(Untrimmable::NotTrimmable("`inputs` is not an array"));
-                }
-                c.pos += 1;
-                let mut list = Vec::new();
-                if !c.empty_container(b']') {
-                    c.ws();
-                    let mut splice = Splice::open(&mut out, body, copied, c.pos);
-                    loop {
-                        c.ws();
-                        let start = c.pos;
-                        let (name, size) = input_entry(&mut c, &mut scratch, allowed)?;
-                        splice.item(&mut out, body, start, c.pos, name);
-                        if name {
-                            kept += 1;
-                        } else {
-                            removed += 1;
-                        }
-                        list.push((size, name));
-                        if !c.next_or_close(b']')? {
-                            break;
-                        }
-                    }
-                    copied = splice.close(&mut out, body, c.pos);
-                }
-                inputs = Some(list);
-            } else {
+            if c.text(key, &mut o.scratch) != "inputs" {
                 c.skip_value()?;
+            } else if inputs.is_some() {
+                return Err(Untrimmable::NotTrimmable("`inputs` appears twice"));
+            } else {
+                inputs = Some(filter_inputs(&mut c, &mut o, allowed)?);
             }
             if !c.next_or_close(b'}')? {
                 break;
@@ -99,22 +70,47 @@ fn trim_header(
         }
     }
     c.end()?;
-    let Some(inputs) = inputs else {
-        return Err(Untrimmable::NotTrimmable("the body has no `inputs`"));
-    };
-    if inputs.is_empty() {
-        return Err(Untrimmable::NotTrimmable("`inputs` is empty"));
+    match inputs {
+        None => Err(Untrimmable::NotTrimmable("the body has no `inputs`")),
+        Some(inputs) if inputs.is_empty() => Err(Untrimmable::NotTrimmable("`inputs` is empty")),
+        Some(inputs) => Ok((o.finish(body), inputs)),
     }
-    out.extend_from_slice(&body[copied..]);
-    Ok((
-        Trimmed {
-            body: out,
-            removed,
-            kept,
-            json_len: None,
-        },
-        inputs,
-    ))
+}
+
+/// Filters the `inputs` array at the cursor by name.
+fn filter_inputs(
+    c: &mut Cursor<'_>,
+    o: &mut Output,
+    allowed: &impl Fn(&str) -> bool,
+) -> Result<Vec<(u64, bool)>, Untrimmable> {
+    if c.peek() != Some(b'[') {
+        return Err(Untrimmable::NotTrimmable("`inputs` is not an array"));
+    }
+    c.pos += 1;
+    let mut list = Vec::new();
+    if c.empty_container(b']') {
+        return Ok(list);
+    }
+    c.ws();
+    let bytes = c.bytes;
+    let mut splice = Splice::open(&mut o.out, bytes, o.copied, c.pos);
+    loop {
+        c.ws();
+        let start = c.pos;
+        let (keep, size) = input_entry(c, &mut o.scratch, allowed)?;
+        splice.item(&mut o.out, bytes, start, c.pos, keep);
+        if keep {
+            o.kept += 1;
+        } else {
+            o.removed += 1;
+        }
+        list.push((size, keep));
+        if !c.next_or_close(b']')? {
+            break;
+        }
+    }
+    o.copied = splice.close(&mut o.out, bytes, c.pos);
+    Ok(list)
 }
 
 /// Members of an `inputs[]` entry the trimmer reads.

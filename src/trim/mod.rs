@@ -52,11 +52,11 @@ pub type TrimResult = Result<Trimmed, Untrimmable>;
 /// once here, so spans can be read as `str` later; a valid body that is not an object is
 /// not trimmable.
 fn open_root(body: &[u8]) -> Result<Cursor<'_>, Untrimmable> {
-    std::str::from_utf8(body).map_err(|e| Untrimmable::Parse {
+    let text = std::str::from_utf8(body).map_err(|e| Untrimmable::Parse {
         offset: e.valid_up_to(),
         reason: "valid UTF-8",
     })?;
-    let mut c = Cursor::new(body);
+    let mut c = Cursor::new(text);
     if c.peek() != Some(b'{') {
         c.skip_value()?;
         c.end()?;
@@ -106,6 +106,47 @@ impl Splice {
     }
 }
 
+/// The trimmed document being written, and what was decided on the way.
+struct Output {
+    /// Bytes written so far.
+    out: Vec<u8>,
+    /// Input offset up to which `out` holds the document; the rest is copied lazily.
+    copied: usize,
+    /// Unescaped key text, reused.
+    scratch: String,
+    /// Feature values removed.
+    removed: u64,
+    /// Feature values kept.
+    kept: u64,
+    /// The previous map's keys by position, `(start, end, keep)`: rows usually repeat their keys
+    /// in the same order, so comparing bytes replaces most allowlist lookups.
+    memo: Vec<(usize, usize, bool)>,
+}
+
+impl Output {
+    fn new(capacity: usize) -> Self {
+        Output {
+            out: Vec::with_capacity(capacity),
+            copied: 0,
+            scratch: String::new(),
+            removed: 0,
+            kept: 0,
+            memo: Vec::new(),
+        }
+    }
+
+    /// The finished body: what was written plus the input's untouched tail.
+    fn finish(mut self, body: &[u8]) -> Trimmed {
+        self.out.extend_from_slice(&body[self.copied..]);
+        Trimmed {
+            body: self.out,
+            removed: self.removed,
+            kept: self.kept,
+            json_len: None,
+        }
+    }
+}
+
 /// What a `{...}` at the cursor turned out to be.
 enum MapKind {
     /// A feature map, filtered into the output.
@@ -114,58 +155,66 @@ enum MapKind {
     B64Value,
 }
 
-/// Filters the feature map at the cursor (on `{`) into `out`. `copied` is the input offset up
-/// to which `out` already holds the document; it is advanced past the map unless the map was a
-/// `{"b64": ...}` value, which is left to be copied as it is.
+/// Filters the feature map at the cursor (on `{`) into the output. `o.copied` is advanced past
+/// the map unless it was a `{"b64": ...}` value, which is left to be copied as it is.
 fn filter_map(
     c: &mut Cursor<'_>,
-    out: &mut Vec<u8>,
-    copied: &mut usize,
+    o: &mut Output,
     allowed: &impl Fn(&str) -> bool,
-    scratch: &mut String,
-    counts: &mut (u64, u64),
 ) -> Result<MapKind, Untrimmable> {
     let bytes = c.bytes;
     c.pos += 1;
     if c.empty_container(b'}') {
         return Ok(MapKind::Features);
     }
-    let mark = out.len();
-    let (mut members, mut b64_string) = (0u32, false);
+    let mark = o.out.len();
+    let (mut members, mut b64_string) = (0usize, false);
     let (mut kept, mut removed) = (0u64, 0u64);
     c.ws();
-    let mut splice = Splice::open(out, bytes, *copied, c.pos);
+    let mut splice = Splice::open(&mut o.out, bytes, o.copied, c.pos);
     loop {
         c.ws();
         let key_start = c.pos;
         let key = c.key()?;
-        let is_string = c.peek() == Some(b'"');
+        let is_string = c.bytes.get(c.pos) == Some(&b'"');
         c.skip_value()?;
         let end = c.pos;
-        let name = c.text(key, scratch);
-        members += 1;
-        if members == 1 {
-            b64_string = is_string && name == "b64";
+        let raw = &bytes[key.start..key.end];
+        let keep = match o.memo.get(members) {
+            Some(&(s, e, keep)) if &bytes[s..e] == raw => keep,
+            _ => {
+                let keep = allowed(c.text(key, &mut o.scratch));
+                let memo = (key.start, key.end, keep);
+                match o.memo.get_mut(members) {
+                    Some(slot) => *slot = memo,
+                    None => o.memo.push(memo),
+                }
+                keep
+            }
+        };
+        if members == 0 {
+            b64_string = is_string
+                && (raw == b"\"b64\"" || (key.escaped && c.text(key, &mut o.scratch) == "b64"));
         }
-        let keep = allowed(name);
+        members += 1;
         if keep {
             kept += 1;
         } else {
             removed += 1;
         }
-        splice.item(out, bytes, key_start, end, keep);
+        splice.item(&mut o.out, bytes, key_start, end, keep);
         if !c.next_or_close(b'}')? {
             break;
         }
     }
     if members == 1 && b64_string {
         // `copied` was not advanced: the raw object is copied with what follows.
-        out.truncate(mark);
+        o.out.truncate(mark);
         return Ok(MapKind::B64Value);
     }
-    *copied = splice.close(out, bytes, c.pos);
-    counts.0 += removed;
-    counts.1 += kept;
+    o.copied = splice.close(&mut o.out, bytes, c.pos);
+    o.removed += removed;
+    o.kept += kept;
     Ok(MapKind::Features)
 }
 
@@ -175,26 +224,19 @@ mod tests {
 
     #[test]
     fn filter_map_keeps_separators_and_bytes() {
-        let body = br#"{ "a" : 1 ,"b":[2, {"x":3}] ,  "c":"\u0063" }"#;
+        let body = r#"{ "a" : 1 ,"b":[2, {"x":3}] ,  "c":"\u0063" }"#;
         let mut c = Cursor::new(body);
-        let (mut out, mut copied, mut scratch, mut counts) = (Vec::new(), 0, String::new(), (0, 0));
+        let mut o = Output::new(body.len());
         let allow = |k: &str| k != "b";
         assert!(matches!(
-            filter_map(
-                &mut c,
-                &mut out,
-                &mut copied,
-                &allow,
-                &mut scratch,
-                &mut counts
-            ),
+            filter_map(&mut c, &mut o, &allow),
             Ok(MapKind::Features)
         ));
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
+            std::str::from_utf8(&o.out).unwrap(),
             r#"{ "a" : 1 ,  "c":"\u0063" }"#
         );
-        assert_eq!(counts, (1, 2));
-        assert_eq!(copied, body.len());
+        assert_eq!((o.removed, o.kept), (1, 2));
+        assert_eq!(o.copied, body.len());
     }
 }

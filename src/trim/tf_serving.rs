@@ -3,7 +3,7 @@
 //! and `examples[]` feature maps. Everything outside those maps is copied byte for byte.
 
 use super::json::Cursor;
-use super::{filter_map, open_root, MapKind, TrimResult, Trimmed, Untrimmable};
+use super::{filter_map, open_root, MapKind, Output, TrimResult, Untrimmable};
 
 /// Which body shape the URL's verb implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,58 +21,34 @@ pub fn trim(body: &[u8], shape: TfBody, allowed: impl Fn(&str) -> bool) -> TrimR
         c.end()?;
         return Err(Untrimmable::NotTrimmable("the body has no feature maps"));
     }
-    let mut out = Vec::with_capacity(body.len());
-    let mut copied = 0;
-    let mut scratch = String::new();
-    let mut counts = (0u64, 0u64);
+    let mut o = Output::new(body.len());
     let mut maps = 0u32;
-    let (mut seen_instances, mut seen_inputs) = (false, false);
+    let (mut seen_rows, mut seen_map) = (false, false);
     loop {
         let key = c.key()?;
-        let field = match (shape, c.text(key, &mut scratch)) {
+        let field = match (shape, c.text(key, &mut o.scratch)) {
             (TfBody::Predict, "instances") | (TfBody::Examples, "examples") => Field::Rows,
             (TfBody::Predict, "inputs") | (TfBody::Examples, "context") => Field::Map,
             _ => Field::Other,
         };
         match field {
             Field::Rows => {
-                if seen_instances {
+                if std::mem::replace(&mut seen_rows, true) {
                     return Err(Untrimmable::NotTrimmable("the feature list appears twice"));
                 }
-                seen_instances = true;
-                maps += rows(
-                    &mut c,
-                    &mut out,
-                    &mut copied,
-                    &allowed,
-                    &mut scratch,
-                    &mut counts,
-                )?;
+                maps += rows(&mut c, &mut o, &allowed)?;
             }
             Field::Map => {
-                if seen_inputs {
+                if std::mem::replace(&mut seen_map, true) {
                     return Err(Untrimmable::NotTrimmable("the feature map appears twice"));
                 }
-                seen_inputs = true;
                 let is_map = c.peek() == Some(b'{')
-                    && matches!(
-                        filter_map(
-                            &mut c,
-                            &mut out,
-                            &mut copied,
-                            &allowed,
-                            &mut scratch,
-                            &mut counts
-                        )?,
-                        MapKind::Features
-                    );
+                    && matches!(filter_map(&mut c, &mut o, &allowed)?, MapKind::Features);
                 if !is_map {
-                    if shape == TfBody::Predict {
-                        return Err(Untrimmable::NotTrimmable(
-                            "`inputs` is a plain value (single-input model)",
-                        ));
-                    }
-                    return Err(Untrimmable::NotTrimmable("`context` is not a feature map"));
+                    return Err(Untrimmable::NotTrimmable(match shape {
+                        TfBody::Predict => "`inputs` is a plain value (single-input model)",
+                        TfBody::Examples => "`context` is not a feature map",
+                    }));
                 }
                 maps += 1;
             }
@@ -83,7 +59,7 @@ pub fn trim(body: &[u8], shape: TfBody, allowed: impl Fn(&str) -> bool) -> TrimR
         }
     }
     c.end()?;
-    if shape == TfBody::Predict && seen_instances && seen_inputs {
+    if shape == TfBody::Predict && seen_rows && seen_map {
         return Err(Untrimmable::NotTrimmable(
             "both `instances` and `inputs` are present",
         ));
@@ -91,13 +67,7 @@ pub fn trim(body: &[u8], shape: TfBody, allowed: impl Fn(&str) -> bool) -> TrimR
     if maps == 0 {
         return Err(Untrimmable::NotTrimmable("the body has no feature maps"));
     }
-    out.extend_from_slice(&body[copied..]);
-    Ok(Trimmed {
-        body: out,
-        removed: counts.0,
-        kept: counts.1,
-        json_len: None,
-    })
+    Ok(o.finish(body))
 }
 
 /// Top-level members the trimmer rewrites.
@@ -112,11 +82,8 @@ enum Field {
 /// Filters an array whose elements must all be feature maps; returns how many there were.
 fn rows(
     c: &mut Cursor<'_>,
-    out: &mut Vec<u8>,
-    copied: &mut usize,
+    o: &mut Output,
     allowed: &impl Fn(&str) -> bool,
-    scratch: &mut String,
-    counts: &mut (u64, u64),
 ) -> Result<u32, Untrimmable> {
     if c.peek() != Some(b'[') {
         return Err(Untrimmable::NotTrimmable(
@@ -129,11 +96,8 @@ fn rows(
     }
     let mut maps = 0;
     loop {
-        let is_map = c.peek() == Some(b'{')
-            && matches!(
-                filter_map(c, out, copied, allowed, scratch, counts)?,
-                MapKind::Features
-            );
+        let is_map =
+            c.peek() == Some(b'{') && matches!(filter_map(c, o, allowed)?, MapKind::Features);
         if !is_map {
             return Err(Untrimmable::NotTrimmable(
                 "the feature list holds plain values (single-input model) or mixed rows",

@@ -1,0 +1,72 @@
+//! Trim engine throughput against serde_json on the same bodies, side by side in one run.
+//! Groups are the reference workloads; compare the functions' throughput as ratios:
+//! `trimmer` vs `serde_json_validate` (parse to IgnoredAny), `serde_json_value` (parse to a
+//! Value, filter, serialise) and `memcpy` (copy the bytes).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use feature_trimmer::bundle::snapshot::Lookup;
+use feature_trimmer::bundle::AllowlistSnapshot;
+use feature_trimmer::classify::VersionSpec;
+use feature_trimmer::config::TrimConfig;
+use feature_trimmer::trim::tf_serving::TfBody;
+use feature_trimmer::trim::{kserve, tf_serving};
+use feature_trimmer::workload::{self, Workload};
+use serde_json::Value;
+
+fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
+    let Lookup::Found { entry, .. } = snapshot.lookup(
+        workload::MODEL,
+        &VersionSpec::Version(workload::VERSION.into()),
+    ) else {
+        panic!("workload allowlist missing")
+    };
+    let allowed = |name: &str| snapshot.allows(&entry.allowlist, name);
+    let result = match (w.json_len, w.path.starts_with("/v1/")) {
+        (Some(json_len), _) => kserve::trim_binary(&w.body, json_len, allowed),
+        (None, true) => tf_serving::trim(&w.body, TfBody::Predict, allowed),
+        (None, false) => kserve::trim_json(&w.body, allowed),
+    };
+    result.expect("workloads trim").body.len()
+}
+
+/// The straightforward alternative: parse, filter the feature maps, serialise.
+fn serde_value(w: &Workload) -> usize {
+    let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
+    let mut doc: Value = serde_json::from_slice(json).unwrap();
+    let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
+    if let Some(rows) = doc.get_mut("instances").and_then(Value::as_array_mut) {
+        for row in rows {
+            if let Some(map) = row.as_object_mut() {
+                map.retain(|k, _| allowed(k));
+            }
+        }
+    }
+    if let Some(inputs) = doc.get_mut("inputs").and_then(Value::as_array_mut) {
+        inputs.retain(|i| i["name"].as_str().is_some_and(allowed));
+    }
+    serde_json::to_vec(&doc).unwrap().len()
+}
+
+fn bench(c: &mut Criterion) {
+    for w in workload::all() {
+        let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
+        let mut group = c.benchmark_group(w.name);
+        group.throughput(Throughput::Bytes(w.body.len() as u64));
+        if w.body.len() > 100_000 {
+            group.sample_size(20);
+        }
+        group.bench_function("trimmer", |b| b.iter(|| engine(black_box(&w), &snapshot)));
+        group.bench_function("serde_json_validate", |b| {
+            let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
+            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(json)).unwrap())
+        });
+        group.bench_function("serde_json_value", |b| {
+            b.iter(|| serde_value(black_box(&w)))
+        });
+        group.bench_function("memcpy", |b| b.iter(|| black_box(&w.body).to_vec()));
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

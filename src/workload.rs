@@ -1,0 +1,224 @@
+//! The reference workloads from DESIGN.md, generated deterministically so benches, tests and
+//! the end-to-end harness share the same bodies.
+
+use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
+
+/// One reference workload: a request body and the allowlist that applies to it.
+pub struct Workload {
+    /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`).
+    pub name: &'static str,
+    /// Score URL path.
+    pub path: &'static str,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// `Inference-Header-Content-Length` for Triton binary bodies.
+    pub json_len: Option<usize>,
+    /// Every feature name in the body.
+    pub features: Vec<String>,
+    /// The allowed subset.
+    pub allowed: Vec<String>,
+}
+
+/// Model name used by every workload.
+pub const MODEL: &str = "ranker";
+/// Model version used by every workload.
+pub const VERSION: &str = "1";
+
+/// A tiny deterministic generator (64-bit LCG) so no randomness crate is needed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("feature_{i:04}")).collect()
+}
+
+/// Every `n / keep`-th name, `keep` of them.
+fn allow_every(features: &[String], keep: usize) -> Vec<String> {
+    let step = features.len() / keep;
+    features.iter().step_by(step).take(keep).cloned().collect()
+}
+
+/// `tfs-rows`: TF Serving predict, 64 instances × 1,000 features (numbers, strings, short
+/// lists), allowlist 100 (~1.6 MB in, ~10% out).
+pub fn tfs_rows() -> Workload {
+    tf_rows("tfs-rows", 64, 1000, 100)
+}
+
+/// `small`: TF Serving predict, 1 instance × 200 features, allowlist 50 (~4 KB).
+pub fn small() -> Workload {
+    tf_rows("small", 1, 200, 50)
+}
+
+fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize) -> Workload {
+    let features = names(n);
+    let mut rng = Lcg(42);
+    let mut body = String::with_capacity(rows * n * 26);
+    body.push_str(r#"{"signature_name":"serving_default","instances":["#);
+    for r in 0..rows {
+        if r > 0 {
+            body.push(',');
+        }
+        body.push('{');
+        for (i, f) in features.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push('"');
+            body.push_str(f);
+            body.push_str("\":");
+            match rng.next() % 3 {
+                0 => body.push_str(&format!("{}", rng.next() % 100_000)),
+                1 => body.push_str(&format!("\"v{}\"", rng.next() % 10_000)),
+                _ => body.push_str(&format!(
+                    "[{},{},{}]",
+                    rng.next() % 100,
+                    rng.next() % 100,
+                    rng.next() % 100
+                )),
+            }
+        }
+        body.push('}');
+    }
+    body.push_str("]}");
+    let allowed = allow_every(&features, keep);
+    Workload {
+        name,
+        path: "/v1/models/ranker/versions/1:predict",
+        body: body.into_bytes(),
+        json_len: None,
+        features,
+        allowed,
+    }
+}
+
+fn fp32(rng: &mut Lcg) -> f32 {
+    (rng.next() % 2_000_000) as f32 / 1_000_000.0 - 1.0
+}
+
+/// `kserve-json`: KServe V2, 1,000 input tensors of 64 FP32 values each, allowlist 100.
+pub fn kserve_json() -> Workload {
+    let features = names(1000);
+    let mut rng = Lcg(7);
+    let mut body = String::from(r#"{"id":"bench","inputs":["#);
+    for (i, f) in features.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"name":"{f}","shape":[1,64],"datatype":"FP32","data":["#
+        ));
+        for v in 0..64 {
+            if v > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("{}", fp32(&mut rng)));
+        }
+        body.push_str("]}");
+    }
+    body.push_str(r#"],"outputs":[{"name":"score"}]}"#);
+    let allowed = allow_every(&features, 100);
+    Workload {
+        name: "kserve-json",
+        path: "/v2/models/ranker/versions/1/infer",
+        body: body.into_bytes(),
+        json_len: None,
+        features,
+        allowed,
+    }
+}
+
+/// `kserve-binary`: the same inputs as Triton binary tensors.
+pub fn kserve_binary() -> Workload {
+    let features = names(1000);
+    let mut rng = Lcg(7);
+    let mut json = String::from(r#"{"id":"bench","inputs":["#);
+    for (i, f) in features.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            r#"{{"name":"{f}","shape":[1,64],"datatype":"FP32","parameters":{{"binary_data_size":256}}}}"#
+        ));
+    }
+    json.push_str(r#"],"outputs":[{"name":"score","parameters":{"binary_data":true}}]}"#);
+    let json_len = json.len();
+    let mut body = json.into_bytes();
+    for _ in 0..features.len() * 64 {
+        body.extend_from_slice(&fp32(&mut rng).to_le_bytes());
+    }
+    let allowed = allow_every(&features, 100);
+    Workload {
+        name: "kserve-binary",
+        path: "/v2/models/ranker/versions/1/infer",
+        body,
+        json_len: Some(json_len),
+        features,
+        allowed,
+    }
+}
+
+/// All four, in the order benches report them.
+pub fn all() -> Vec<Workload> {
+    vec![tfs_rows(), kserve_json(), kserve_binary(), small()]
+}
+
+impl Workload {
+    /// A bundle (`bench`) that allows this workload's allowlist for `ranker@1`.
+    pub fn bundle(&self) -> Bundle {
+        let mut bundle = Bundle {
+            format: FORMAT_V1.into(),
+            bundle: "bench".into(),
+            generation: 1,
+            created_at: None,
+            source: Some(format!("workload {}", self.name)),
+            models: vec![ModelEntry {
+                model: MODEL.into(),
+                version: VERSION.into(),
+                stage: Default::default(),
+                features: self.allowed.clone(),
+                mode: None,
+            }],
+            labels: Default::default(),
+            sha256: None,
+        };
+        bundle.seal();
+        bundle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_the_design() {
+        let rows = tfs_rows();
+        assert!(
+            (1_400_000..1_900_000).contains(&rows.body.len()),
+            "{}",
+            rows.body.len()
+        );
+        assert_eq!(rows.allowed.len(), 100);
+        let small = small();
+        assert!(
+            (3_000..6_000).contains(&small.body.len()),
+            "{}",
+            small.body.len()
+        );
+        assert_eq!(small.allowed.len(), 50);
+        let json = kserve_json();
+        let value: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+        assert_eq!(value["inputs"].as_array().unwrap().len(), 1000);
+        let binary = kserve_binary();
+        assert_eq!(binary.body.len() - binary.json_len.unwrap(), 1000 * 256);
+    }
+}
