@@ -70,7 +70,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips insignificant whitespace.
-    #[inline]
+    #[inline(always)]
     pub fn ws(&mut self) {
         while let Some(&b) = self.bytes.get(self.pos) {
             if b > b' ' || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
@@ -81,7 +81,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The next byte after whitespace, without consuming it.
-    #[inline]
+    #[inline(always)]
     pub fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.bytes.get(self.pos).copied()
@@ -111,7 +111,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// After a member or element: consumes `,` (true, more follow) or `close` (false).
-    #[inline]
+    #[inline(always)]
     pub fn next_or_close(&mut self, close: u8) -> Scan<bool> {
         match self.peek() {
             Some(b',') => {
@@ -131,7 +131,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads an object key and its colon; the cursor is left at the value.
-    #[inline]
+    #[inline(always)]
     pub fn key(&mut self) -> Scan<StrSpan> {
         if self.peek() != Some(b'"') {
             return self.fail("a string key");
@@ -144,18 +144,13 @@ impl<'a> Cursor<'a> {
 
     /// Reads a string starting at the cursor (which must be on `"`), validating escapes and
     /// rejecting raw control characters.
-    #[inline]
+    #[inline(always)]
     pub fn string(&mut self) -> Scan<StrSpan> {
         let start = self.pos;
         let mut pos = self.pos + 1;
         let mut escaped = false;
         loop {
-            while let Some(&b) = self.bytes.get(pos) {
-                if STRING_STOP[b as usize] {
-                    break;
-                }
-                pos += 1;
-            }
+            pos = string_stop(self.bytes, pos);
             match self.bytes.get(pos) {
                 Some(b'"') => {
                     self.pos = pos + 1;
@@ -197,10 +192,15 @@ impl<'a> Cursor<'a> {
 
     /// Skips one complete value of any depth, validating it.
     pub fn skip_value(&mut self) -> Scan<()> {
-        // Scalars (most values) never touch the stack.
+        // Scalars and arrays of scalars (most values) never touch the stack.
         match self.peek() {
             Some(b'"') => return self.string().map(|_| ()),
-            Some(b'{' | b'[') => {}
+            Some(b'[') => {
+                if let Some(done) = self.flat_array() {
+                    return done;
+                }
+            }
+            Some(b'{') => {}
             Some(_) => return self.scalar(),
             None => return self.fail("a value"),
         }
@@ -249,8 +249,38 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Skips an array at the cursor if it holds only scalars; `None` (cursor unmoved) when it
+    /// holds a container, for the general path to take over.
+    #[inline(always)]
+    fn flat_array(&mut self) -> Option<Scan<()>> {
+        let start = self.pos;
+        self.pos += 1;
+        if self.empty_container(b']') {
+            return Some(Ok(()));
+        }
+        loop {
+            let step = match self.peek() {
+                Some(b'[' | b'{') => {
+                    self.pos = start;
+                    return None;
+                }
+                Some(b'"') => self.string().map(|_| ()),
+                Some(_) => self.scalar(),
+                None => self.fail("a value"),
+            };
+            if let Err(e) = step {
+                return Some(Err(e));
+            }
+            match self.next_or_close(b']') {
+                Ok(true) => {}
+                Ok(false) => return Some(Ok(())),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
     /// A number, `true`, `false`, `null`, `NaN`, `Infinity` or `-Infinity`.
-    #[inline]
+    #[inline(always)]
     fn scalar(&mut self) -> Scan<()> {
         let literal: &[u8] = match self.bytes[self.pos] {
             b'0'..=b'9' => return self.number(),
@@ -271,17 +301,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn digits(&mut self) -> usize {
-        let start = self.pos;
-        while self.bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
-            self.pos += 1;
-        }
-        self.pos - start
+        let n = digit_run(self.bytes, self.pos);
+        self.pos += n;
+        n
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
-    #[inline]
+    #[inline(always)]
     fn number(&mut self) -> Scan<()> {
         if self.bytes.get(self.pos) == Some(&b'-') {
             self.pos += 1;
@@ -347,6 +375,56 @@ impl<'a> Cursor<'a> {
         unescape(raw, scratch);
         scratch
     }
+}
+
+/// The offset of the first `"`, `\\` or control character at or after `pos` (or the end),
+/// eight bytes at a time where the input allows.
+#[inline(always)]
+fn string_stop(bytes: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Classic "has zero byte" tests; a false positive can only sit above a true one, and
+        // only the lowest flagged byte is used.
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+        let stops = zero(x ^ (ONES * b'"' as u64))
+            | zero(x ^ (ONES * b'\\' as u64))
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
+        if stops != 0 {
+            return at + (stops.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while bytes.get(at).is_some_and(|&b| !STRING_STOP[b as usize]) {
+        at += 1;
+    }
+    at
+}
+
+/// The number of ASCII digits at `pos`, eight bytes at a time where the input allows.
+#[inline(always)]
+fn digit_run(bytes: &[u8], pos: usize) -> usize {
+    let mut at = pos;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Per byte: non-zero unless the high nibble is 3 and the low nibble is below 10.
+        let high = (x & 0xF0F0_F0F0_F0F0_F0F0) ^ 0x3030_3030_3030_3030;
+        let low = ((x & 0x0F0F_0F0F_0F0F_0F0F) + 0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0;
+        let not_digit = high | low;
+        if not_digit != 0 {
+            return at - pos + (not_digit.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+    }
+    at - pos
 }
 
 /// Decodes JSON escapes (already validated) into `out`; lone surrogates become U+FFFD.
@@ -462,6 +540,40 @@ mod tests {
         assert!(!valid(&unbalanced));
         let objects = "{\"a\":".repeat(50_000) + "1" + &"}".repeat(50_000);
         assert!(valid(&objects));
+    }
+
+    #[test]
+    fn digit_runs() {
+        for (text, at, n) in [
+            ("12345678901x", 0, 11),
+            ("a1b", 1, 1),
+            ("0123456789", 0, 10),
+            ("x", 0, 0),
+            ("9:;/", 0, 1),
+            ("12345678", 0, 8),
+        ] {
+            assert_eq!(digit_run(text.as_bytes(), at), n, "{text}");
+        }
+        // Every byte value next to digits: only '0'..='9' count.
+        for b in 0..=255u8 {
+            let text = [b'1', b'2', b'3', b, b'4', b'5', b'6', b'7', b'8', b'9'];
+            let expected = if b.is_ascii_digit() { 10 } else { 3 };
+            assert_eq!(digit_run(&text, 0), expected, "byte {b}");
+        }
+    }
+
+    #[test]
+    fn string_stops_match_the_table() {
+        // Every byte value at every position of a 16-byte window.
+        for b in 0..=255u8 {
+            for at in 0..16 {
+                let mut text = vec![b'a'; 20];
+                text[at] = b;
+                let expected = if STRING_STOP[b as usize] { at } else { 20 };
+                assert_eq!(string_stop(&text, 0), expected, "byte {b} at {at}");
+            }
+        }
+        assert_eq!(string_stop(b"\xc3\xa9\xe2\x82\xac\"", 0), 5);
     }
 
     #[test]
