@@ -1,7 +1,8 @@
 //! Trim engine throughput against serde_json on the same bodies, side by side in one run.
 //! Groups are the reference workloads; compare the functions' throughput as ratios:
 //! `trimmer` vs `serde_json_validate` (parse to IgnoredAny), `serde_json_value` (parse to a
-//! Value, filter, serialise) and `memcpy` (copy the bytes).
+//! Value, filter, serialise) and `memcpy` (copy the bytes). `lz4_encode` / `lz4_decode` give
+//! the link compression's cost on the same body; the compressed size is printed per workload.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use feature_trimmer::bundle::snapshot::Lookup;
@@ -64,6 +65,21 @@ fn bench(c: &mut Criterion) {
             b.iter(|| serde_value(black_box(&w)))
         });
         group.bench_function("memcpy", |b| b.iter(|| black_box(&w.body).to_vec()));
+        // lz4 on the link: encode the whole body (what a trimmer next to the leaf decodes).
+        let encoded = feature_trimmer::compression::encode(&w.body).unwrap();
+        eprintln!(
+            "{}: {} bytes, lz4 {} bytes ({:.1}%)",
+            w.name,
+            w.body.len(),
+            encoded.len(),
+            100.0 * encoded.len() as f64 / w.body.len() as f64
+        );
+        group.bench_function("lz4_encode", |b| {
+            b.iter(|| feature_trimmer::compression::encode(black_box(&w.body)).unwrap())
+        });
+        group.bench_function("lz4_decode", |b| {
+            b.iter(|| feature_trimmer::compression::decode(black_box(&encoded), u64::MAX).unwrap())
+        });
         group.finish();
     }
 }

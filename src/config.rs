@@ -128,6 +128,18 @@ pub struct ClusterConfig {
     pub max_idle_per_endpoint: usize,
     /// Send the client's `Host` instead of the endpoint's authority (ingresses that route by Host).
     pub preserve_host: bool,
+    /// Encode request bodies towards this cluster (`lz4`: for a trimmer next to the leaf).
+    pub compression: Compression,
+}
+
+/// Request body encoding towards a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Bodies as they are.
+    None,
+    /// lz4 frames with `Content-Encoding: lz4`.
+    Lz4,
 }
 
 /// Wire protocol towards a cluster's leaves.
@@ -209,6 +221,7 @@ impl Default for ClusterConfig {
             eject_ms: 5_000,
             max_idle_per_endpoint: 64,
             preserve_host: false,
+            compression: Compression::None,
         }
     }
 }

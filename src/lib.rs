@@ -8,6 +8,7 @@
 //!   the directory watcher.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
+//! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
 //! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
 //! - [`proxy`]: the request path, from downstream body to upstream response.
 //! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod bundle;
 pub mod check;
 pub mod classify;
+pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod metrics;

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 
 use crate::bundle::snapshot::Lookup;
 use crate::classify::{classify, Protocol, Target, Verb};
-use crate::config::Mode;
+use crate::compression;
+use crate::config::{Compression, Mode};
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
 use crate::trim::tf_serving::TfBody;
@@ -96,10 +97,7 @@ fn decide<'a>(
     if entry.mode == Mode::Off {
         return untouched(Outcome::Disabled, model);
     }
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    if content_encoding(headers).is_some() {
         return untouched(Outcome::UnsupportedEncoding, model);
     }
     let snapshot = &state.allowlists;
@@ -193,11 +191,31 @@ pub async fn handle(
             ));
         }
     };
+    let mut body = body;
+    if content_encoding(&parts.headers).is_some_and(|e| e.eq_ignore_ascii_case(b"lz4")) {
+        match compression::decode(&body, max) {
+            Ok(decoded) => {
+                body = Bytes::from(decoded);
+                parts.headers.remove(header::CONTENT_ENCODING);
+            }
+            Err(e) => {
+                let (reason, status) = match e {
+                    compression::DecodeError::TooLarge(_) => {
+                        ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    compression::DecodeError::Corrupt(_) => {
+                        ("bad_encoding", StatusCode::BAD_REQUEST)
+                    }
+                };
+                shared.metrics.rejected(reason).inc();
+                return Ok(error_response(status, &e.to_string()));
+            }
+        }
+    }
     let target = classify(parts.uri.path());
     let cluster = shared
         .upstreams
         .route(target.as_ref().map(|t| t.model.as_ref()));
-    let mut body = body;
     if let Some(target) = target
         .as_ref()
         .filter(|t| t.verb.is_some() && parts.method == http::Method::POST)
@@ -216,6 +234,21 @@ pub async fn handle(
             parts
                 .headers
                 .insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(json_len));
+        }
+    }
+    if cluster.compression == Compression::Lz4
+        && !body.is_empty()
+        && content_encoding(&parts.headers).is_none()
+    {
+        match compression::encode(&body) {
+            Ok(encoded) => {
+                body = Bytes::from(encoded);
+                parts
+                    .headers
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("lz4"));
+            }
+            // Encoding into memory cannot fail in practice; sending the plain body is correct.
+            Err(e) => tracing::warn!(error = %e, "lz4 encoding failed; sending the body unencoded"),
         }
     }
     strip_hop_by_hop(&mut parts.headers);
@@ -243,6 +276,14 @@ pub async fn handle(
             Ok(error_response(e.status(), &e.to_string()))
         }
     }
+}
+
+/// The request's `Content-Encoding`, unless absent or `identity`.
+fn content_encoding(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.eq_ignore_ascii_case(b"identity"))
 }
 
 fn too_large(max: u64) -> Response<ProxyBody> {

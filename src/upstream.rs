@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{Histogram, IntCounter};
 use serde::Serialize;
 
-use crate::config::{ms, Balance, ClusterConfig, Config, UpstreamProtocol};
+use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
 use crate::metrics::Metrics;
 
 /// Why a request could not be answered by its cluster.
@@ -180,6 +180,8 @@ pub struct Cluster {
     eject: Duration,
     /// Whether the client's `Host` header is kept.
     preserve_host: bool,
+    /// Request body encoding towards this cluster.
+    pub compression: Compression,
     /// Reference point for ejection deadlines.
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
@@ -273,6 +275,7 @@ impl Cluster {
             request_timeout: ms(config.request_timeout_ms),
             eject: ms(config.eject_ms),
             preserve_host: config.preserve_host,
+            compression: config.compression,
             epoch: Instant::now(),
             stats,
         }

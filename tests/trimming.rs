@@ -364,3 +364,62 @@ async fn the_union_trims_when_every_version_enforces() {
     );
     s.sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn lz4_on_the_link_between_two_trimmers() {
+    // root -> trimmer A (trims, lz4 out) -> trimmer B (decodes) -> leaf.
+    let s = setup(|_| {}).await;
+    let mut config = config_with(&[(
+        "near-leaf",
+        vec![format!("http://{}", s.sidecar.addr)],
+        vec![],
+    )]);
+    config.clusters[0].compression = feature_trimmer::config::Compression::Lz4;
+    let dir = TempDir::new("lz4");
+    std::fs::write(dir.path("home.json"), BUNDLE).unwrap();
+    config.bundles.dir = Some(dir.0.clone());
+    let near_root = Sidecar::start(config).await;
+
+    let path = "/v1/models/ranker/versions/1:predict";
+    let a = send(&s.client, "POST", &near_root.url(path), INSTANCES).await;
+    assert_eq!(a.status, 200);
+    let seen = s.last_seen();
+    assert!(
+        seen.headers.get("content-encoding").is_none(),
+        "decoded before the leaf"
+    );
+    assert_eq!(
+        keys_of_instances(&seen.body),
+        [vec!["a", "b"], vec!["a", "b"]]
+    );
+    // The hop between the trimmers carried fewer bytes than the trimmed body.
+    let m = get_text(&near_root.admin_url("/metrics")).await;
+    let out = metric(
+        &m,
+        r#"trimmer_request_bytes_total{direction="out",model="ranker"}"#,
+    )
+    .unwrap();
+    assert_eq!(out, seen.body.len() as f64);
+
+    // Corrupt and oversized lz4 bodies get a clear answer, not a guess.
+    let request = |body: Vec<u8>| {
+        Request::post(s.sidecar.url(path))
+            .header("content-encoding", "lz4")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let a = answer(
+        s.client
+            .request(request(b"\x04\x22\x4d\x18garbage".to_vec()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(a.json()["error"].as_str().unwrap().contains("lz4"));
+    let bomb = feature_trimmer::compression::encode(&vec![b' '; 200 * 1024 * 1024]).unwrap();
+    let a = answer(s.client.request(request(bomb)).await.unwrap()).await;
+    assert_eq!(a.status, 413);
+    near_root.stop().await;
+    s.sidecar.stop().await;
+}
