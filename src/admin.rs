@@ -66,11 +66,16 @@ pub async fn handle(
 
 /// Mutating calls come from loopback peers only, unless the configuration allows more.
 fn mutation_allowed(shared: &Shared, request: &Request<Incoming>) -> bool {
-    shared.config.admin.allow_remote_changes
-        || request
-            .extensions()
-            .get::<Peer>()
-            .is_some_and(|peer| peer.0.ip().is_loopback())
+    change_allowed(
+        shared.config.admin.allow_remote_changes,
+        request.extensions().get::<Peer>(),
+    )
+}
+
+/// The rule itself: loopback peers always, others only when configured. A request without a
+/// known peer is refused.
+fn change_allowed(allow_remote: bool, peer: Option<&Peer>) -> bool {
+    allow_remote || peer.is_some_and(|peer| peer.0.ip().is_loopback())
 }
 
 /// Sets the admin kill switch; the file switch is independent (either one disables).
@@ -148,4 +153,20 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
         StatusCode::OK,
         serde_json::to_vec_pretty(&body).unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_change_things_unless_allowed() {
+        let peer = |addr: &str| Peer(addr.parse().unwrap());
+        assert!(change_allowed(false, Some(&peer("127.0.0.1:5000"))));
+        assert!(change_allowed(false, Some(&peer("[::1]:5000"))));
+        assert!(!change_allowed(false, Some(&peer("10.1.2.3:5000"))));
+        assert!(!change_allowed(false, Some(&peer("[fd00::1]:5000"))));
+        assert!(!change_allowed(false, None));
+        assert!(change_allowed(true, Some(&peer("10.1.2.3:5000"))));
+    }
 }

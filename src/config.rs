@@ -434,6 +434,27 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_port_never_shares_the_proxy_port() {
+        let mut config = Config {
+            clusters: vec![ClusterConfig {
+                name: "default".into(),
+                endpoints: vec!["http://127.0.0.1:1".into()],
+                ..ClusterConfig::default()
+            }],
+            ..Config::default()
+        };
+        config.admin.listen = config.listen;
+        assert!(
+            config
+                .problems()
+                .iter()
+                .any(|p| p.contains("never shares the proxy port")),
+            "{:?}",
+            config.problems()
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         let mut problems = Vec::new();
         let config = Config::parse(

@@ -179,3 +179,87 @@ fn the_demo_runs_the_whole_loop_and_exits_0() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("trimmed                       4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drops_nothing_already_accepted() {
+    let leaf = Leaf::start("leaf").await;
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--upstream", &leaf.url()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let proxy = loop {
+        let line = lines
+            .next()
+            .expect("trimmer exited before serving")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(listen) = entry["fields"]["listen"].as_str() {
+            break listen.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    // Four clients send back to back (each request takes 20 ms at the leaf) until refused.
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let url = format!("http://{proxy}/slow/20");
+            tokio::spawn(async move {
+                let client = h1_client();
+                let (mut ok, mut refused) = (0u32, 0u32);
+                for i in 0..1000 {
+                    let request = http::Request::post(&url)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                            "{c}-{i}"
+                        ))))
+                        .unwrap();
+                    match client.request(request).await {
+                        Ok(response) => {
+                            let a = answer(response).await;
+                            assert_eq!(a.status, 200);
+                            assert_eq!(a.body, format!("{c}-{i}"));
+                            ok += 1;
+                        }
+                        Err(_) => {
+                            refused += 1;
+                            if refused > 3 {
+                                break;
+                            }
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(answered >= 8, "load was running: {answered}");
+    // Every request that reached the leaf got its answer back to the client.
+    assert_eq!(
+        leaf.count(),
+        answered as usize,
+        "a request reached the leaf but its answer was dropped"
+    );
+}
