@@ -1,0 +1,19 @@
+//! Bundle and config.pbtxt parsers: no panic; an accepted bundle re-serialises to a document
+//! that parses to the same bundle and passes its own checksum once sealed.
+#![no_main]
+
+use feature_trimmer::bundle::pbtxt;
+use feature_trimmer::bundle::Bundle;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(mut bundle) = Bundle::parse_document(data) {
+        bundle.seal();
+        let text = serde_json::to_vec(&bundle).expect("bundles serialise");
+        let again = Bundle::parse_document(&text).expect("a sealed bundle parses");
+        assert_eq!(again, bundle);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = pbtxt::parse(text);
+    }
+});
