@@ -14,6 +14,7 @@
 //! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
 //! - [`check`]: offline validation of a configuration and its bundles.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
+//! - [`loadtest`]: the checking leaf and workload files for the e2e harness in `benches/e2e/`.
 //! - [`workload`]: the reference workloads shared by benches, tests and the e2e harness.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: listeners, connection tasks, graceful shutdown.
@@ -26,6 +27,7 @@ pub mod classify;
 pub mod compression;
 pub mod config;
 pub mod demo;
+pub mod loadtest;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

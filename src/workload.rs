@@ -47,8 +47,8 @@ fn allow_every(features: &[String], keep: usize) -> Vec<String> {
     features.iter().step_by(step).take(keep).cloned().collect()
 }
 
-/// `tfs-rows`: TF Serving predict, 64 instances × 1,000 features (numbers, strings, short
-/// lists), allowlist 100 (~1.6 MB in, ~10% out).
+/// `tfs-rows`: TF Serving predict, 64 instances × 1,000 features (full-precision numbers,
+/// strings, short lists), allowlist 100 (~1.6 MB in, ~10% out).
 pub fn tfs_rows() -> Workload {
     tf_rows("tfs-rows", 64, 1000, 100)
 }
@@ -76,7 +76,8 @@ fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize) -> Workload {
             body.push_str(f);
             body.push_str("\":");
             match rng.next() % 3 {
-                0 => body.push_str(&format!("{}", rng.next() % 100_000)),
+                // Full-precision doubles, as Python's json or Jackson write them (17 digits).
+                0 => body.push_str(&format!("{}", rng.next() as f64 / 2_147_483_648.0)),
                 1 => body.push_str(&format!("\"v{}\"", rng.next() % 10_000)),
                 _ => body.push_str(&format!(
                     "[{},{},{}]",

@@ -1,0 +1,288 @@
+"""End-to-end harness: fixed-rate open-loop load (oha --latency-correction) against the same leaf
+directly and through each proxy, targets interleaved and repeated, medians reported.
+
+Load generator pinned to CPU 0; leaf and proxy to CPU 1 (taskset). For each workload and target:
+p50/p90/p99 at a fixed rate, the achieved rate, CPU seconds the proxy used per 1,000 requests,
+and the maximum sustainable rate (highest rate with >= 97% achieved, no errors and p99 < 250 ms).
+The leaf parses every body as JSON and checks it against the workload: bodies equal to the full
+request, to the correctly trimmed one, or wrong (e.g. numbers rounded by cjson) are counted.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+NGINX_MODULES = "/usr/lib/nginx/modules"
+LUA_CPATH = "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_seconds(pids):
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except FileNotFoundError:
+            pass
+    return total / ticks
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+    except Exception:
+        return []
+
+
+class Target:
+    def __init__(self, name, port, proc, pids_fn):
+        self.name, self.port, self.proc, self.pids_fn = name, port, proc, pids_fn
+
+    def pids(self):
+        return self.pids_fn()
+
+
+def start(cmd, cpu="1", **kw):
+    return subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+def nginx_conf(work, port, leaf_port, lua_allowlist=None):
+    lua = ""
+    modules = ""
+    if lua_allowlist:
+        modules = f"load_module {NGINX_MODULES}/ndk_http_module.so;\nload_module {NGINX_MODULES}/ngx_http_lua_module.so;\n"
+        lua = f"""
+    lua_package_cpath "{LUA_CPATH}";
+    init_by_lua_block {{
+        cjson = require "cjson"
+        allow = {{}}
+        for line in io.lines("{lua_allowlist}") do allow[line] = true end
+    }}"""
+    access = """
+            access_by_lua_block {
+                ngx.req.read_body()
+                local body = ngx.req.get_body_data()
+                if not body then return end
+                local ok, doc = pcall(cjson.decode, body)
+                if ok and type(doc) == "table" and type(doc.instances) == "table" then
+                    for _, row in ipairs(doc.instances) do
+                        if type(row) == "table" then
+                            for k, _ in pairs(row) do
+                                if not allow[k] then row[k] = nil end
+                            end
+                        end
+                    end
+                    ngx.req.set_body_data(cjson.encode(doc))
+                end
+            }""" if lua_allowlist else ""
+    return f"""{modules}worker_processes 1;
+daemon off;
+pid {work}/nginx-{port}.pid;
+error_log {work}/nginx-{port}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_max_body_size 64m;
+    client_body_buffer_size 8m;
+    client_body_temp_path {work}/body-{port};
+    proxy_temp_path {work}/proxy-{port};{lua}
+    upstream leaf {{ server 127.0.0.1:{leaf_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{{access}
+            proxy_pass http://leaf;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port, leaf_port):
+    return f"""global
+    nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend leaf
+backend leaf
+    http-reuse always
+    server leaf1 127.0.0.1:{leaf_port} maxconn 1024
+"""
+
+
+def oha(url, path, body_file, rate, duration, extra_headers):
+    cmd = ["taskset", "-c", "0", "oha", "-z", f"{duration}s", "-q", str(rate), "--latency-correction",
+           "--no-tui", "--output-format", "json", "-c", "64", "-m", "POST", "-D", body_file,
+           "-H", "content-type: application/json"]
+    for h in extra_headers:
+        cmd += ["-H", h]
+    cmd.append(url + path)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    data = json.loads(out.stdout)
+    summary = data["summary"]
+    pct = data.get("latencyPercentiles", {})
+    codes = data.get("statusCodeDistribution", {})
+    errors = sum(data.get("errorDistribution", {}).values())
+    ok = codes.get("200", 0)
+    return {
+        "rps": summary.get("requestsPerSec") or 0.0,
+        "p50": (pct.get("p50") or 0) * 1000, "p90": (pct.get("p90") or 0) * 1000, "p99": (pct.get("p99") or 0) * 1000,
+        "ok": ok, "errors": errors + sum(v for k, v in codes.items() if k != "200"),
+    }
+
+
+def leaf_stats(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def run_workload(args, workload, work):
+    wdir = os.path.join(work, workload)
+    subprocess.run([args.trimmer, "bench", "workload", workload, "--dir", wdir], check=True)
+    path = open(os.path.join(wdir, "path")).read().strip()
+    body_file = os.path.join(wdir, "body")
+    leaf_port = free_port()
+    leaf = start([args.trimmer, "bench", "leaf", "--listen", f"127.0.0.1:{leaf_port}", "--workload", workload])
+    wait_port(leaf_port)
+    targets = [Target("direct", leaf_port, None, lambda: [])]
+    procs = [leaf]
+
+    port = free_port()
+    admin = free_port()
+    p = start([args.trimmer, "serve", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+               "--upstream", f"http://127.0.0.1:{leaf_port}", "--bundles", os.path.join(wdir, "bundles")],
+              env={**os.environ, "RUST_LOG": "warn"})
+    procs.append(p)
+    targets.append(Target("trimmer", port, p, lambda p=p: [p.pid]))
+
+    for name, lua in (("nginx", None), ("nginx+lua", os.path.join(wdir, "allowlist.txt"))):
+        port = free_port()
+        conf = os.path.join(work, f"{workload}-{name}.conf")
+        open(conf, "w").write(nginx_conf(work, port, leaf_port, lua))
+        p = start(["nginx", "-c", conf, "-e", os.path.join(work, f"nginx-{port}.log")])
+        procs.append(p)
+        targets.append(Target(name, port, p, lambda p=p: [p.pid] + children(p.pid)))
+
+    port = free_port()
+    conf = os.path.join(work, f"{workload}-haproxy.cfg")
+    open(conf, "w").write(haproxy_conf(port, leaf_port))
+    p = start(["haproxy", "-f", conf, "-db"])
+    procs.append(p)
+    targets.append(Target("haproxy", port, p, lambda p=p: [p.pid]))
+    for t in targets:
+        wait_port(t.port)
+    time.sleep(0.5)
+
+    headers = []
+    results = {t.name: [] for t in targets}
+    checks = {}
+    rate = args.rate[workload]
+    # Fixed rate, targets interleaved, repeated.
+    for rep in range(args.repeats):
+        for t in targets:
+            before_stats = leaf_stats(leaf_port)
+            cpu0 = cpu_seconds(t.pids())
+            r = oha(f"http://127.0.0.1:{t.port}", path, body_file, rate, args.duration, headers)
+            cpu = cpu_seconds(t.pids()) - cpu0
+            after = leaf_stats(leaf_port)
+            r["cpu_per_1k"] = 1000 * cpu / max(r["ok"], 1) if t.name != "direct" else float("nan")
+            results[t.name].append(r)
+            delta = {k: after[k] - before_stats[k] for k in after}
+            checks.setdefault(t.name, {k: 0 for k in delta})
+            for k in delta:
+                checks[t.name][k] += delta[k]
+    # Maximum sustainable rate: grow the rate until a target falls behind.
+    max_rate = {}
+    for t in targets:
+        best, r_try = 0, rate
+        while r_try <= args.max_rate[workload]:
+            r = oha(f"http://127.0.0.1:{t.port}", path, body_file, r_try, max(2, args.duration // 2), headers)
+            if r["errors"] == 0 and r["rps"] >= 0.97 * r_try and r["p99"] < 250:
+                best = r_try
+                r_try = int(r_try * 1.5)
+            else:
+                break
+        max_rate[t.name] = best
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return targets, results, checks, max_rate, rate
+
+
+def median(values):
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trimmer", required=True)
+    parser.add_argument("--workloads", default="small,tfs-rows")
+    parser.add_argument("--duration", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate-small", type=int, default=2000)
+    parser.add_argument("--rate-tfs-rows", type=int, default=20)
+    args = parser.parse_args()
+    args.rate = {"small": args.rate_small, "tfs-rows": args.rate_tfs_rows}
+    args.max_rate = {"small": 60000, "tfs-rows": 2000}
+    for tool in ("oha", "nginx", "haproxy", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: run benches/e2e/run.sh, which installs it")
+    work = tempfile.mkdtemp(prefix="trimmer-e2e-")
+    try:
+        for workload in args.workloads.split(","):
+            targets, results, checks, max_rate, rate = run_workload(args, workload, work)
+            print(f"\n## {workload}: {rate} req/s fixed rate, {args.duration} s x {args.repeats} runs (medians)")
+            print(f"{'target':<11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'achieved':>9} {'max rate':>9} {'CPU s/1k':>9}   leaf saw")
+            for t in targets:
+                rs = results[t.name]
+                c = checks[t.name]
+                print(f"{t.name:<11} {median([r['p50'] for r in rs]):>8.2f} {median([r['p90'] for r in rs]):>8.2f} "
+                      f"{median([r['p99'] for r in rs]):>8.2f} {median([r['rps'] for r in rs]):>9.1f} {max_rate[t.name]:>9} "
+                      f"{median([r['cpu_per_1k'] for r in rs]):>9.3f}   full {c['full']}, trimmed {c['trimmed']}, wrong {c['wrong']}, unparsable {c['unparsable']}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# End-to-end comparison on loopback: direct to the leaf, the trimmer, nginx and HAProxy as plain
+# reverse proxies, and nginx with a Lua/cjson body filter trimming the same allowlist.
+# Installs what it needs from the registries, builds the trimmer, then runs harness.py.
+# Usage: bash benches/e2e/run.sh [harness options, e.g. --workloads small --duration 5]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
+  || [ ! -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] || [ ! -e /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nginx haproxy libnginx-mod-http-lua lua-cjson >/dev/null
+fi
+command -v oha >/dev/null || cargo install --locked oha
+cargo build --release --locked --bin trimmer
+exec python3 benches/e2e/harness.py --trimmer target/release/trimmer "$@"

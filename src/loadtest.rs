@@ -1,0 +1,125 @@
+//! Support for the end-to-end harness in `benches/e2e/`: a leaf that parses every JSON body as
+//! a real model server must (so a smaller body costs it less) and checks what it received
+//! against the workload, and a way to write a workload's body and allowlist to files.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::workload::{self, Workload};
+
+/// What the leaf has seen: bodies equal to the full request, equal to the correctly trimmed
+/// one, or anything else (a changed value, a missing feature, a rounded number).
+#[derive(Default)]
+struct Tally {
+    full: AtomicU64,
+    trimmed: AtomicU64,
+    wrong: AtomicU64,
+    unparsable: AtomicU64,
+}
+
+/// The workload with this bench name.
+pub fn by_name(name: &str) -> Option<Workload> {
+    workload::all().into_iter().find(|w| w.name == name)
+}
+
+/// Writes `body` (the request body), `allowlist.txt` (one feature per line) and
+/// `bundles/bench.json` for the workload into `dir`.
+pub fn write_workload(w: &Workload, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("bundles"))?;
+    std::fs::write(dir.join("body"), &w.body)?;
+    std::fs::write(dir.join("allowlist.txt"), w.allowed.join("\n") + "\n")?;
+    std::fs::write(dir.join("path"), w.path)?;
+    let bundle = serde_json::to_vec_pretty(&w.bundle()).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("bundles").join("bench.json"), bundle)
+}
+
+/// The workload's body with every feature map filtered by serde_json (independently of the
+/// trim engines), as the leaf expects a correct trimmer to deliver it.
+fn expected_trimmed(w: &Workload) -> Value {
+    let mut doc: Value =
+        serde_json::from_slice(&w.body[..w.json_len.unwrap_or(w.body.len())]).unwrap_or_default();
+    let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
+    if let Some(rows) = doc.get_mut("instances").and_then(Value::as_array_mut) {
+        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+            row.retain(|k, _| allowed(k));
+        }
+    }
+    if let Some(inputs) = doc.get_mut("inputs").and_then(Value::as_array_mut) {
+        inputs.retain(|i| i["name"].as_str().is_some_and(allowed));
+    }
+    doc
+}
+
+/// Serves the checking leaf on `addr` until the process ends. `GET /stats` answers the tally.
+pub async fn serve_leaf(addr: SocketAddr, w: Workload) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    eprintln!(
+        "leaf for {} listening on {}",
+        w.name,
+        listener.local_addr()?
+    );
+    let json_len = w.json_len.unwrap_or(w.body.len());
+    let full: Arc<Value> =
+        Arc::new(serde_json::from_slice(&w.body[..json_len]).unwrap_or_default());
+    let trimmed = Arc::new(expected_trimmed(&w));
+    let tally = Arc::new(Tally::default());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (full, trimmed, tally) = (full.clone(), trimmed.clone(), tally.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                answer(request, full.clone(), trimmed.clone(), tally.clone())
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    full: Arc<Value>,
+    trimmed: Arc<Value>,
+    tally: Arc<Tally>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/stats" {
+        let stats = serde_json::json!({
+            "full": tally.full.load(Ordering::Relaxed),
+            "trimmed": tally.trimmed.load(Ordering::Relaxed),
+            "wrong": tally.wrong.load(Ordering::Relaxed),
+            "unparsable": tally.unparsable.load(Ordering::Relaxed),
+        });
+        return Ok(Response::new(Full::new(Bytes::from(stats.to_string()))));
+    }
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    // Parse like a model server does before it can run the model.
+    let counter = match serde_json::from_slice::<Value>(&body) {
+        Ok(doc) if doc == *trimmed => &tally.trimmed,
+        Ok(doc) if doc == *full => &tally.full,
+        Ok(_) => &tally.wrong,
+        Err(_) => &tally.unparsable,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    Ok(Response::new(Full::new(Bytes::from_static(
+        br#"{"predictions":[0.5]}"#,
+    ))))
+}
