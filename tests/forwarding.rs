@@ -406,3 +406,34 @@ async fn admin_endpoints_answer() {
     assert!(missing.json()["error"].is_string());
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn h2c_towards_a_cluster_when_configured() {
+    let leaf = Leaf::start("leaf").await;
+    let mut config = config_for(&leaf);
+    config.clusters[0].protocol = feature_trimmer::config::UpstreamProtocol::H2c;
+    let sidecar = Sidecar::start(config).await;
+    let client = h1_client();
+    for i in 0..5 {
+        let a = send(
+            &client,
+            "POST",
+            &sidecar.url("/v2/models/m/infer"),
+            format!("body-{i}"),
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.clone()),
+            (200, bytes::Bytes::from(format!("body-{i}")))
+        );
+    }
+    let seen = leaf.seen();
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_2),
+        "the leaf was not spoken to over h2c"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.uri.authority().map(|a| a.to_string()) == Some(leaf.addr.to_string())));
+    sidecar.stop().await;
+}

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 /// What a leaf saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: http::Method,
     pub uri: http::Uri,
     pub headers: HeaderMap,
@@ -106,6 +107,7 @@ async fn leaf_handle(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
+        version: parts.version,
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
