@@ -1,5 +1,8 @@
 //! The proxy path: read the body within its limit, classify, pick the cluster, forward, and
 //! stream the answer back. Every failure becomes an explicit JSON error response.
+// The steps return the client's error response itself as their `Err`: it is large, but only
+// built on the rare failure path, and boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -161,56 +164,23 @@ pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let max = shared.config.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        shared.metrics.rejected("body_too_large").inc();
-        return Ok(too_large(max));
-    }
+    Ok(forward(&shared, request)
+        .await
+        .unwrap_or_else(|response| response))
+}
+
+/// read (within the limit) → decode → classify and route → trim → encode → send.
+async fn forward(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let (mut parts, body) = request.into_parts();
     let framed = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let body = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            shared.metrics.rejected("body_too_large").inc();
-            return Ok(too_large(max));
-        }
-        Err(e) => {
-            shared.metrics.rejected("body_read_error").inc();
-            return Ok(error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read the request body: {e}"),
-            ));
-        }
-    };
-    let mut body = body;
+    let mut body = read_body(shared, &parts.headers, body).await?;
     if content_encoding(&parts.headers).is_some_and(|e| e.eq_ignore_ascii_case(b"lz4")) {
-        match compression::decode(&body, max) {
-            Ok(decoded) => {
-                body = Bytes::from(decoded);
-                parts.headers.remove(header::CONTENT_ENCODING);
-            }
-            Err(e) => {
-                let (reason, status) = match e {
-                    compression::DecodeError::TooLarge(_) => {
-                        ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
-                    }
-                    compression::DecodeError::Corrupt(_) => {
-                        ("bad_encoding", StatusCode::BAD_REQUEST)
-                    }
-                };
-                shared.metrics.rejected(reason).inc();
-                return Ok(error_response(status, &e.to_string()));
-            }
-        }
+        body = decode_lz4(shared, &body)?;
+        parts.headers.remove(header::CONTENT_ENCODING);
     }
     let target = classify(parts.uri.path());
     let cluster = shared
@@ -220,13 +190,11 @@ pub async fn handle(
         .as_ref()
         .filter(|t| t.verb.is_some() && parts.method == http::Method::POST)
     {
-        let decision = decide(&shared, target, &parts.headers, &body);
-        decision.model.record(
-            decision.outcome,
-            body.len(),
-            decision.body.as_ref().map_or(body.len(), Vec::len),
-            decision.removed,
-        );
+        let decision = decide(shared, target, &parts.headers, &body);
+        let forwarded = decision.body.as_ref().map_or(body.len(), Vec::len);
+        decision
+            .model
+            .record(decision.outcome, body.len(), forwarded, decision.removed);
         if let Some(trimmed) = decision.body {
             body = Bytes::from(trimmed);
         }
@@ -273,9 +241,60 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::warn!(error = %e, path = parts.uri.path(), "upstream request failed");
-            Ok(error_response(e.status(), &e.to_string()))
+            Err(error_response(e.status(), &e.to_string()))
         }
     }
+}
+
+/// The whole request body, refused with 413 as soon as it is known to exceed the limit
+/// (declared, or while reading) and with 400 when the client fails to send it.
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Response<ProxyBody>> {
+    let max = shared.config.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        shared.metrics.rejected("body_too_large").inc();
+        return Err(too_large(max));
+    }
+    match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            shared.metrics.rejected("body_too_large").inc();
+            Err(too_large(max))
+        }
+        Err(e) => {
+            shared.metrics.rejected("body_read_error").inc();
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {e}"),
+            ))
+        }
+    }
+}
+
+/// An lz4 body decoded within `max_body_bytes`: 413 past the limit, 400 for a corrupt frame.
+fn decode_lz4(shared: &Shared, body: &[u8]) -> Result<Bytes, Response<ProxyBody>> {
+    compression::decode(body, shared.config.max_body_bytes)
+        .map(Bytes::from)
+        .map_err(|e| {
+            let (reason, status) = match e {
+                compression::DecodeError::TooLarge(_) => {
+                    ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
+                }
+                compression::DecodeError::Corrupt(_) => ("bad_encoding", StatusCode::BAD_REQUEST),
+            };
+            shared.metrics.rejected(reason).inc();
+            error_response(status, &e.to_string())
+        })
 }
 
 /// The request's `Content-Encoding`, unless absent or `identity`.
