@@ -31,8 +31,7 @@ where
     url
 }
 
-async fn still_serving(sidecar: &Sidecar, leaf: &Leaf) {
-    let _ = leaf;
+async fn still_serving(sidecar: &Sidecar) {
     let a = send(&h1_client(), "POST", &sidecar.url("/fine"), "ok").await;
     assert_eq!(a.status, 200, "the sidecar must keep serving");
 }
@@ -60,7 +59,7 @@ async fn a_leaf_that_resets_before_answering_gets_502() {
     assert_eq!(a.status, 502);
     let error = a.json()["error"].as_str().unwrap().to_owned();
     assert!(error.contains("`bad`"), "{error}");
-    still_serving(&sidecar, &good).await;
+    still_serving(&sidecar).await;
     let m = get_text(&sidecar.admin_url("/metrics")).await;
     assert_eq!(
         metric(
@@ -101,7 +100,7 @@ async fn a_leaf_that_resets_mid_response_ends_the_client_response_too() {
         .await
         .expect("no hang");
     assert!(body.is_err(), "a truncated body must surface as an error");
-    still_serving(&sidecar, &good).await;
+    still_serving(&sidecar).await;
     sidecar.stop().await;
 }
 
@@ -126,7 +125,7 @@ async fn a_malformed_response_gets_502() {
     .await;
     assert_eq!(a.status, 502);
     assert!(a.json()["error"].as_str().unwrap().contains("failed"));
-    still_serving(&sidecar, &good).await;
+    still_serving(&sidecar).await;
     sidecar.stop().await;
 }
 
