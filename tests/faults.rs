@@ -31,6 +31,17 @@ where
     url
 }
 
+/// A sidecar routing model `flaky` to `bad` and everything else to a working leaf.
+async fn beside_a_good_leaf(bad: String) -> (Leaf, Sidecar) {
+    let good = Leaf::start("good").await;
+    let sidecar = Sidecar::start(config_with(&[
+        ("good", vec![good.url()], vec![]),
+        ("bad", vec![bad], vec!["flaky"]),
+    ]))
+    .await;
+    (good, sidecar)
+}
+
 async fn still_serving(sidecar: &Sidecar) {
     let a = send(&h1_client(), "POST", &sidecar.url("/fine"), "ok").await;
     assert_eq!(a.status, 200, "the sidecar must keep serving");
@@ -43,12 +54,7 @@ async fn a_leaf_that_resets_before_answering_gets_502() {
         drop(stream);
     })
     .await;
-    let good = Leaf::start("good").await;
-    let sidecar = Sidecar::start(config_with(&[
-        ("good", vec![good.url()], vec![]),
-        ("bad", vec![bad], vec!["flaky"]),
-    ]))
-    .await;
+    let (_good, sidecar) = beside_a_good_leaf(bad).await;
     let a = send(
         &h1_client(),
         "POST",
@@ -83,12 +89,7 @@ async fn a_leaf_that_resets_mid_response_ends_the_client_response_too() {
         let _ = stream.set_zero_linger();
     })
     .await;
-    let good = Leaf::start("good").await;
-    let sidecar = Sidecar::start(config_with(&[
-        ("good", vec![good.url()], vec![]),
-        ("bad", vec![bad], vec!["flaky"]),
-    ]))
-    .await;
+    let (_good, sidecar) = beside_a_good_leaf(bad).await;
     let request = http::Request::post(sidecar.url("/v1/models/flaky:predict"))
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
@@ -110,12 +111,7 @@ async fn a_malformed_response_gets_502() {
         let _ = stream.write_all(b"HTTP/1.1 abc what\r\n\r\n").await;
     })
     .await;
-    let good = Leaf::start("good").await;
-    let sidecar = Sidecar::start(config_with(&[
-        ("good", vec![good.url()], vec![]),
-        ("bad", vec![bad], vec!["flaky"]),
-    ]))
-    .await;
+    let (_good, sidecar) = beside_a_good_leaf(bad).await;
     let a = send(
         &h1_client(),
         "POST",

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -75,36 +74,12 @@ fn no_upstream_is_a_usage_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let leaf = Leaf::start("leaf").await;
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(["--upstream", &leaf.url()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The first JSON log line names the bound addresses.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let line = lines
-            .next()
-            .expect("trimmer exited before serving")
-            .unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
-        if let (Some(listen), Some(admin)) = (
-            entry["fields"]["listen"].as_str(),
-            entry["fields"]["admin"].as_str(),
-        ) {
-            break (listen.to_owned(), admin.to_owned());
-        }
-    };
-    let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let Spawned {
+        mut child,
+        proxy,
+        admin,
+        logs,
+    } = spawn_trimmer(&["--upstream", &leaf.url()], &[]);
 
     let client = h1_client();
     let in_flight: Vec<_> = (0..8)
@@ -183,32 +158,9 @@ fn the_demo_runs_the_whole_loop_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drops_nothing_already_accepted() {
     let leaf = Leaf::start("leaf").await;
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(["--upstream", &leaf.url()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let proxy = loop {
-        let line = lines
-            .next()
-            .expect("trimmer exited before serving")
-            .unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if let Some(listen) = entry["fields"]["listen"].as_str() {
-            break listen.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let Spawned {
+        mut child, proxy, ..
+    } = spawn_trimmer(&["--upstream", &leaf.url()], &[]);
     // Four clients send back to back (each request takes 20 ms at the leaf) until refused.
     let clients: Vec<_> = (0..4)
         .map(|c| {

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -52,39 +51,17 @@ async fn soak_keeps_fds_and_memory_flat() {
     let dir = TempDir::new("soak");
     std::fs::write(dir.path("bench.json"), bundle(&workloads, 1)).unwrap();
     let leaf = Leaf::start("leaf").await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trimmer"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args([
-            "--upstream",
-            &leaf.url(),
-            "--bundles",
-            dir.0.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn,feature_trimmer::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bundles = dir.0.to_str().unwrap().to_owned();
+    let Spawned {
+        mut child,
+        proxy,
+        admin,
+        ..
+    } = spawn_trimmer(
+        &["--upstream", &leaf.url(), "--bundles", &bundles],
+        &[("RUST_LOG", "warn,feature_trimmer::server=info")],
+    );
     let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
-        let entry: serde_json::Value =
-            serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        if let (Some(l), Some(a)) = (
-            entry["fields"]["listen"].as_str(),
-            entry["fields"]["admin"].as_str(),
-        ) {
-            break (l.to_owned(), a.to_owned());
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
 
     let next = Arc::new(AtomicUsize::new(0));
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -388,3 +388,54 @@ impl Drop for TempDir {
 pub async fn status(sidecar: &Sidecar) -> serde_json::Value {
     serde_json::from_str(&get_text(&sidecar.admin_url("/status")).await).unwrap()
 }
+
+/// The `trimmer` binary running `serve` with JSON logs on ephemeral loopback ports.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub proxy: String,
+    pub admin: String,
+    /// Every later log line, collected until the process exits.
+    pub logs: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts `trimmer serve` with `args` (plus ephemeral listeners and JSON logs) and reads the
+/// bound addresses from its first log line.
+pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trimmer"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (proxy, admin) = loop {
+        let line = lines
+            .next()
+            .expect("trimmer exited before serving")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if let (Some(listen), Some(admin)) = (
+            entry["fields"]["listen"].as_str(),
+            entry["fields"]["admin"].as_str(),
+        ) {
+            break (listen.to_owned(), admin.to_owned());
+        }
+    };
+    let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+    Spawned {
+        child,
+        proxy,
+        admin,
+        logs,
+    }
+}
