@@ -215,3 +215,78 @@ async fn sigterm_under_load_drops_nothing_already_accepted() {
         "a request reached the leaf but its answer was dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rescans_the_bundle_directory() {
+    let dir = TempDir::new("sighup");
+    std::fs::create_dir_all(dir.path("bundles")).unwrap();
+    // A watcher hint would wait a minute for quiet and the periodic rescan an hour: only SIGHUP
+    // can explain a reload within seconds.
+    std::fs::write(
+        dir.path("trimmer.toml"),
+        format!(
+            "[bundles]\ndir = \"{}\"\ndebounce_ms = 60000\nrescan_interval_ms = 3600000\n",
+            dir.path("bundles").display()
+        ),
+    )
+    .unwrap();
+    let leaf = Leaf::start("leaf").await;
+    let config = dir.path("trimmer.toml");
+    let Spawned {
+        mut child, admin, ..
+    } = spawn_trimmer(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--upstream",
+            &leaf.url(),
+        ],
+        &[],
+    );
+    // Ready means the first scan is done: the file below is new to the sidecar.
+    let ready = format!("http://{admin}/readyz");
+    eventually("readiness", || async {
+        send(&h1_client(), "GET", &ready, "").await.status == 200
+    })
+    .await;
+    let generation = || {
+        let url = format!("http://{admin}/metrics");
+        async move {
+            metric(
+                &get_text(&url).await,
+                r#"trimmer_bundle_generation{bundle="b"}"#,
+            )
+        }
+    };
+    std::fs::write(
+        dir.path("bundles/b.json"),
+        r#"{"format": "trimmer.bundle/v1", "bundle": "b", "generation": 7, "models": [{"model": "m", "version": "1", "features": ["a"]}]}"#,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = generation().await;
+    if early.is_some() {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    assert_eq!(early, None, "nothing but SIGHUP may load it this early");
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    eventually("the SIGHUP rescan", || async {
+        generation().await == Some(7.0)
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

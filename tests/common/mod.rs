@@ -389,9 +389,34 @@ pub async fn status(sidecar: &Sidecar) -> serde_json::Value {
     serde_json::from_str(&get_text(&sidecar.admin_url("/status")).await).unwrap()
 }
 
+/// A child process that is killed if the test ends (or panics) before it exits, so no orphan
+/// keeps running or holds the test runner's output open.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // After a successful wait() both are no-ops.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The `trimmer` binary running `serve` with JSON logs on ephemeral loopback ports.
 pub struct Spawned {
-    pub child: std::process::Child,
+    pub child: KillOnDrop,
     pub proxy: String,
     pub admin: String,
     /// Every later log line, collected until the process exits.
@@ -433,7 +458,7 @@ pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
     };
     let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
     Spawned {
-        child,
+        child: KillOnDrop(child),
         proxy,
         admin,
         logs,
