@@ -42,7 +42,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in label-handle order.
+    /// Every outcome, in declaration order, so `outcome as usize` indexes label handles.
     pub const ALL: [Outcome; 8] = [
         Outcome::Trimmed,
         Outcome::Observed,
@@ -98,8 +98,7 @@ pub struct ModelMetrics {
 impl ModelMetrics {
     /// Records one score request.
     pub fn record(&self, outcome: Outcome, bytes_in: usize, bytes_out: usize, removed: u64) {
-        let index = Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0);
-        self.requests[index].inc();
+        self.requests[outcome as usize].inc();
         self.bytes_in.inc_by(bytes_in as u64);
         self.bytes_out.inc_by(bytes_out as u64);
         match outcome {
@@ -433,5 +432,17 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn outcomes_index_their_handles() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{}", outcome.as_str());
+        }
     }
 }

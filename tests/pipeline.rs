@@ -270,18 +270,21 @@ mode = "observe"
 "#,
     );
     let out = tmp.path("out.json");
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
-        "homefeed",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--policy",
-        tmp.path("policy.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let build_with = |policy: &Path| {
+        trimmer(&[
+            "bundle",
+            "build",
+            "--bundle",
+            "homefeed",
+            "--signatures",
+            sigs.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = build_with(&tmp.path("policy.toml"));
     assert!(o.status.success(), "{}", stderr(&o));
     let bundle = read_json(&out);
     assert_eq!(bundle["labels"]["homefeed_ranker"]["canary"], "18");
@@ -308,18 +311,7 @@ stable = "99"
 mode = "off"
 "#,
     );
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
-        "homefeed",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--policy",
-        tmp.path("bad.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_with(&tmp.path("bad.toml"));
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("model `nope` has no signature"), "{e}");
@@ -332,18 +324,7 @@ mode = "off"
         tmp.path("typo.toml"),
         "[models.homefeed_ranker.versions.18]\nstag = \"pending\"\n",
     );
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
-        "homefeed",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--policy",
-        tmp.path("typo.toml").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_with(&tmp.path("typo.toml"));
     assert!(
         stderr(&o).contains("unknown field `stag`"),
         "{}",

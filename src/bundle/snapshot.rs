@@ -279,10 +279,13 @@ fn unversioned_allowlist(
 ) -> Option<VersionAllowlist> {
     match policy {
         Unversioned::Passthrough => None,
-        Unversioned::Latest => versions
-            .iter()
-            .max_by(|a, b| compare_versions(versions, a.0, b.0))
-            .map(|(_, v)| v.clone()),
+        Unversioned::Latest => {
+            let numeric = versions.keys().all(|v| v.parse::<u64>().is_ok());
+            versions
+                .iter()
+                .max_by(|a, b| compare_versions(numeric, a.0, b.0))
+                .map(|(_, v)| v.clone())
+        }
         Unversioned::Union => versions
             .values()
             .cloned()
@@ -293,13 +296,8 @@ fn unversioned_allowlist(
     }
 }
 
-/// Numeric when every version of the model is a number, otherwise lexicographic.
-fn compare_versions(
-    versions: &HashMap<Box<str>, VersionAllowlist>,
-    a: &str,
-    b: &str,
-) -> std::cmp::Ordering {
-    let numeric = versions.keys().all(|v| v.parse::<u64>().is_ok());
+/// Numeric when `numeric` (every version of the model is a number), otherwise lexicographic.
+fn compare_versions(numeric: bool, a: &str, b: &str) -> std::cmp::Ordering {
     if numeric {
         a.parse::<u64>()
             .unwrap_or(0)
