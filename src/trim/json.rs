@@ -417,7 +417,7 @@ fn string_stop(bytes: &[u8], mut at: usize) -> usize {
 }
 
 /// One bit per byte of a 64-byte block for each class of byte a numeric array holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Classes {
     digit: u64,
     zero: u64,
@@ -434,16 +434,7 @@ struct Classes {
 /// Classifies a block byte by byte: the reference, and the path on targets without SSE2.
 #[cfg_attr(target_arch = "x86_64", cfg(test))]
 fn classify_bytewise(block: &[u8; 64]) -> Classes {
-    let mut k = Classes {
-        digit: 0,
-        zero: 0,
-        dot: 0,
-        exp: 0,
-        minus: 0,
-        plus: 0,
-        comma: 0,
-        space: 0,
-    };
+    let mut k = Classes::default();
     for (i, &b) in block.iter().enumerate() {
         let bit = 1u64 << i;
         let class = match b {
@@ -486,16 +477,7 @@ fn classify(block: &[u8; 64]) -> Classes {
             _mm_set_epi64x(word(7), word(6)),
         ];
         let splat = |b: u8| _mm_set1_epi8(b as i8);
-        let mut k = Classes {
-            digit: 0,
-            zero: 0,
-            dot: 0,
-            exp: 0,
-            minus: 0,
-            plus: 0,
-            comma: 0,
-            space: 0,
-        };
+        let mut k = Classes::default();
         for (i, v) in lanes.into_iter().enumerate() {
             let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16) << (16 * i);
             let eq = |b: u8| _mm_cmpeq_epi8(v, splat(b));
