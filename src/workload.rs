@@ -24,11 +24,12 @@ pub const MODEL: &str = "ranker";
 /// Model version used by every workload.
 pub const VERSION: &str = "1";
 
-/// A tiny deterministic generator (64-bit LCG) so no randomness crate is needed.
-struct Lcg(u64);
+/// A tiny deterministic generator (64-bit LCG) so no randomness crate is needed; also drives
+/// the engine's randomised unit tests.
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)

@@ -565,6 +565,7 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
         let prev_token = prev(token, last.token);
         let prev_digit = prev(digit, last.digit);
         let prev_exp = prev(exp, last.exp);
+        let prev_dot = prev(dot, last.dot);
         let starts = token & !prev_token;
         let minus_start = minus & starts;
         let lead = zero & (starts | prev(minus_start, last.minus_start));
@@ -579,7 +580,7 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
             (sum ^ token) & token
         };
         let past_dot = {
-            let sum = add_carried(token, prev(dot, last.dot) & token, &mut last.after_dot);
+            let sum = add_carried(token, prev_dot & token, &mut last.after_dot);
             (sum ^ token) & token
         };
         let wrong = (starts & !(digit | minus))
@@ -588,7 +589,7 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
             | (prev(sign, last.sign) & !digit)
             | (prev_exp & !(digit | sign))
             | ((exp | dot) & !prev_digit)
-            | (prev(dot, last.dot) & !digit)
+            | (prev_dot & !digit)
             | (prev(lead, last.lead) & digit)
             | ((dot | exp) & past_exp)
             | (dot & past_dot)
@@ -695,6 +696,7 @@ fn unescape(raw: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::Lcg;
 
     fn valid(text: &str) -> bool {
         let mut c = Cursor::new(text);
@@ -777,15 +779,12 @@ mod tests {
 
     #[test]
     fn classify_matches_the_bytewise_reference() {
-        let mut state = 3u64;
+        let mut rng = Lcg(3);
         let mut block = [0u8; 64];
         for round in 0..20_000 {
             for b in block.iter_mut() {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
                 // Half the rounds from the interesting bytes, half from all 256.
-                let r = (state >> 33) as usize;
+                let r = rng.next() as usize;
                 *b = if round % 2 == 0 {
                     b"0123456789.eE+-, \t\n\r]x\x7f\x80\xff/:"[r % 27]
                 } else {
@@ -800,13 +799,8 @@ mod tests {
     /// one random edit in some, at every alignment and length up to a few blocks.
     #[test]
     fn number_arrays_agree_with_the_bytewise_cursor() {
-        let mut state = 11u64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize % n
-        };
+        let mut rng = Lcg(11);
+        let mut next = |n: usize| rng.next() as usize % n;
         let numbers = [
             "0",
             "-0",
