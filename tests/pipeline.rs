@@ -24,6 +24,11 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that the command's standard error contains `message`.
+fn says(o: &Output, message: &str) {
+    assert!(stderr(o).contains(message), "{}", stderr(o));
+}
+
 fn write(path: PathBuf, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -145,11 +150,8 @@ fn build_reads_every_signature_form_and_skips_a_missing_one() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("lost_model/4") && stderr(&o).contains("no readable signature"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "lost_model/4");
+    says(&o, "no readable signature");
     let bundle = read_json(&out);
     assert_eq!(bundle["generation"], 1);
     assert!(
@@ -216,7 +218,7 @@ fn build_reads_every_signature_form_and_skips_a_missing_one() {
         tmp.path("strict.json").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("lost_model/4"), "{}", stderr(&o));
+    says(&o, "lost_model/4");
     assert!(!tmp.path("strict.json").exists());
 }
 
@@ -325,11 +327,7 @@ mode = "off"
         "[models.homefeed_ranker.versions.18]\nstag = \"pending\"\n",
     );
     let o = build_with(&tmp.path("typo.toml"));
-    assert!(
-        stderr(&o).contains("unknown field `stag`"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "unknown field `stag`");
 }
 
 /// Builds from `models` (module_info files) with extra arguments; returns the output.
@@ -366,17 +364,9 @@ fn build_from(
 fn every_invariant_has_its_own_message() {
     let tmp = TempDir::new("invariants");
     let (o, _) = build_from(&tmp, "empty", &[("m", "1", &[])], &[]);
-    assert!(
-        stderr(&o).contains("m@1 has an empty allowlist"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "m@1 has an empty allowlist");
     let (o, _) = build_from(&tmp, "dupes", &[("m", "1", &["a", "b", "a"])], &[]);
-    assert!(
-        stderr(&o).contains("m@1 lists feature `a` more than once"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "m@1 lists feature `a` more than once");
 
     let (o, gen1) = build_from(
         &tmp,
@@ -393,11 +383,7 @@ fn every_invariant_has_its_own_message() {
         &[("m", "2", &["a", "b"])],
         &["--previous", previous],
     );
-    assert!(
-        stderr(&o).contains("m@1 was current in generation 1 and is missing"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "m@1 was current in generation 1 and is missing");
     let (o, retired) = build_from(
         &tmp,
         "retire",
@@ -412,11 +398,7 @@ fn every_invariant_has_its_own_message() {
         &[("m", "1", &["a"]), ("m", "2", &["a"])],
         &["--previous", previous, "--retire", "m@7"],
     );
-    assert!(
-        stderr(&o).contains("--retire m@7: the previous generation does not list it"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "--retire m@7: the previous generation does not list it");
     // Version 3 becomes current without having been pending first.
     let (o, _) = build_from(
         &tmp,
@@ -424,11 +406,7 @@ fn every_invariant_has_its_own_message() {
         &[("m", "1", &["a"]), ("m", "2", &["a"]), ("m", "3", &["c"])],
         &["--previous", previous],
     );
-    assert!(
-        stderr(&o).contains("m@3 becomes current but generation 1 did not list it"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "m@3 becomes current but generation 1 did not list it");
     let (o, _) = build_from(
         &tmp,
         "new-allowed",
@@ -448,10 +426,9 @@ fn every_invariant_has_its_own_message() {
         tmp.path("labels.json").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("label `stable` of `m` points to m@9, which the bundle does not list"),
-        "{}",
-        stderr(&o)
+    says(
+        &o,
+        "label `stable` of `m` points to m@9, which the bundle does not list",
     );
     let tampered = std::fs::read_to_string(&gen1)
         .unwrap()
@@ -462,12 +439,11 @@ fn every_invariant_has_its_own_message() {
         "validate",
         tmp.path("tampered.json").to_str().unwrap(),
     ]);
-    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+    says(&o, "checksum mismatch");
     let o = trimmer(&["bundle", "validate", previous, "--previous", previous]);
-    assert!(
-        stderr(&o).contains("generation 1 is not newer than the previous generation 1"),
-        "{}",
-        stderr(&o)
+    says(
+        &o,
+        "generation 1 is not newer than the previous generation 1",
     );
     assert!(
         trimmer(&["bundle", "validate", previous, retired.to_str().unwrap()])
@@ -583,11 +559,7 @@ async fn publish_then_rollback_is_seen_by_a_running_sidecar() {
         live.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("generation 1 is not newer than the live generation 2"),
-        "{}",
-        stderr(&o)
-    );
+    says(&o, "generation 1 is not newer than the live generation 2");
     assert!(live.join(".history/b/1.json").exists() && live.join(".history/b/2.json").exists());
 
     let o = trimmer(&["bundle", "rollback", "b", "--dir", live.to_str().unwrap()]);
