@@ -252,4 +252,31 @@ proptest! {
             Err(e) => prop_assert!(false, "{:?}", e),
         }
     }
+
+    #[test]
+    fn kserve_binary_entries_keep_their_own_tensors(
+        // Three tensor kinds, so most entries repeat the one before apart from the name.
+        inputs in prop::collection::vec((prop::sample::select(POOL), 1usize..4), 1..12),
+        names in allowlist(),
+    ) {
+        let entry = |name: &str, n: usize| json!({"name": name, "shape": [1, n], "datatype": "FP32", "parameters": {"binary_data_size": 4 * n}});
+        let header = |list: &[usize]| {
+            let entries: Vec<Value> = list.iter().map(|&i| entry(inputs[i].0, inputs[i].1)).collect();
+            serde_json::to_string(&json!({"id": "x", "inputs": entries})).unwrap()
+        };
+        // Each tensor's bytes are its position, so a slice cut from the wrong place shows.
+        let body = |list: &[usize]| {
+            let mut body = header(list).into_bytes();
+            for &i in list {
+                body.extend(std::iter::repeat_n(i as u8, 4 * inputs[i].1));
+            }
+            body
+        };
+        let all: Vec<usize> = (0..inputs.len()).collect();
+        let kept: Vec<usize> = all.iter().copied().filter(|&i| names.contains(&inputs[i].0)).collect();
+        let out = trim_binary(&body(&all), header(&all).len(), allow(&names)).unwrap();
+        prop_assert_eq!(out.json_len, Some(header(&kept).len()));
+        prop_assert_eq!(out.body, body(&kept));
+        prop_assert_eq!((out.kept, out.removed), (kept.len() as u64, (all.len() - kept.len()) as u64));
+    }
 }

@@ -392,7 +392,7 @@ impl<'a> Cursor<'a> {
 /// The offset of the first `"`, `\\` or control character at or after `pos` (or the end),
 /// eight bytes at a time where the input allows.
 #[inline(always)]
-fn string_stop(bytes: &[u8], mut at: usize) -> usize {
+pub(super) fn string_stop(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     while let Some(chunk) = bytes.get(at..at + 8) {

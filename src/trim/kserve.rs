@@ -2,7 +2,7 @@
 //! With Triton's binary tensor extension the JSON header is followed by the tensors' bytes; a
 //! dropped input's `binary_data_size` bytes are cut out and the header length is reported anew.
 
-use super::json::Cursor;
+use super::json::{string_stop, Cursor};
 use super::{open_root, Output, Splice, TrimResult, Trimmed, Untrimmable};
 
 /// Trims a V2 JSON body (no binary section).
@@ -94,10 +94,29 @@ fn filter_inputs(
     c.ws();
     let bytes = c.bytes;
     let mut splice = Splice::open(&mut o.out, bytes, o.copied, c.pos);
+    let mut template: Option<Template> = None;
     loop {
         c.ws();
         let start = c.pos;
-        let (keep, size) = input_entry(c, &mut o.scratch, allowed)?;
+        let (keep, size) = match template.as_mut().and_then(|t| t.matches(bytes, start)) {
+            Some((name, end)) => {
+                c.pos = end;
+                (
+                    allowed(&c.text[name]),
+                    template.as_ref().map_or(0, |t| t.size),
+                )
+            }
+            None => {
+                let (keep, size, name) = input_entry(c, &mut o.scratch, allowed)?;
+                template = name.map(|name| Template {
+                    start,
+                    name,
+                    end: c.pos,
+                    size,
+                });
+                (keep, size)
+            }
+        };
         splice.item(&mut o.out, bytes, start, c.pos, keep);
         if keep {
             o.kept += 1;
@@ -120,19 +139,60 @@ enum Field {
     Other,
 }
 
-/// Scans one `inputs[]` entry; returns whether its name is allowed and its binary size.
+/// An entry already scanned, for the next one to be compared with: tensors of one request
+/// usually differ only in their name (same shape, datatype and binary size), and an entry whose
+/// bytes equal the template's outside the name string is valid and means the same, apart
+/// from the name.
+struct Template {
+    /// Offset of the entry's `{`.
+    start: usize,
+    /// The content of its name string (between the quotes), which has no escapes.
+    name: std::ops::Range<usize>,
+    /// Offset just past its `}`.
+    end: usize,
+    /// Its `binary_data_size` (0 without one).
+    size: u64,
+}
+
+impl Template {
+    /// When the entry at `start` is the template with another plain name: that name's range
+    /// and the offset past the entry. The template then follows the new entry.
+    #[inline]
+    fn matches(&mut self, bytes: &[u8], start: usize) -> Option<(std::ops::Range<usize>, usize)> {
+        let before = &bytes[self.start..self.name.start];
+        let name_start = start + before.len();
+        if bytes.get(start..name_start)? != before {
+            return None;
+        }
+        let name_end = string_stop(bytes, name_start);
+        let after = &bytes[self.name.end..self.end];
+        let end = name_end + after.len();
+        if bytes.get(name_end..end)? != after {
+            return None;
+        }
+        // `after` starts with the closing quote, so the name ended at a quote, not at an
+        // escape or a control character.
+        self.start = start;
+        self.name = name_start..name_end;
+        self.end = end;
+        Some((name_start..name_end, end))
+    }
+}
+
+/// Scans one `inputs[]` entry; returns whether its name is allowed, its binary size and,
+/// when the name has no escapes, the range of the name's content.
 fn input_entry(
     c: &mut Cursor<'_>,
     scratch: &mut String,
     allowed: &impl Fn(&str) -> bool,
-) -> Result<(bool, u64), Untrimmable> {
+) -> Result<(bool, u64, Option<std::ops::Range<usize>>), Untrimmable> {
     if c.peek() != Some(b'{') {
         return Err(Untrimmable::NotTrimmable(
             "an `inputs` entry is not an object",
         ));
     }
     c.pos += 1;
-    let (mut keep, mut size) = (None, 0u64);
+    let (mut keep, mut size, mut plain_name) = (None, 0u64, None);
     if c.empty_container(b'}') {
         return Err(Untrimmable::NotTrimmable("an `inputs` entry has no name"));
     }
@@ -152,6 +212,7 @@ fn input_entry(
                 }
                 let name = c.string()?;
                 keep = Some(allowed(c.text(name, scratch)));
+                plain_name = (!name.escaped).then_some(name.start + 1..name.end - 1);
             }
             Field::Parameters if c.peek() == Some(b'{') => {
                 c.pos += 1;
@@ -176,7 +237,7 @@ fn input_entry(
         }
     }
     match keep {
-        Some(keep) => Ok((keep, size)),
+        Some(keep) => Ok((keep, size, plain_name)),
         None => Err(Untrimmable::NotTrimmable("an `inputs` entry has no name")),
     }
 }
@@ -229,6 +290,33 @@ mod tests {
         assert!(matches!(
             trim_binary(&body, 0, allow(&["b"])),
             Err(Untrimmable::NotTrimmable(_))
+        ));
+    }
+
+    #[test]
+    fn an_entry_like_the_one_before_is_still_checked() {
+        let entry = |name: &str| {
+            format!(
+                r#"{{"name":"{name}","shape":[1],"datatype":"INT8","parameters":{{"binary_data_size":1}}}}"#
+            )
+        };
+        let body = |names: &[&str]| {
+            let entries: Vec<String> = names.iter().map(|n| entry(n)).collect();
+            let mut body = format!(r#"{{"inputs":[{}]}}"#, entries.join(",")).into_bytes();
+            let json_len = body.len();
+            body.extend((0..names.len()).map(|i| i as u8));
+            (body, json_len)
+        };
+        // An escaped name does not match the template; the full scan reads it.
+        let (b, len) = body(&["a", r#"b\"c"#, "d"]);
+        let t = trim_binary(&b, len, allow(&["b\"c", "d"])).unwrap();
+        assert_eq!(t.kept, 2);
+        assert_eq!(&t.body[t.json_len.unwrap()..], &[1, 2]);
+        // A raw control character in a name is not JSON, wherever it is.
+        let (b, len) = body(&["a", "b\u{1}", "d"]);
+        assert!(matches!(
+            trim_binary(&b, len, allow(&["a"])),
+            Err(Untrimmable::Parse { .. })
         ));
     }
 }
