@@ -2,6 +2,8 @@
 //! With Triton's binary tensor extension the JSON header is followed by the tensors' bytes; a
 //! dropped input's `binary_data_size` bytes are cut out and the header length is reported anew.
 
+use std::ops::Range;
+
 use super::json::{string_stop, Cursor};
 use super::{open_root, Output, Splice, TrimResult, Trimmed, Untrimmable};
 
@@ -99,12 +101,9 @@ fn filter_inputs(
         c.ws();
         let start = c.pos;
         let (keep, size) = match template.as_mut().and_then(|t| t.matches(bytes, start)) {
-            Some((name, end)) => {
+            Some((name, end, size)) => {
                 c.pos = end;
-                (
-                    allowed(&c.text[name]),
-                    template.as_ref().map_or(0, |t| t.size),
-                )
+                (allowed(&c.text[name]), size)
             }
             None => {
                 let (keep, size, name) = input_entry(c, &mut o.scratch, allowed)?;
@@ -147,7 +146,7 @@ struct Template {
     /// Offset of the entry's `{`.
     start: usize,
     /// The content of its name string (between the quotes), which has no escapes.
-    name: std::ops::Range<usize>,
+    name: Range<usize>,
     /// Offset just past its `}`.
     end: usize,
     /// Its `binary_data_size` (0 without one).
@@ -155,10 +154,10 @@ struct Template {
 }
 
 impl Template {
-    /// When the entry at `start` is the template with another plain name: that name's range
-    /// and the offset past the entry. The template then follows the new entry.
+    /// When the entry at `start` is the template with another plain name: that name's range,
+    /// the offset past the entry and the size. The template then follows the new entry.
     #[inline]
-    fn matches(&mut self, bytes: &[u8], start: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    fn matches(&mut self, bytes: &[u8], start: usize) -> Option<(Range<usize>, usize, u64)> {
         let before = &bytes[self.start..self.name.start];
         let name_start = start + before.len();
         if bytes.get(start..name_start)? != before {
@@ -175,7 +174,7 @@ impl Template {
         self.start = start;
         self.name = name_start..name_end;
         self.end = end;
-        Some((name_start..name_end, end))
+        Some((name_start..name_end, end, self.size))
     }
 }
 
@@ -185,7 +184,7 @@ fn input_entry(
     c: &mut Cursor<'_>,
     scratch: &mut String,
     allowed: &impl Fn(&str) -> bool,
-) -> Result<(bool, u64, Option<std::ops::Range<usize>>), Untrimmable> {
+) -> Result<(bool, u64, Option<Range<usize>>), Untrimmable> {
     if c.peek() != Some(b'{') {
         return Err(Untrimmable::NotTrimmable(
             "an `inputs` entry is not an object",
