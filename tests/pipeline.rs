@@ -139,16 +139,7 @@ fn build_reads_every_signature_form_and_skips_a_missing_one() {
     let tmp = TempDir::new("build");
     let sigs = signatures(&tmp.0);
     let out = tmp.path("homefeed.json");
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
-        "homefeed",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = build("homefeed", &sigs, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     says(&o, "lost_model/4");
     says(&o, "no readable signature");
@@ -189,34 +180,18 @@ fn build_reads_every_signature_form_and_skips_a_missing_one() {
     assert_eq!(bundle["sha256"].as_str().unwrap().len(), 64);
 
     // Another TF signature by name; --strict turns the missing signature into an error.
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
+    let o = build(
         "homefeed",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--out",
-        tmp.path("x.json").to_str().unwrap(),
-        "--signature",
-        "classify_x_to_y",
-    ]);
+        &sigs,
+        &tmp.path("x.json"),
+        &["--signature", "classify_x_to_y"],
+    );
     assert!(o.status.success());
     assert_eq!(
         features(&read_json(&tmp.path("x.json")), "half_plus_two", "123"),
         ["inputs"]
     );
-    let o = trimmer(&[
-        "bundle",
-        "build",
-        "--bundle",
-        "homefeed",
-        "--strict",
-        "--signatures",
-        sigs.to_str().unwrap(),
-        "--out",
-        tmp.path("strict.json").to_str().unwrap(),
-    ]);
+    let o = build("homefeed", &sigs, &tmp.path("strict.json"), &["--strict"]);
     assert_eq!(o.status.code(), Some(1));
     says(&o, "lost_model/4");
     assert!(!tmp.path("strict.json").exists());
@@ -273,18 +248,12 @@ mode = "observe"
     );
     let out = tmp.path("out.json");
     let build_with = |policy: &Path| {
-        trimmer(&[
-            "bundle",
-            "build",
-            "--bundle",
+        build(
             "homefeed",
-            "--signatures",
-            sigs.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+            &sigs,
+            &out,
+            &["--policy", policy.to_str().unwrap()],
+        )
     };
     let o = build_with(&tmp.path("policy.toml"));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -346,18 +315,23 @@ fn build_from(
         );
     }
     let out = tmp.path(&format!("{tag}.json"));
+    (build("b", &sigs, &out, extra), out)
+}
+
+/// Runs `trimmer bundle build` for `bundle` from the signatures in `sigs` into `out`.
+fn build(bundle: &str, sigs: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "bundle",
         "build",
         "--bundle",
-        "b",
+        bundle,
         "--signatures",
         sigs.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    (trimmer(&args), out)
+    trimmer(&args)
 }
 
 #[test]
