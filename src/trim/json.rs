@@ -795,10 +795,11 @@ mod tests {
         }
     }
 
-    /// The block validator against the bytewise cursor on arrays that are mostly valid, with
-    /// one random edit in some, at every alignment and length up to a few blocks.
+    /// The block validator against serde_json on arrays that are mostly valid, with one random
+    /// edit in some, at every alignment and length up to a few blocks. (Not against the cursor:
+    /// its `skip_value` hands arrays of more than four numbers to this same validator.)
     #[test]
-    fn number_arrays_agree_with_the_bytewise_cursor() {
+    fn number_arrays_agree_with_serde_json() {
         let mut rng = Lcg(11);
         let mut next = |n: usize| rng.next() as usize % n;
         let numbers = [
@@ -838,20 +839,24 @@ mod tests {
             }
             bytes.extend_from_slice(&[b' '; 70]);
             let text = std::str::from_utf8(&bytes).unwrap();
-            let mut c = Cursor::new(text);
-            let bytewise = c.skip_value().ok().map(|()| c.pos);
+            let mut stream =
+                serde_json::Deserializer::from_slice(&bytes).into_iter::<serde::de::IgnoredAny>();
+            let reference = match stream.next() {
+                Some(Ok(_)) => Some(stream.byte_offset()),
+                _ => None,
+            };
             match number_array_rest(&bytes, 1) {
                 Some(end) => {
-                    assert_eq!(Some(end), bytewise, "{text:?}");
+                    assert_eq!(Some(end), reference, "{text:?}");
                     accepted += 1;
                 }
                 None => {
-                    // Declining is allowed only for what the bytewise path rejects or for
-                    // values that are not numbers.
+                    // Declining is allowed only for what is not JSON or for values that are
+                    // not numbers.
                     let non_numeric = text.trim_end()[1..]
                         .bytes()
                         .any(|b| !b"0123456789.eE+-, \n]".contains(&b));
-                    assert!(bytewise.is_none() || non_numeric, "{text:?}");
+                    assert!(reference.is_none() || non_numeric, "{text:?}");
                     rejected += 1;
                 }
             }
