@@ -31,30 +31,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=10.0):
+def wait_for(what, attempt, timeout=10.0):
+    """Retries `attempt` (it raises OSError until it succeeds) for up to `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            attempt().close()
+            return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+    raise RuntimeError(what)
 
 
-def wait_ready(admin_port, timeout=10.0):
+def wait_port(port):
+    wait_for(f"nothing listening on {port}",
+             lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2))
+
+
+def wait_ready(admin_port):
     """The trimmer listens before its first bundle scan ends; until /readyz says so, requests
-    would pass untouched and be counted as `full`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"trimmer not ready (admin port {admin_port})")
+    would pass untouched and be counted as `full`. (urlopen raises on the 503 of not ready.)"""
+    wait_for(f"trimmer not ready (admin port {admin_port})",
+             lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1))
 
 
 def cpu_seconds(pids):
