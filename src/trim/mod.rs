@@ -4,6 +4,7 @@
 
 pub mod json;
 pub mod kserve;
+mod rows;
 pub mod tf_serving;
 
 use json::{Cursor, SyntaxError};
@@ -121,6 +122,8 @@ struct Output {
     /// The previous map's keys by position, `(start, end, keep)`: rows usually repeat their keys
     /// in the same order, so comparing bytes replaces most allowlist lookups.
     memo: Vec<(usize, usize, bool)>,
+    /// Member boundaries from the bit-parallel index, reused.
+    members: rows::Members,
 }
 
 impl Output {
@@ -132,6 +135,7 @@ impl Output {
             removed: 0,
             kept: 0,
             memo: Vec::new(),
+            members: rows::Members::default(),
         }
     }
 
@@ -165,6 +169,30 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
 }
 
+/// Whether the `i`-th member of a map, with key bytes (quotes included) at `start..end`, is
+/// kept. The previous map's key at the same position answers when the bytes are the same;
+/// otherwise `lookup` asks the allowlist and the answer is remembered.
+#[inline(always)]
+fn memo_keep(
+    memo: &mut Vec<(usize, usize, bool)>,
+    i: usize,
+    bytes: &[u8],
+    (start, end): (usize, usize),
+    lookup: impl FnOnce() -> bool,
+) -> bool {
+    match memo.get(i) {
+        Some(&(s, e, keep)) if same(&bytes[s..e], &bytes[start..end]) => keep,
+        _ => {
+            let keep = lookup();
+            match memo.get_mut(i) {
+                Some(slot) => *slot = (start, end, keep),
+                None => memo.push((start, end, keep)),
+            }
+            keep
+        }
+    }
+}
+
 /// What a `{...}` at the cursor turned out to be.
 enum MapKind {
     /// A feature map, filtered into the output.
@@ -181,6 +209,11 @@ fn filter_map(
     allowed: &impl Fn(&str) -> bool,
 ) -> Result<MapKind, Untrimmable> {
     let bytes = c.bytes;
+    if let Some(end) = rows::index(bytes, c.pos, &mut o.members) {
+        filter_indexed(c.text, o, allowed, end);
+        c.pos = end;
+        return Ok(MapKind::Features);
+    }
     c.pos += 1;
     if c.empty_container(b'}') {
         return Ok(MapKind::Features);
@@ -198,18 +231,9 @@ fn filter_map(
         c.skip_value()?;
         let end = c.pos;
         let raw = &bytes[key.start..key.end];
-        let keep = match o.memo.get(members) {
-            Some(&(s, e, keep)) if same(&bytes[s..e], raw) => keep,
-            _ => {
-                let keep = allowed(c.text(key, &mut o.scratch));
-                let memo = (key.start, key.end, keep);
-                match o.memo.get_mut(members) {
-                    Some(slot) => *slot = memo,
-                    None => o.memo.push(memo),
-                }
-                keep
-            }
-        };
+        let keep = memo_keep(&mut o.memo, members, bytes, (key.start, key.end), || {
+            allowed(c.text(key, &mut o.scratch))
+        });
         if members == 0 {
             b64_string = is_string
                 && (raw == b"\"b64\"" || (key.escaped && c.text(key, &mut o.scratch) == "b64"));
@@ -234,6 +258,28 @@ fn filter_map(
     o.removed += removed;
     o.kept += kept;
     Ok(MapKind::Features)
+}
+
+/// Filters a map the bit-parallel index vouched for (`o.members` holds its members, keys have
+/// no escapes) into the output; `end` is one past its `}`.
+fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
+    let bytes = text.as_bytes();
+    let m = &o.members;
+    let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.starts[0] as usize);
+    let mut kept = 0;
+    for (i, ((&start, &key_end), &value_end)) in
+        m.starts.iter().zip(&m.key_ends).zip(&m.ends).enumerate()
+    {
+        let (start, key_end) = (start as usize, key_end as usize);
+        let keep = memo_keep(&mut o.memo, i, bytes, (start, key_end), || {
+            allowed(&text[start + 1..key_end - 1])
+        });
+        kept += u64::from(keep);
+        splice.item(&mut o.out, bytes, start, value_end as usize, keep);
+    }
+    o.copied = splice.close(&mut o.out, bytes, end);
+    o.kept += kept;
+    o.removed += m.starts.len() as u64 - kept;
 }
 
 #[cfg(test)]
