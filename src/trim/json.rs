@@ -509,7 +509,7 @@ fn classify(block: &[u8; 64]) -> Classes {
 /// `run + seeds` with a carry in and out across blocks: within each run of set bits of `run`,
 /// the carry from a seed clears the run from the seed to its end and sets the first bit past it.
 #[inline(always)]
-pub(super) fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
+fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
     let (sum, c1) = run.overflowing_add(seeds);
     let (sum, c2) = sum.overflowing_add(u64::from(*carry));
     *carry = c1 | c2;

@@ -119,9 +119,9 @@ struct Output {
     removed: u64,
     /// Feature values kept.
     kept: u64,
-    /// The previous map's keys by position, `(start, end, keep)`: rows usually repeat their keys
-    /// in the same order, so comparing bytes replaces most allowlist lookups.
-    memo: Vec<(usize, usize, bool)>,
+    /// The previous map's keys by position: rows usually repeat their keys in the same order,
+    /// so comparing bytes replaces most allowlist lookups.
+    memo: Vec<Remembered>,
     /// Member boundaries from the bit-parallel index, reused.
     members: rows::Members,
 }
@@ -151,22 +151,31 @@ impl Output {
     }
 }
 
-/// Byte equality tuned for short keys (two overlapping 8-byte loads instead of a memcmp call).
+/// A key the previous map had at some position, and whether it was kept. Its first and last
+/// eight bytes are held here, so most comparisons never touch the previous map's bytes (which
+/// the scan of the current map has usually pushed out of the nearest cache).
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    head: u64,
+    tail: u64,
+    start: usize,
+    len: usize,
+    keep: bool,
+}
+
+/// The first and last eight bytes of `key` (zero-padded when shorter).
 #[inline(always)]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if !(8..=16).contains(&n) {
-        return a == b;
-    }
-    let word = |s: &[u8], at: usize| {
+fn ends_of(key: &[u8]) -> (u64, u64) {
+    let word = |s: &[u8]| {
         let mut w = [0u8; 8];
-        w.copy_from_slice(&s[at..at + 8]);
+        w[..s.len()].copy_from_slice(s);
         u64::from_ne_bytes(w)
     };
-    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
+    if key.len() >= 8 {
+        (word(&key[..8]), word(&key[key.len() - 8..]))
+    } else {
+        (word(key), 0)
+    }
 }
 
 /// Whether the `i`-th member of a map, with key bytes (quotes included) at `start..end`, is
@@ -174,23 +183,37 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// otherwise `lookup` asks the allowlist and the answer is remembered.
 #[inline(always)]
 fn memo_keep(
-    memo: &mut Vec<(usize, usize, bool)>,
+    memo: &mut Vec<Remembered>,
     i: usize,
     bytes: &[u8],
     (start, end): (usize, usize),
     lookup: impl FnOnce() -> bool,
 ) -> bool {
-    match memo.get(i) {
-        Some(&(s, e, keep)) if same(&bytes[s..e], &bytes[start..end]) => keep,
-        _ => {
-            let keep = lookup();
-            match memo.get_mut(i) {
-                Some(slot) => *slot = (start, end, keep),
-                None => memo.push((start, end, keep)),
-            }
-            keep
+    let key = &bytes[start..end];
+    let (head, tail) = ends_of(key);
+    if let Some(m) = memo.get(i) {
+        // Up to sixteen bytes, the two words cover the whole key.
+        if m.len == key.len()
+            && m.head == head
+            && m.tail == tail
+            && (key.len() <= 16 || bytes[m.start..m.start + m.len] == *key)
+        {
+            return m.keep;
         }
     }
+    let keep = lookup();
+    let remembered = Remembered {
+        head,
+        tail,
+        start,
+        len: key.len(),
+        keep,
+    };
+    match memo.get_mut(i) {
+        Some(slot) => *slot = remembered,
+        None => memo.push(remembered),
+    }
+    keep
 }
 
 /// What a `{...}` at the cursor turned out to be.
@@ -265,26 +288,61 @@ fn filter_map(
 fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
     let bytes = text.as_bytes();
     let m = &o.members;
-    let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.starts[0] as usize);
+    let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.first());
     let mut kept = 0;
-    for (i, ((&start, &key_end), &value_end)) in
-        m.starts.iter().zip(&m.key_ends).zip(&m.ends).enumerate()
-    {
-        let (start, key_end) = (start as usize, key_end as usize);
+    for (i, (start, key_end, value_end)) in m.spans().enumerate() {
         let keep = memo_keep(&mut o.memo, i, bytes, (start, key_end), || {
             allowed(&text[start + 1..key_end - 1])
         });
         kept += u64::from(keep);
-        splice.item(&mut o.out, bytes, start, value_end as usize, keep);
+        splice.item(&mut o.out, bytes, start, value_end, keep);
     }
     o.copied = splice.close(&mut o.out, bytes, end);
     o.kept += kept;
-    o.removed += m.starts.len() as u64 - kept;
+    o.removed += m.len() as u64 - kept;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_key_answers_only_for_the_same_bytes() {
+        // Keys at the same position in consecutive rows that differ only in their last bytes,
+        // only in the middle (longer than the two remembered words, or one byte longer), or
+        // only in length; each row once through the index (plain keys) and once through the
+        // cursor (an escaped key).
+        let allowed = [
+            "feature_01",
+            "feature_alpha_0001",
+            "abcdefgXijklmno",
+            "aaaaaaaaaaaaaa",
+            "ab",
+            "b",
+        ];
+        for extra in ["", r#","\u0062":3"#] {
+            let body = format!(
+                r#"{{"instances":[{{"feature_01":1,"feature_alpha_0001":2,"abcdefgXijklmno":3,"aaaaaaaaaaaaaa":4,"ab":0,"z":0{extra}}},{{"feature_02":1,"feature_beta__0001":2,"abcdefgYijklmno":3,"aaaaaaaaaaaaa":4,"abc":0,"z":0{extra}}}]}}"#
+            );
+            let out = tf_serving::trim(body.as_bytes(), tf_serving::TfBody::Predict, |k: &str| {
+                allowed.contains(&k)
+            })
+            .unwrap();
+            let kept = if extra.is_empty() {
+                ""
+            } else {
+                r#","\u0062":3"#
+            };
+            assert_eq!(
+                String::from_utf8(out.body).unwrap(),
+                format!(
+                    r#"{{"instances":[{{"feature_01":1,"feature_alpha_0001":2,"abcdefgXijklmno":3,"aaaaaaaaaaaaaa":4,"ab":0{kept}}},{{{}}}]}}"#,
+                    &kept[kept.len().min(1)..]
+                ),
+                "{extra:?}"
+            );
+        }
+    }
 
     #[test]
     fn filter_map_keeps_separators_and_bytes() {

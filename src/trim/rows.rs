@@ -8,112 +8,160 @@
 //! containers, one-member maps, errors of any kind) returns `None` and the validating cursor in
 //! `json.rs` handles the object from its start, so it alone decides and reports errors.
 
-use super::json::add_carried;
-
-/// One bit per byte of a 64-byte block for each class of byte the index distinguishes.
+/// One bit per byte for each class of byte the index distinguishes: `W` is `u64` for one
+/// 64-byte block, or [`Lanes`] for a chunk of eight blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct Classes {
-    quote: u64,
-    backslash: u64,
+pub(super) struct Classes<W> {
+    quote: W,
+    backslash: W,
     /// Below 0x20 (includes tab, line feed, carriage return).
-    control: u64,
+    control: W,
     /// Space, tab, line feed, carriage return.
-    space: u64,
-    open_brace: u64,
-    close_brace: u64,
-    open_bracket: u64,
-    close_bracket: u64,
-    comma: u64,
-    colon: u64,
-    digit: u64,
-    zero: u64,
-    dot: u64,
+    space: W,
+    open_brace: W,
+    close_brace: W,
+    open_bracket: W,
+    close_bracket: W,
+    comma: W,
+    colon: W,
+    digit: W,
+    zero: W,
+    dot: W,
     /// `e` or `E`.
-    exp: u64,
-    minus: u64,
-    plus: u64,
+    exp: W,
+    minus: W,
+    plus: W,
 }
 
 /// Member boundaries of the last indexed object, as byte offsets; reused across objects.
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    /// Each key's opening quote.
-    pub(super) starts: Vec<u32>,
-    /// One past each key's closing quote.
-    pub(super) key_ends: Vec<u32>,
-    /// One past each member's value.
-    pub(super) ends: Vec<u32>,
+    /// For each member in order: its key's opening quote, one past the key's closing quote,
+    /// one past its value.
+    spans: Vec<u32>,
+    /// How many keys were found (a third of the spans for a valid object).
+    keys: u32,
+    /// The positions found in one chunk (one per byte at most, and room to write eight
+    /// past the last).
+    found: Vec<u32>,
 }
+
+impl Members {
+    /// Each member's `(key start, key end, value end)`.
+    pub(super) fn spans(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.spans
+            .chunks_exact(3)
+            .map(|s| (s[0] as usize, s[1] as usize, s[2] as usize))
+    }
+
+    /// Offset of the first member's key.
+    pub(super) fn first(&self) -> usize {
+        self.spans[0] as usize
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.spans.len() / 3
+    }
+}
+
+/// Bytes per chunk: eight blocks, one per lane.
+const CHUNK: usize = 512;
 
 /// Indexes the object whose `{` is at `open`. Returns the offset one past its `}` with
 /// `members` filled, or `None` (members unspecified) when the cursor must decide.
 pub(super) fn index(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU supports AVX-512BW, checked just above.
+        // SAFETY: the CPU supports AVX-512BW (and so AVX-512F), checked just above.
         return unsafe { index_avx512(bytes, open, members) };
     }
     let _ = (bytes, open, members);
     None
 }
 
-/// The scan loop, written once for each classifier so the classifier inlines into it.
-macro_rules! scan {
-    ($bytes:expr, $open:expr, $members:expr, $classify:path) => {{
-        let (bytes, open, members): (&[u8], usize, &mut Members) = ($bytes, $open, $members);
-        if bytes.len() >= u32::MAX as usize {
-            return None;
-        }
-        members.starts.clear();
-        members.key_ends.clear();
-        members.ends.clear();
-        let mut state = State::new();
-        let mut at = open + 1;
-        loop {
-            let classes = match bytes.get(at..at + 64) {
-                Some(block) => $classify(block.try_into().ok()?),
-                None => {
-                    // Zero padding: a control byte, so a map that does not end before it fails.
-                    let tail = bytes.get(at..)?;
-                    let mut block = [0u8; 64];
-                    block[..tail.len()].copy_from_slice(tail);
-                    $classify(&block)
-                }
-            };
-            match state.step(&classes, at as u32, members) {
-                Step::More => at += 64,
-                Step::End(end) => break finish(members, at + end),
-                Step::Bail => break None,
-            }
-            if at >= bytes.len() {
-                break None;
-            }
-        }
-    }};
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bw")]
 unsafe fn index_avx512(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-    scan!(bytes, open, members, classify_avx512)
+    scan::<avx512::Zmm>(bytes, open, members)
 }
 
-/// The reference scan with the bytewise classifier (tests compare the two classifiers).
-#[cfg(test)]
-fn index_bytewise(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-    scan!(bytes, open, members, classify_bytewise)
+/// The scan over chunks of eight blocks; `L` does the classifying and the lane arithmetic.
+#[inline(always)]
+fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
+    if bytes.len() >= u32::MAX as usize - CHUNK {
+        return None;
+    }
+    members.spans.clear();
+    members.keys = 0;
+    members.found.resize(CHUNK + 64, 0);
+    let mut state = State::<L>::new();
+    let mut at = open + 1;
+    while at < bytes.len() {
+        let mut blocks = [Classes::<u64>::default(); 8];
+        for (j, classes) in blocks.iter_mut().enumerate() {
+            let from = at + 64 * j;
+            *classes = match bytes.get(from..from + 64) {
+                Some(block) => L::classify(block.try_into().ok()?),
+                None => {
+                    // Zero padding: a control byte, so a map that does not end before it fails.
+                    let tail = bytes.get(from.min(bytes.len())..)?;
+                    let mut block = [0u8; 64];
+                    block[..tail.len()].copy_from_slice(tail);
+                    L::classify(&block)
+                }
+            };
+        }
+        match state.step(&transpose(&blocks), at as u32, members) {
+            Some(None) => at += CHUNK,
+            Some(Some(end)) => return finish(members, at + end),
+            None => return None,
+        }
+    }
+    None
 }
 
 /// Checks the member lists agree; at least two members (a single `{"b64": ...}` member is a
 /// value, not a map, which the cursor tells apart).
 fn finish(members: &Members, end: usize) -> Option<usize> {
-    let n = members.starts.len();
-    (n >= 2 && members.key_ends.len() == n && members.ends.len() == n).then_some(end + 1)
+    let keys = members.keys as usize;
+    (keys >= 2 && members.spans.len() == 3 * keys).then_some(end + 1)
+}
+
+/// Eight blocks' classes as one value per class.
+#[inline(always)]
+fn transpose<L: Lanes>(b: &[Classes<u64>; 8]) -> Classes<L> {
+    // A macro, not closures: closures would not inherit the CPU features of the caller.
+    macro_rules! lanes {
+        ($($field:ident),*) => {
+            Classes { $($field: L::from_words([
+                b[0].$field, b[1].$field, b[2].$field, b[3].$field,
+                b[4].$field, b[5].$field, b[6].$field, b[7].$field,
+            ])),* }
+        };
+    }
+    lanes!(
+        quote,
+        backslash,
+        control,
+        space,
+        open_brace,
+        close_brace,
+        open_bracket,
+        close_bracket,
+        comma,
+        colon,
+        digit,
+        zero,
+        dot,
+        exp,
+        minus,
+        plus
+    )
 }
 
 /// Classifies a block byte by byte: the reference for the vector classifier.
 #[cfg(test)]
-fn classify_bytewise(block: &[u8; 64]) -> Classes {
+fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
     let mut k = Classes::default();
     for (i, &b) in block.iter().enumerate() {
         let bit = 1u64 << i;
@@ -147,230 +195,572 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes {
     k
 }
 
-/// Classifies a block with AVX-512BW compares, one mask register per class.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512bw")]
-#[inline]
-unsafe fn classify_avx512(block: &[u8; 64]) -> Classes {
-    use std::arch::x86_64::{
-        _mm512_cmpeq_epi8_mask, _mm512_cmplt_epu8_mask, _mm512_loadu_si512, _mm512_or_si512,
-        _mm512_set1_epi8, _mm512_sub_epi8,
-    };
-    // SAFETY (for the whole body): `block` is 64 readable bytes; the rest are register ops.
-    let v = _mm512_loadu_si512(block.as_ptr().cast());
-    macro_rules! eq {
-        ($b:expr) => {
-            _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8($b as i8))
-        };
-    }
-    Classes {
-        quote: eq!(b'"'),
-        backslash: eq!(b'\\'),
-        control: _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
-        space: eq!(b' ') | eq!(b'\t') | eq!(b'\n') | eq!(b'\r'),
-        open_brace: eq!(b'{'),
-        close_brace: eq!(b'}'),
-        open_bracket: eq!(b'['),
-        close_bracket: eq!(b']'),
-        comma: eq!(b','),
-        colon: eq!(b':'),
-        digit: _mm512_cmplt_epu8_mask(
-            _mm512_sub_epi8(v, _mm512_set1_epi8(b'0' as i8)),
-            _mm512_set1_epi8(10),
-        ),
-        zero: eq!(b'0'),
-        dot: eq!(b'.'),
-        exp: _mm512_cmpeq_epi8_mask(
-            _mm512_or_si512(v, _mm512_set1_epi8(0x20)),
-            _mm512_set1_epi8(b'e' as i8),
-        ),
-        minus: eq!(b'-'),
-        plus: eq!(b'+'),
-    }
+/// Eight 64-bit words, one per block of a chunk (bit `i` of lane `j` is byte `64 * j + i`),
+/// and the block classifier that goes with them. The grammar is written once over this.
+trait Lanes: Copy {
+    fn classify(block: &[u8; 64]) -> Classes<u64>;
+    fn from_words(words: [u64; 8]) -> Self;
+    fn words(self) -> [u64; 8];
+    fn splat(x: u64) -> Self;
+    fn and(self, o: Self) -> Self;
+    fn or(self, o: Self) -> Self;
+    fn xor(self, o: Self) -> Self;
+    /// `self & !o`.
+    fn but(self, o: Self) -> Self;
+    fn shl<const N: u32>(self) -> Self;
+    /// Bit 63 moved to bit 0.
+    fn top(self) -> Self;
+    /// All ones where bit 63 is set.
+    fn spread_top(self) -> Self;
+    /// Lane `j - n` in lane `j`; the lowest `n` lanes from the highest of `below`.
+    fn up1(self, below: Self) -> Self;
+    fn up2(self, below: Self) -> Self;
+    fn up4(self, below: Self) -> Self;
+    /// Lane-wise sum, and the lanes that carried out.
+    fn add(self, o: Self) -> (Self, u8);
+    /// Adds one in `lanes`; returns the lanes that wrapped to zero.
+    fn inc(self, lanes: u8) -> (Self, u8);
+    /// The lowest set bit of each lane.
+    fn lowest(self) -> Self;
+    /// For each lane holding one bit: that bit and all below it; all ones for zero lanes.
+    fn through(self) -> Self;
+    /// Lanes with any bit set.
+    fn nonzero(self) -> u8;
+    /// Lanes not in `lanes` cleared.
+    fn keep(self, lanes: u8) -> Self;
 }
 
-/// Bit `i` set where bit `i` of `x` is the parity of bits `0..=i`.
-#[inline(always)]
-fn prefix_xor(mut x: u64) -> u64 {
-    x ^= x << 1;
-    x ^= x << 2;
-    x ^= x << 4;
-    x ^= x << 8;
-    x ^= x << 16;
-    x ^= x << 32;
-    x
-}
+/// `x` one byte later (bit 0 of lane 0 from the previous chunk's last byte).
+#[derive(Clone, Copy)]
+struct Prev<L>(L);
 
-/// `x` shifted one byte later, with the previous block's last bit shifted in.
-#[derive(Default)]
-struct Prev(u64);
-
-impl Prev {
+impl<L: Lanes> Prev<L> {
     #[inline(always)]
-    fn of(&mut self, x: u64) -> u64 {
-        let shifted = (x << 1) | self.0;
-        self.0 = x >> 63;
+    fn of(&mut self, x: L) -> L {
+        let shifted = x.shl::<1>().or(x.up1(self.0).top());
+        self.0 = x;
         shifted
     }
 }
 
+/// `run + seeds` with carries between lanes and from the previous chunk: within each run of
+/// set bits of `run`, the carry from a seed clears the run from the seed to its end and sets
+/// the first bit past it.
+#[inline(always)]
+fn add_carried<L: Lanes>(run: L, seeds: L, carry: &mut u8) -> L {
+    let (mut sum, carried) = run.add(seeds);
+    let mut out = carried >> 7;
+    let mut lanes = (carried << 1) | *carry;
+    // One round, unless a carry enters a lane whose bits are all set.
+    while lanes != 0 {
+        let (next, wrapped) = sum.inc(lanes);
+        sum = next;
+        out |= wrapped >> 7;
+        lanes = wrapped << 1;
+    }
+    *carry = out;
+    sum
+}
+
+/// Bit `i` set where the bits up to `i`, in this and all earlier lanes and chunks, have odd
+/// parity; `carry` holds the previous chunk's result.
+#[inline(always)]
+fn prefix_xor<L: Lanes>(x: L, carry: &mut L) -> L {
+    let mut x = x;
+    x = x.xor(x.shl::<1>());
+    x = x.xor(x.shl::<2>());
+    x = x.xor(x.shl::<4>());
+    x = x.xor(x.shl::<8>());
+    x = x.xor(x.shl::<16>());
+    x = x.xor(x.shl::<32>());
+    let zero = L::splat(0);
+    let mut before = x.spread_top().up1(carry.spread_top());
+    before = before.xor(before.up1(zero));
+    before = before.xor(before.up2(zero));
+    before = before.xor(before.up4(zero));
+    let x = x.xor(before);
+    *carry = x;
+    x
+}
+
 /// The first significant byte after each byte of a class: the next byte, or the first byte
 /// past the run of whitespace that follows.
-#[derive(Default)]
-struct After {
-    prev: Prev,
-    carry: bool,
+#[derive(Clone, Copy)]
+struct After<L> {
+    prev: Prev<L>,
+    carry: u8,
 }
 
-impl After {
+impl<L: Lanes> After<L> {
     #[inline(always)]
-    fn of(&mut self, x: u64, space: u64) -> u64 {
+    fn of(&mut self, x: L, space: L) -> L {
         // A seed inside whitespace is always at the start of its run (it follows a
         // significant byte), so the sum carries it to the first byte past the run.
-        add_carried(space, self.prev.of(x), &mut self.carry) & !space
+        add_carried(space, self.prev.of(x), &mut self.carry).but(space)
     }
 }
 
-/// What one block told.
-enum Step {
-    More,
-    /// The object's `}` is at this offset in the block.
-    End(usize),
-    Bail,
+/// Everything carried from one chunk to the next.
+struct State<L> {
+    in_string: L,
+    in_array: L,
+    key_close_carry: u8,
+    past_exp_carry: u8,
+    past_dot_carry: u8,
+    token: Prev<L>,
+    digit: Prev<L>,
+    exp: Prev<L>,
+    dot: Prev<L>,
+    sign: Prev<L>,
+    minus_start: Prev<L>,
+    lead: Prev<L>,
+    value_end: Prev<L>,
+    key_end: Prev<L>,
+    after_key_start: After<L>,
+    after_key_close: After<L>,
+    after_colon: After<L>,
+    after_value: After<L>,
+    after_open_bracket: After<L>,
+    after_element_comma: After<L>,
 }
 
-/// Everything carried from one block to the next.
-#[derive(Default)]
-struct State {
-    /// All ones while inside a string (or an array) at the end of the previous block.
-    in_string: u64,
-    in_array: u64,
-    key_close_carry: bool,
-    past_exp_carry: bool,
-    past_dot_carry: bool,
-    token: Prev,
-    digit: Prev,
-    exp: Prev,
-    dot: Prev,
-    sign: Prev,
-    minus_start: Prev,
-    lead: Prev,
-    value_end: Prev,
-    after_key_start: After,
-    after_key_close: After,
-    after_colon: After,
-    after_value: After,
-    after_open_bracket: After,
-    after_element_comma: After,
-}
-
-impl State {
+impl<L: Lanes> State<L> {
     fn new() -> Self {
-        let mut state = State::default();
-        // The object's `{` precedes the first block: its successor must be a key.
-        state.after_key_start.prev.0 = 1;
-        state
+        let zero = L::splat(0);
+        let prev = Prev(zero);
+        let after = After { prev, carry: 0 };
+        State {
+            in_string: zero,
+            in_array: zero,
+            key_close_carry: 0,
+            past_exp_carry: 0,
+            past_dot_carry: 0,
+            token: prev,
+            digit: prev,
+            exp: prev,
+            dot: prev,
+            sign: prev,
+            minus_start: prev,
+            lead: prev,
+            value_end: prev,
+            key_end: prev,
+            // The object's `{` precedes the first chunk: its successor must be a key.
+            after_key_start: After {
+                prev: Prev(L::splat(1 << 63)),
+                carry: 0,
+            },
+            after_key_close: after,
+            after_colon: after,
+            after_value: after,
+            after_open_bracket: after,
+            after_element_comma: after,
+        }
     }
 
-    /// Checks one block and records the member boundaries in it; `base` is its offset.
+    /// Checks one chunk at offset `base` and records the member boundaries in it. `None`:
+    /// the cursor must decide; `Some(None)`: the object goes on; `Some(Some(i))`: its `}` is
+    /// at `base + i`.
     #[inline(always)]
-    fn step(&mut self, k: &Classes, base: u32, members: &mut Members) -> Step {
+    fn step(&mut self, k: &Classes<L>, base: u32, members: &mut Members) -> Option<Option<usize>> {
         // Strings: with no backslash, quotes alternate open and close.
-        let in_string = prefix_xor(k.quote) ^ self.in_string;
-        self.in_string = 0u64.wrapping_sub(in_string >> 63);
-        let open_quote = k.quote & in_string;
-        let close_quote = k.quote & !in_string;
-        let outside = !(in_string | k.quote);
-        let space = k.space & outside;
-        let close_brace = k.close_brace & outside;
-        let open_bracket = k.open_bracket & outside;
-        let close_bracket = k.close_bracket & outside;
+        let in_string = prefix_xor(k.quote, &mut self.in_string);
+        let open_quote = k.quote.and(in_string);
+        let close_quote = k.quote.but(in_string);
+        let string_or_quote = in_string.or(k.quote);
+        let space = k.space.but(string_or_quote);
+        let close_brace = k.close_brace.but(string_or_quote);
+        let open_bracket = k.open_bracket.but(string_or_quote);
+        let close_bracket = k.close_bracket.but(string_or_quote);
         // Arrays: with no nesting, brackets alternate open and close (checked below).
-        let in_array = prefix_xor(open_bracket | close_bracket) ^ self.in_array;
-        self.in_array = 0u64.wrapping_sub(in_array >> 63);
-        let end = close_brace & close_brace.wrapping_neg();
-        let live = if end == 0 { !0 } else { end | (end - 1) };
-        let comma = k.comma & outside;
-        let colon = k.colon & outside;
-        let [digit, dot, exp, minus, plus] =
-            [k.digit, k.dot, k.exp, k.minus, k.plus].map(|x| x & outside);
-        let token = digit | dot | exp | minus | plus;
+        let in_array = prefix_xor(open_bracket.or(close_bracket), &mut self.in_array);
+        // Live: up to and including the first `}` outside strings.
+        let ends = close_brace.lowest();
+        let end_lanes = ends.nonzero();
+        let live_lanes = if end_lanes == 0 {
+            0xff
+        } else {
+            (2u16 << end_lanes.trailing_zeros()) as u8 - 1
+        };
+        let live = ends.through().keep(live_lanes);
+        let comma = k.comma.but(string_or_quote);
+        let colon = k.colon.but(string_or_quote);
+        let digit = k.digit.but(string_or_quote);
+        let dot = k.dot.but(string_or_quote);
+        let exp = k.exp.but(string_or_quote);
+        let minus = k.minus.but(string_or_quote);
+        let plus = k.plus.but(string_or_quote);
+        let token = digit.or(dot).or(exp).or(minus).or(plus);
+        let structure = space
+            .or(comma)
+            .or(colon)
+            .or(open_bracket)
+            .or(close_bracket)
+            .or(close_brace)
+            .or(token);
 
-        let mut bad = k.backslash
-            | (k.control & !space)
-            | (k.open_brace & outside)
-            | (outside
-                & !(space | comma | colon | open_bracket | close_bracket | close_brace | token))
-            | (open_bracket & !in_array)
-            | (close_bracket & in_array)
-            | (end & in_array);
+        let mut bad = k
+            .backslash
+            .or(k.control.but(space))
+            .or(k.open_brace.but(string_or_quote))
+            .or(L::splat(!0).but(string_or_quote).but(structure))
+            .or(open_bracket.but(in_array))
+            .or(close_bracket.and(in_array))
+            .or(ends.and(in_array));
 
         // The sequence of tokens: each kind constrains the next significant byte.
         let prev_token = self.token.of(token);
-        let continued = token & prev_token;
-        let starts = token & !prev_token;
-        let key = self.after_key_start.of(comma & !in_array, space);
-        bad |= key & !open_quote;
-        let key_close = add_carried(in_string, key, &mut self.key_close_carry) & !in_string;
-        let after_key = self.after_key_close.of(key_close, space);
-        bad |= after_key & !colon;
-        bad |= self.after_colon.of(colon, space) & !(open_quote | starts | open_bracket);
-        let value_close = (close_quote & !key_close) | close_bracket | token;
-        bad |= self.after_value.of(value_close, space)
-            & !continued
-            & !(comma | close_bracket | close_brace);
-        bad |= self.after_open_bracket.of(open_bracket, space)
-            & !(open_quote | starts | close_bracket);
-        bad |= self.after_element_comma.of(comma & in_array, space) & !(open_quote | starts);
+        let continued = token.and(prev_token);
+        let starts = token.but(prev_token);
+        let key = self.after_key_start.of(comma.but(in_array), space);
+        bad = bad.or(key.but(open_quote));
+        let key_close = add_carried(in_string, key, &mut self.key_close_carry).but(in_string);
+        bad = bad.or(self.after_key_close.of(key_close, space).but(colon));
+        let value_start = open_quote.or(starts);
+        bad = bad.or(self
+            .after_colon
+            .of(colon, space)
+            .but(value_start.or(open_bracket)));
+        let value_close = close_quote.but(key_close).or(close_bracket).or(token);
+        bad = bad.or(self
+            .after_value
+            .of(value_close, space)
+            .but(continued)
+            .but(comma.or(close_bracket).or(close_brace)));
+        bad = bad.or(self
+            .after_open_bracket
+            .of(open_bracket, space)
+            .but(value_start.or(close_bracket)));
+        bad = bad.or(self
+            .after_element_comma
+            .of(comma.and(in_array), space)
+            .but(value_start));
 
         // Numbers: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?` as conditions on each run.
-        let sign = minus | plus;
+        let sign = minus.or(plus);
         let prev_digit = self.digit.of(digit);
         let prev_exp = self.exp.of(exp);
         let prev_dot = self.dot.of(dot);
-        let minus_start = minus & starts;
-        let lead = k.zero & outside & (starts | self.minus_start.of(minus_start));
-        let past_exp =
-            (add_carried(token, prev_exp & token, &mut self.past_exp_carry) ^ token) & token;
-        let past_dot =
-            (add_carried(token, prev_dot & token, &mut self.past_dot_carry) ^ token) & token;
-        bad |= (starts & !(digit | minus))
-            | (minus & !(starts | prev_exp))
-            | (plus & !prev_exp)
-            | (self.sign.of(sign) & !digit)
-            | (prev_exp & !(digit | sign))
-            | ((exp | dot) & !prev_digit)
-            | (prev_dot & !digit)
-            | (self.lead.of(lead) & digit)
-            | ((dot | exp) & past_exp)
-            | (dot & past_dot)
-            | (prev_token & !token & !prev_digit);
-        if bad & live != 0 {
-            return Step::Bail;
+        let minus_start = minus.and(starts);
+        let lead = k
+            .zero
+            .but(string_or_quote)
+            .and(starts.or(self.minus_start.of(minus_start)));
+        let past_exp = past(token, prev_exp, &mut self.past_exp_carry);
+        let past_dot = past(token, prev_dot, &mut self.past_dot_carry);
+        bad = bad
+            .or(starts.but(digit.or(minus)))
+            .or(minus.but(starts.or(prev_exp)))
+            .or(plus.but(prev_exp))
+            .or(self.sign.of(sign).but(digit))
+            .or(prev_exp.but(digit.or(sign)))
+            .or(exp.or(dot).but(prev_digit))
+            .or(prev_dot.but(digit))
+            .or(self.lead.of(lead).and(digit))
+            .or(dot.or(exp).and(past_exp))
+            .or(dot.and(past_dot))
+            .or(prev_token.but(token).but(prev_digit));
+        if bad.and(live).nonzero() != 0 {
+            return None;
         }
 
         // Member boundaries: key quotes, and one past each value at the object's level.
         let value_end = self
             .value_end
-            .of((close_quote & !key_close & !in_array) | close_bracket | (token & !in_array))
-            & !continued;
-        push_bits(&mut members.starts, key & live, base);
-        push_bits(&mut members.key_ends, key_close & live, base + 1);
-        push_bits(&mut members.ends, value_end & live, base);
-        if end == 0 {
-            Step::More
-        } else {
-            Step::End(end.trailing_zeros() as usize)
+            .of(close_quote
+                .but(key_close)
+                .but(in_array)
+                .or(close_bracket)
+                .or(token.but(in_array)))
+            .but(continued);
+        let key_end = self.key_end.of(key_close);
+        let key = key.and(live).words();
+        let key_end = key_end.and(live).words();
+        let value_end = value_end.and(live).words();
+        // Positions go through a buffer, eight at a time whether or not there are eight: no
+        // capacity check per push and no mispredicted exit from a loop per position.
+        let found = &mut members.found[..CHUNK + 64];
+        let mut n = 0;
+        for j in 0..8 {
+            members.keys += key[j].count_ones();
+            let mut bits = key[j] | key_end[j] | value_end[j];
+            let count = bits.count_ones() as usize;
+            let base = base + 64 * j as u32;
+            let mut i = n;
+            loop {
+                for slot in &mut found[i..i + 8] {
+                    *slot = base + bits.trailing_zeros();
+                    bits &= bits.wrapping_sub(1);
+                }
+                i += 8;
+                if i >= n + count {
+                    break;
+                }
+            }
+            n += count;
         }
+        members.spans.extend_from_slice(&members.found[..n]);
+        Some((end_lanes != 0).then(|| {
+            let lane = end_lanes.trailing_zeros() as usize;
+            64 * lane + ends.words()[lane].trailing_zeros() as usize
+        }))
     }
 }
 
-/// Appends `base + i` for each set bit `i` of `bits`.
+/// The bytes of each run of `token` from its first byte after a byte of `after` to its end.
 #[inline(always)]
-fn push_bits(out: &mut Vec<u32>, mut bits: u64, base: u32) {
-    while bits != 0 {
-        out.push(base + bits.trailing_zeros());
-        bits &= bits - 1;
+fn past<L: Lanes>(token: L, after: L, carry: &mut u8) -> L {
+    add_carried(token, after.and(token), carry)
+        .xor(token)
+        .and(token)
+}
+
+/// Portable lanes, plain words: the same grammar runs in tests on any CPU.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Words([u64; 8]);
+
+#[cfg(test)]
+impl Words {
+    #[inline(always)]
+    fn map2(self, o: Self, f: impl Fn(u64, u64) -> u64) -> Self {
+        Words(std::array::from_fn(|j| f(self.0[j], o.0[j])))
+    }
+
+    #[inline(always)]
+    fn up(self, below: Self, n: usize) -> Self {
+        Words(std::array::from_fn(|j| {
+            if j >= n {
+                self.0[j - n]
+            } else {
+                below.0[8 - n + j]
+            }
+        }))
+    }
+
+    #[inline(always)]
+    fn lanes(f: impl Fn(usize) -> bool) -> u8 {
+        (0..8).filter(|&j| f(j)).fold(0, |m, j| m | 1 << j)
+    }
+}
+
+#[cfg(test)]
+impl Lanes for Words {
+    fn classify(block: &[u8; 64]) -> Classes<u64> {
+        classify_bytewise(block)
+    }
+    fn from_words(words: [u64; 8]) -> Self {
+        Words(words)
+    }
+    fn words(self) -> [u64; 8] {
+        self.0
+    }
+    fn splat(x: u64) -> Self {
+        Words([x; 8])
+    }
+    fn and(self, o: Self) -> Self {
+        self.map2(o, |a, b| a & b)
+    }
+    fn or(self, o: Self) -> Self {
+        self.map2(o, |a, b| a | b)
+    }
+    fn xor(self, o: Self) -> Self {
+        self.map2(o, |a, b| a ^ b)
+    }
+    fn but(self, o: Self) -> Self {
+        self.map2(o, |a, b| a & !b)
+    }
+    fn shl<const N: u32>(self) -> Self {
+        Words(self.0.map(|a| a << N))
+    }
+    fn top(self) -> Self {
+        Words(self.0.map(|a| a >> 63))
+    }
+    fn spread_top(self) -> Self {
+        Words(self.0.map(|a| ((a as i64) >> 63) as u64))
+    }
+    fn up1(self, below: Self) -> Self {
+        self.up(below, 1)
+    }
+    fn up2(self, below: Self) -> Self {
+        self.up(below, 2)
+    }
+    fn up4(self, below: Self) -> Self {
+        self.up(below, 4)
+    }
+    fn add(self, o: Self) -> (Self, u8) {
+        let sum = self.map2(o, u64::wrapping_add);
+        (sum, Words::lanes(|j| sum.0[j] < self.0[j]))
+    }
+    fn inc(self, lanes: u8) -> (Self, u8) {
+        let sum = Words(std::array::from_fn(|j| {
+            self.0[j].wrapping_add(u64::from(lanes >> j & 1))
+        }));
+        (sum, Words::lanes(|j| lanes >> j & 1 == 1 && sum.0[j] == 0))
+    }
+    fn lowest(self) -> Self {
+        Words(self.0.map(|a| a & a.wrapping_neg()))
+    }
+    fn through(self) -> Self {
+        Words(self.0.map(|a| a | a.wrapping_sub(1)))
+    }
+    fn nonzero(self) -> u8 {
+        Words::lanes(|j| self.0[j] != 0)
+    }
+    fn keep(self, lanes: u8) -> Self {
+        Words(std::array::from_fn(|j| {
+            if lanes >> j & 1 == 1 {
+                self.0[j]
+            } else {
+                0
+            }
+        }))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The lanes as one AVX-512 register; only used in functions compiled for AVX-512BW.
+    use super::{Classes, Lanes};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Zmm(__m512i);
+
+    // SAFETY (every `unsafe` block below): these methods are only called from
+    // `index_avx512`, which runs only after AVX-512BW was detected; loads and stores go
+    // through references of the right size.
+    impl Lanes for Zmm {
+        #[inline(always)]
+        fn classify(block: &[u8; 64]) -> Classes<u64> {
+            unsafe {
+                let v = _mm512_loadu_si512(block.as_ptr().cast());
+                // A macro, not a closure: a closure would not inherit the CPU features.
+                macro_rules! eq {
+                    ($b:expr) => {
+                        _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8($b as i8))
+                    };
+                }
+                Classes {
+                    quote: eq!(b'"'),
+                    backslash: eq!(b'\\'),
+                    control: _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
+                    space: eq!(b' ') | eq!(b'\t') | eq!(b'\n') | eq!(b'\r'),
+                    open_brace: eq!(b'{'),
+                    close_brace: eq!(b'}'),
+                    open_bracket: eq!(b'['),
+                    close_bracket: eq!(b']'),
+                    comma: eq!(b','),
+                    colon: eq!(b':'),
+                    digit: _mm512_cmplt_epu8_mask(
+                        _mm512_sub_epi8(v, _mm512_set1_epi8(b'0' as i8)),
+                        _mm512_set1_epi8(10),
+                    ),
+                    zero: eq!(b'0'),
+                    dot: eq!(b'.'),
+                    exp: _mm512_cmpeq_epi8_mask(
+                        _mm512_or_si512(v, _mm512_set1_epi8(0x20)),
+                        _mm512_set1_epi8(b'e' as i8),
+                    ),
+                    minus: eq!(b'-'),
+                    plus: eq!(b'+'),
+                }
+            }
+        }
+        #[inline(always)]
+        fn from_words(words: [u64; 8]) -> Self {
+            unsafe { Zmm(_mm512_loadu_si512(words.as_ptr().cast())) }
+        }
+        #[inline(always)]
+        fn words(self) -> [u64; 8] {
+            let mut words = [0u64; 8];
+            unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), self.0) };
+            words
+        }
+        #[inline(always)]
+        fn splat(x: u64) -> Self {
+            unsafe { Zmm(_mm512_set1_epi64(x as i64)) }
+        }
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            unsafe { Zmm(_mm512_and_si512(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn or(self, o: Self) -> Self {
+            unsafe { Zmm(_mm512_or_si512(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            unsafe { Zmm(_mm512_xor_si512(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn but(self, o: Self) -> Self {
+            unsafe { Zmm(_mm512_andnot_si512(o.0, self.0)) }
+        }
+        #[inline(always)]
+        fn shl<const N: u32>(self) -> Self {
+            unsafe { Zmm(_mm512_slli_epi64::<N>(self.0)) }
+        }
+        #[inline(always)]
+        fn top(self) -> Self {
+            unsafe { Zmm(_mm512_srli_epi64::<63>(self.0)) }
+        }
+        #[inline(always)]
+        fn spread_top(self) -> Self {
+            unsafe { Zmm(_mm512_srai_epi64::<63>(self.0)) }
+        }
+        #[inline(always)]
+        fn up1(self, below: Self) -> Self {
+            unsafe { Zmm(_mm512_alignr_epi64::<7>(self.0, below.0)) }
+        }
+        #[inline(always)]
+        fn up2(self, below: Self) -> Self {
+            unsafe { Zmm(_mm512_alignr_epi64::<6>(self.0, below.0)) }
+        }
+        #[inline(always)]
+        fn up4(self, below: Self) -> Self {
+            unsafe { Zmm(_mm512_alignr_epi64::<4>(self.0, below.0)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> (Self, u8) {
+            unsafe {
+                let sum = _mm512_add_epi64(self.0, o.0);
+                (Zmm(sum), _mm512_cmplt_epu64_mask(sum, self.0))
+            }
+        }
+        #[inline(always)]
+        fn inc(self, lanes: u8) -> (Self, u8) {
+            unsafe {
+                let sum = _mm512_mask_add_epi64(self.0, lanes, self.0, _mm512_set1_epi64(1));
+                (
+                    Zmm(sum),
+                    _mm512_mask_cmpeq_epi64_mask(lanes, sum, _mm512_setzero_si512()),
+                )
+            }
+        }
+        #[inline(always)]
+        fn lowest(self) -> Self {
+            unsafe {
+                let negated = _mm512_sub_epi64(_mm512_setzero_si512(), self.0);
+                Zmm(_mm512_and_si512(self.0, negated))
+            }
+        }
+        #[inline(always)]
+        fn through(self) -> Self {
+            unsafe {
+                Zmm(_mm512_or_si512(
+                    self.0,
+                    _mm512_sub_epi64(self.0, _mm512_set1_epi64(1)),
+                ))
+            }
+        }
+        #[inline(always)]
+        fn nonzero(self) -> u8 {
+            unsafe { _mm512_test_epi64_mask(self.0, self.0) }
+        }
+        #[inline(always)]
+        fn keep(self, lanes: u8) -> Self {
+            unsafe { Zmm(_mm512_maskz_mov_epi64(lanes, self.0)) }
+        }
     }
 }
 
@@ -403,6 +793,10 @@ mod tests {
         }
     }
 
+    fn index_bytewise(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
+        scan::<Words>(bytes, open, members)
+    }
+
     fn indexed(
         text: &str,
         index: fn(&[u8], usize, &mut Members) -> Option<usize>,
@@ -410,11 +804,8 @@ mod tests {
         let mut m = Members::default();
         let end = index(text.as_bytes(), 0, &mut m)?;
         let members = m
-            .starts
-            .iter()
-            .zip(&m.key_ends)
-            .zip(&m.ends)
-            .map(|((&s, &k), &e)| (s, k, e))
+            .spans()
+            .map(|(s, k, e)| (s as u32, k as u32, e as u32))
             .collect();
         Some((members, end))
     }
@@ -589,7 +980,7 @@ mod tests {
                     }
                 };
             }
-            let got = unsafe { classify_avx512(&block) };
+            let got = <avx512::Zmm as Lanes>::classify(&block);
             assert_eq!(got, classify_bytewise(&block), "round {round}: {block:?}");
         }
     }
@@ -602,7 +993,7 @@ mod tests {
         let mut rows = 0;
         while w.body[pos] == b'{' {
             let end = index_bytewise(&w.body, pos, &mut m).expect("row indexed");
-            assert_eq!(m.starts.len(), 1000);
+            assert_eq!(m.len(), 1000);
             rows += 1;
             pos = end + 1;
         }
