@@ -13,12 +13,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Classes<W> {
     quote: W,
-    backslash: W,
-    /// Below 0x20 (includes tab, line feed, carriage return).
-    control: W,
+    /// A backslash or a byte below 0x20 (tab, line feed and carriage return included).
+    escape: W,
     /// Space, tab, line feed, carriage return.
     space: W,
-    open_brace: W,
     close_brace: W,
     open_bracket: W,
     close_bracket: W,
@@ -33,6 +31,29 @@ pub(super) struct Classes<W> {
     plus: W,
 }
 
+/// Calls macro `$m` with the names of the classes (macros, not closures, inline into
+/// functions compiled for other CPU features).
+macro_rules! each_class {
+    ($m:ident) => {
+        $m!(
+            quote,
+            escape,
+            space,
+            close_brace,
+            open_bracket,
+            close_bracket,
+            comma,
+            colon,
+            digit,
+            zero,
+            dot,
+            exp,
+            minus,
+            plus
+        )
+    };
+}
+
 /// Member boundaries of the last indexed object, as byte offsets; reused across objects.
 #[derive(Debug, Default)]
 pub(super) struct Members {
@@ -41,7 +62,7 @@ pub(super) struct Members {
     spans: Vec<u32>,
     /// How many keys were found (a third of the spans for a valid object).
     keys: u32,
-    /// The positions found in one chunk (one per byte at most, and room to write eight
+    /// The positions found in one chunk (one per byte at most, and room to write sixteen
     /// past the last).
     found: Vec<u32>,
 }
@@ -71,8 +92,11 @@ const CHUNK: usize = 512;
 /// `members` filled, or `None` (members unspecified) when the cursor must decide.
 pub(super) fn index(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU supports AVX-512BW (and so AVX-512F), checked just above.
+    if std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("popcnt")
+        && std::arch::is_x86_feature_detected!("bmi1")
+    {
+        // SAFETY: the CPU has every feature `index_avx512` is compiled for, checked just above.
         return unsafe { index_avx512(bytes, open, members) };
     }
     let _ = (bytes, open, members);
@@ -80,7 +104,7 @@ pub(super) fn index(bytes: &[u8], open: usize, members: &mut Members) -> Option<
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512bw")]
+#[target_feature(enable = "avx512bw,popcnt,bmi1")]
 unsafe fn index_avx512(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
     scan::<avx512::Zmm>(bytes, open, members)
 }
@@ -93,14 +117,15 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
     }
     members.spans.clear();
     members.keys = 0;
-    members.found.resize(CHUNK + 64, 0);
+    members.found.resize(CHUNK + 16, 0);
     let mut state = State::<L>::new();
     let mut at = open + 1;
     while at < bytes.len() {
-        let mut blocks = [Classes::<u64>::default(); 8];
-        for (j, classes) in blocks.iter_mut().enumerate() {
+        // Each block's classes go straight to their lane.
+        let mut chunk = Classes::<[u64; 8]>::default();
+        for j in 0..8 {
             let from = at + 64 * j;
-            *classes = match bytes.get(from..from + 64) {
+            let classes = match bytes.get(from..from + 64) {
                 Some(block) => L::classify(block.try_into().ok()?),
                 None => {
                     // Zero padding: a control byte, so a map that does not end before it fails.
@@ -110,8 +135,15 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
                     L::classify(&block)
                 }
             };
+            macro_rules! set {
+                ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
+            }
+            each_class!(set);
         }
-        match state.step(&transpose(&blocks), at as u32, members) {
+        macro_rules! load {
+            ($($field:ident),*) => { Classes { $($field: L::from_words(chunk.$field)),* } };
+        }
+        match state.step(&each_class!(load), at as u32, members) {
             Some(None) => at += CHUNK,
             Some(Some(end)) => return finish(members, at + end),
             None => return None,
@@ -127,38 +159,6 @@ fn finish(members: &Members, end: usize) -> Option<usize> {
     (keys >= 2 && members.spans.len() == 3 * keys).then_some(end + 1)
 }
 
-/// Eight blocks' classes as one value per class.
-#[inline(always)]
-fn transpose<L: Lanes>(b: &[Classes<u64>; 8]) -> Classes<L> {
-    // A macro, not closures: closures would not inherit the CPU features of the caller.
-    macro_rules! lanes {
-        ($($field:ident),*) => {
-            Classes { $($field: L::from_words([
-                b[0].$field, b[1].$field, b[2].$field, b[3].$field,
-                b[4].$field, b[5].$field, b[6].$field, b[7].$field,
-            ])),* }
-        };
-    }
-    lanes!(
-        quote,
-        backslash,
-        control,
-        space,
-        open_brace,
-        close_brace,
-        open_bracket,
-        close_bracket,
-        comma,
-        colon,
-        digit,
-        zero,
-        dot,
-        exp,
-        minus,
-        plus
-    )
-}
-
 /// Classifies a block byte by byte: the reference for the vector classifier.
 #[cfg(test)]
 fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
@@ -167,8 +167,7 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
         let bit = 1u64 << i;
         let class = match b {
             b'"' => Some(&mut k.quote),
-            b'\\' => Some(&mut k.backslash),
-            b'{' => Some(&mut k.open_brace),
+            b'\\' => Some(&mut k.escape),
             b'}' => Some(&mut k.close_brace),
             b'[' => Some(&mut k.open_bracket),
             b']' => Some(&mut k.close_bracket),
@@ -186,7 +185,7 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
             *class |= bit;
         }
         if b < 0x20 {
-            k.control |= bit;
+            k.escape |= bit;
         }
         if b == b'0' {
             k.zero |= bit;
@@ -201,6 +200,9 @@ trait Lanes: Copy {
     fn classify(block: &[u8; 64]) -> Classes<u64>;
     fn from_words(words: [u64; 8]) -> Self;
     fn words(self) -> [u64; 8];
+    /// Writes `base + i` for each set bit `i` of `bits` to `out` from `n` on, and returns the
+    /// new `n`. May write up to sixteen slots past it.
+    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize;
     fn splat(x: u64) -> Self;
     fn and(self, o: Self) -> Self;
     fn or(self, o: Self) -> Self;
@@ -398,10 +400,11 @@ impl<L: Lanes> State<L> {
             .or(close_brace)
             .or(token);
 
+        // Escapes and control characters anywhere; outside strings, any byte that is none of
+        // the above (`{` of a nested object, the letters of `true` or `NaN`, ...).
         let mut bad = k
-            .backslash
-            .or(k.control.but(space))
-            .or(k.open_brace.but(string_or_quote))
+            .escape
+            .but(space)
             .or(L::splat(!0).but(string_or_quote).but(structure))
             .or(open_bracket.but(in_array))
             .or(close_bracket.and(in_array))
@@ -476,27 +479,16 @@ impl<L: Lanes> State<L> {
         let key = key.and(live).words();
         let key_end = key_end.and(live).words();
         let value_end = value_end.and(live).words();
-        // Positions go through a buffer, eight at a time whether or not there are eight: no
-        // capacity check per push and no mispredicted exit from a loop per position.
-        let found = &mut members.found[..CHUNK + 64];
         let mut n = 0;
         for j in 0..8 {
             members.keys += key[j].count_ones();
-            let mut bits = key[j] | key_end[j] | value_end[j];
-            let count = bits.count_ones() as usize;
             let base = base + 64 * j as u32;
-            let mut i = n;
-            loop {
-                for slot in &mut found[i..i + 8] {
-                    *slot = base + bits.trailing_zeros();
-                    bits &= bits.wrapping_sub(1);
-                }
-                i += 8;
-                if i >= n + count {
-                    break;
-                }
-            }
-            n += count;
+            n = L::positions(
+                key[j] | key_end[j] | value_end[j],
+                base,
+                &mut members.found,
+                n,
+            );
         }
         members.spans.extend_from_slice(&members.found[..n]);
         Some((end_lanes != 0).then(|| {
@@ -553,6 +545,14 @@ impl Lanes for Words {
     }
     fn words(self) -> [u64; 8] {
         self.0
+    }
+    fn positions(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
+        while bits != 0 {
+            out[n] = base + bits.trailing_zeros();
+            n += 1;
+            bits &= bits - 1;
+        }
+        n
     }
     fn splat(x: u64) -> Self {
         Words([x; 8])
@@ -642,10 +642,8 @@ mod avx512 {
                 }
                 Classes {
                     quote: eq!(b'"'),
-                    backslash: eq!(b'\\'),
-                    control: _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
+                    escape: eq!(b'\\') | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
                     space: eq!(b' ') | eq!(b'\t') | eq!(b'\n') | eq!(b'\r'),
-                    open_brace: eq!(b'{'),
                     close_brace: eq!(b'}'),
                     open_bracket: eq!(b'['),
                     close_bracket: eq!(b']'),
@@ -675,6 +673,24 @@ mod avx512 {
             let mut words = [0u64; 8];
             unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), self.0) };
             words
+        }
+        #[inline(always)]
+        fn positions(bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
+            // Sixteen bits at a time, their offsets packed to the front of a register with
+            // `vpcompressd` and stored whole: no branch per position.
+            unsafe {
+                let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+                for quarter in 0..4u32 {
+                    let mask = (bits >> (16 * quarter)) as u16;
+                    let offsets =
+                        _mm512_add_epi32(iota, _mm512_set1_epi32((base + 16 * quarter) as i32));
+                    let packed = _mm512_maskz_compress_epi32(mask, offsets);
+                    let slots: &mut [u32; 16] = (&mut out[n..n + 16]).try_into().unwrap();
+                    _mm512_storeu_si512(slots.as_mut_ptr().cast(), packed);
+                    n += mask.count_ones() as usize;
+                }
+            }
+            n
         }
         #[inline(always)]
         fn splat(x: u64) -> Self {
