@@ -158,8 +158,9 @@ impl Output {
 struct Remembered {
     head: u64,
     tail: u64,
-    start: usize,
-    len: usize,
+    start: u32,
+    /// Key length, quotes included.
+    len: u16,
     keep: bool,
 }
 
@@ -193,20 +194,29 @@ fn memo_keep(
     let (head, tail) = ends_of(key);
     if let Some(m) = memo.get(i) {
         // Up to sixteen bytes, the two words cover the whole key.
-        if m.len == key.len()
+        if usize::from(m.len) == key.len()
             && m.head == head
             && m.tail == tail
-            && (key.len() <= 16 || bytes[m.start..m.start + m.len] == *key)
+            && (key.len() <= 16 || {
+                let from = m.start as usize;
+                bytes[from..from + key.len()] == *key
+            })
         {
             return m.keep;
         }
     }
     let keep = lookup();
+    // A key too long or too far into the body to note down is remembered as length 0, which
+    // no key (two quotes at least) matches.
+    let (start, len) = match (u32::try_from(start), u16::try_from(key.len())) {
+        (Ok(start), Ok(len)) => (start, len),
+        _ => (0, 0),
+    };
     let remembered = Remembered {
         head,
         tail,
         start,
-        len: key.len(),
+        len,
         keep,
     };
     match memo.get_mut(i) {
