@@ -643,7 +643,17 @@ mod avx512 {
                 Classes {
                     quote: eq!(b'"'),
                     escape: eq!(b'\\') | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
-                    space: eq!(b' ') | eq!(b'\t') | eq!(b'\n') | eq!(b'\r'),
+                    // Each whitespace byte has its own low nibble: look the nibble up and
+                    // compare (bytes from 0x80 look up zero, which they are not).
+                    space: _mm512_cmpeq_epi8_mask(
+                        _mm512_shuffle_epi8(
+                            _mm512_broadcast_i32x4(_mm_setr_epi8(
+                                0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0,
+                            )),
+                            v,
+                        ),
+                        v,
+                    ),
                     close_brace: eq!(b'}'),
                     open_bracket: eq!(b'['),
                     close_bracket: eq!(b']'),
