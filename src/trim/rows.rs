@@ -115,38 +115,53 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
     if bytes.len() >= u32::MAX as usize - CHUNK {
         return None;
     }
-    members.spans.clear();
-    members.keys = 0;
     members.found.resize(CHUNK + 16, 0);
-    let mut state = State::<L>::new();
-    let mut at = open + 1;
-    while at < bytes.len() {
-        // Each block's classes go straight to their lane.
-        let mut chunk = Classes::<[u64; 8]>::default();
-        for j in 0..8 {
-            let from = at + 64 * j;
-            let classes = match bytes.get(from..from + 64) {
-                Some(block) => L::classify(block.try_into().ok()?),
-                None => {
-                    // Zero padding: a control byte, so a map that does not end before it fails.
-                    let tail = bytes.get(from.min(bytes.len())..)?;
-                    let mut block = [0u8; 64];
-                    block[..tail.len()].copy_from_slice(tail);
-                    L::classify(&block)
+    // A small map would pay for eight blocks: its first chunk stops after the first block
+    // holding a `}`; the blocks after it count as control bytes. If that `}` was in a string,
+    // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
+    for short in [true, false] {
+        members.spans.clear();
+        members.keys = 0;
+        let mut state = State::<L>::new();
+        let mut at = open + 1;
+        let mut first = true;
+        while at < bytes.len() {
+            // Each block's classes go straight to their lane.
+            let mut chunk = Classes::<[u64; 8]>::default();
+            let mut filled = 8;
+            for j in 0..8 {
+                let from = at + 64 * j;
+                let classes = match bytes.get(from..from + 64) {
+                    Some(block) => L::classify(block.try_into().ok()?),
+                    None => {
+                        // Zero padding: a control byte, so a map not over before it fails.
+                        let tail = bytes.get(from.min(bytes.len())..)?;
+                        let mut block = [0u8; 64];
+                        block[..tail.len()].copy_from_slice(tail);
+                        L::classify(&block)
+                    }
+                };
+                macro_rules! set {
+                    ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
                 }
-            };
-            macro_rules! set {
-                ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
+                each_class!(set);
+                if short && first && classes.close_brace != 0 {
+                    filled = j + 1;
+                    break;
+                }
             }
-            each_class!(set);
-        }
-        macro_rules! load {
-            ($($field:ident),*) => { Classes { $($field: L::from_words(chunk.$field)),* } };
-        }
-        match state.step(&each_class!(load), at as u32, members) {
-            Some(None) => at += CHUNK,
-            Some(Some(end)) => return finish(members, at + end),
-            None => return None,
+            // Blocks not read count as control bytes, which nothing in a map may be.
+            chunk.escape[filled..].fill(!0);
+            macro_rules! load {
+                ($($field:ident),*) => { Classes { $($field: L::from_words(chunk.$field)),* } };
+            }
+            match state.step(&each_class!(load), at as u32, members) {
+                Some(None) => at += CHUNK,
+                Some(Some(end)) => return finish(members, at + end),
+                None if filled < 8 => break,
+                None => return None,
+            }
+            first = false;
         }
     }
     None
@@ -381,7 +396,7 @@ impl<L: Lanes> State<L> {
         let live_lanes = if end_lanes == 0 {
             0xff
         } else {
-            (2u16 << end_lanes.trailing_zeros()) as u8 - 1
+            ((2u16 << end_lanes.trailing_zeros()) - 1) as u8
         };
         let live = ends.through().keep(live_lanes);
         let comma = k.comma.but(string_or_quote);
@@ -480,7 +495,8 @@ impl<L: Lanes> State<L> {
         let key_end = key_end.and(live).words();
         let value_end = value_end.and(live).words();
         let mut n = 0;
-        for j in 0..8 {
+        let lanes = 8 - live_lanes.leading_zeros() as usize;
+        for j in 0..lanes {
             members.keys += key[j].count_ones();
             let base = base + 64 * j as u32;
             n = L::positions(
