@@ -1,7 +1,9 @@
-//! A bit-parallel index of one feature map (a JSON object), 64 bytes at a time: byte classes
-//! become one bit per byte, strings and arrays become bit regions, and the JSON grammar of the
-//! object becomes conditions on those masks, so a member costs a few bit operations instead of
-//! a branch per byte and per token. The result is the member boundaries the engine splices by.
+//! A bit-parallel index of one feature map (a JSON object), eight 64-byte blocks at a time,
+//! one per 64-bit lane of an AVX-512 register: byte classes become one bit per byte, strings
+//! and arrays become bit regions, and the JSON grammar of the object becomes conditions on those
+//! masks, so a member costs a few bit operations instead of a branch per byte and per token.
+//! The result is the member boundaries the engine splices by. Without AVX-512BW (checked at run
+//! time) there is no index and the cursor does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
 //! arrays of them, no backslash anywhere. Everything else (escapes, `true`/`null`/`NaN`, nested
