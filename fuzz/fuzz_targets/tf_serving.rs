@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let text = std::str::from_utf8(body).expect("a trimmed body is UTF-8");
     let mut cursor = Cursor::new(text);
     let valid = cursor.skip_value().and_then(|()| cursor.end());
-    assert!(valid.is_ok(), "trimmed a body the cursor rejects: {valid:?}");
+    assert!(
+        valid.is_ok(),
+        "trimmed a body the cursor rejects: {valid:?}"
+    );
     let Some(out) = common::check_validity(body, &trimmed.body) else {
         return;
     };
