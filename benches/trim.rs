@@ -4,7 +4,7 @@
 //! Value, filter, serialise) and `memcpy` (copy the bytes). `lz4_encode` / `lz4_decode` give
 //! the link compression's cost on the same body; the compressed size is printed per workload.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use feature_trimmer::bundle::snapshot::Lookup;
 use feature_trimmer::bundle::AllowlistSnapshot;
 use feature_trimmer::classify::VersionSpec;
@@ -84,5 +84,57 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// With `TRIM_ALTERNATE=N`: after the groups, `trimmer` and `serde_json_validate` called
+/// alternately on the same body N times, median times and their ratio per workload. Criterion
+/// runs one function for seconds, then the other; on a host whose speed drifts over seconds,
+/// alternating call by call gives the steadier ratio.
+fn alternating(rounds: usize) {
+    use std::time::Instant;
+    for w in workload::all() {
+        let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
+        let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
+        // Small bodies are timed in batches, so the clock's resolution does not matter.
+        let batch = (1_000_000 / w.body.len()).max(1);
+        let time = |f: &dyn Fn()| {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed().as_secs_f64() / batch as f64
+        };
+        let (mut trimmer, mut validate) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            trimmer.push(time(&|| {
+                black_box(engine(black_box(&w), &snapshot));
+            }));
+            validate.push(time(&|| {
+                serde_json::from_slice::<serde::de::IgnoredAny>(black_box(json)).unwrap();
+            }));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (t, v) = (median(trimmer), median(validate));
+        println!(
+            "alternating {}: trimmer {:.1} us, serde_json_validate {:.1} us, ratio {:.2}x ({rounds} rounds)",
+            w.name,
+            t * 1e6,
+            v * 1e6,
+            v / t
+        );
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if let Some(rounds) = std::env::var("TRIM_ALTERNATE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        alternating(rounds);
+    }
+}
