@@ -121,12 +121,11 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
     // A small map would pay for eight blocks: its first chunk stops after the first block
     // holding a `}`; the blocks after it count as control bytes. If that `}` was in a string,
     // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
-    for short in [true, false] {
+    for mut short in [true, false] {
         members.spans.clear();
         members.keys = 0;
         let mut state = State::<L>::new();
         let mut at = open + 1;
-        let mut first = true;
         while at < bytes.len() {
             // Each block's classes go straight to their lane.
             let mut chunk = Classes::<[u64; 8]>::default();
@@ -147,7 +146,7 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
                     ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
                 }
                 each_class!(set);
-                if short && first && classes.close_brace != 0 {
+                if short && classes.close_brace != 0 {
                     filled = j + 1;
                     break;
                 }
@@ -163,7 +162,8 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
                 None if filled < 8 => break,
                 None => return None,
             }
-            first = false;
+            // Only the first chunk is ever short.
+            short = false;
         }
     }
     None
