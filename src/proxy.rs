@@ -24,7 +24,7 @@ use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
 
 /// Triton's binary extension: length of the JSON part of the body.
-const INFERENCE_HEADER_LENGTH: HeaderName =
+pub const INFERENCE_HEADER_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
 
 /// What the trim step decided for one score request.
@@ -57,11 +57,45 @@ impl std::ops::Deref for ModelHandle<'_> {
     }
 }
 
+/// What `decide` needs of the request's headers.
+pub struct TrimHeaders<'h> {
+    /// Whether the body carries a `Content-Encoding` other than `identity`.
+    pub encoded: bool,
+    /// `Inference-Header-Content-Length` (Triton's binary extension), if present.
+    pub binary_json_len: Option<&'h [u8]>,
+}
+
+/// What trimming did to one score request: the body to forward instead of the original and
+/// the new `Inference-Header-Content-Length`, when features were removed.
+pub struct Trimmed {
+    pub body: Option<Vec<u8>>,
+    pub json_len: Option<usize>,
+}
+
+/// Trims a score request (`target` has a verb and the method is POST) and records it in the
+/// model's metrics.
+pub fn trim_request(
+    shared: &Shared,
+    target: &Target<'_>,
+    headers: TrimHeaders<'_>,
+    body: &[u8],
+) -> Trimmed {
+    let decision = decide(shared, target, headers, body);
+    let forwarded = decision.body.as_ref().map_or(body.len(), Vec::len);
+    decision
+        .model
+        .record(decision.outcome, body.len(), forwarded, decision.removed);
+    Trimmed {
+        body: decision.body,
+        json_len: decision.json_len,
+    }
+}
+
 /// Looks the request up in the current snapshot (one load) and runs the protocol's engine.
 fn decide<'a>(
     shared: &'a Shared,
     target: &Target<'_>,
-    headers: &HeaderMap,
+    headers: TrimHeaders<'_>,
     body: &[u8],
 ) -> Decision<'a> {
     let state = shared.trim_state.load();
@@ -100,7 +134,7 @@ fn decide<'a>(
     if entry.mode == Mode::Off {
         return untouched(Outcome::Disabled, model);
     }
-    if content_encoding(headers).is_some() {
+    if headers.encoded {
         return untouched(Outcome::UnsupportedEncoding, model);
     }
     let snapshot = &state.allowlists;
@@ -111,10 +145,9 @@ fn decide<'a>(
             tf_serving::trim(body, TfBody::Predict, allowed)
         }
         (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
-        (Protocol::KServeV2, _) => match headers.get(&INFERENCE_HEADER_LENGTH) {
+        (Protocol::KServeV2, _) => match headers.binary_json_len {
             None => kserve::trim_json(body, allowed),
-            Some(value) => match value
-                .to_str()
+            Some(value) => match std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
             {
@@ -190,15 +223,18 @@ async fn forward(
         .as_ref()
         .filter(|t| t.verb.is_some() && parts.method == http::Method::POST)
     {
-        let decision = decide(shared, target, &parts.headers, &body);
-        let forwarded = decision.body.as_ref().map_or(body.len(), Vec::len);
-        decision
-            .model
-            .record(decision.outcome, body.len(), forwarded, decision.removed);
-        if let Some(trimmed) = decision.body {
+        let headers = TrimHeaders {
+            encoded: content_encoding(&parts.headers).is_some(),
+            binary_json_len: parts
+                .headers
+                .get(&INFERENCE_HEADER_LENGTH)
+                .map(HeaderValue::as_bytes),
+        };
+        let trimmed = trim_request(shared, target, headers, &body);
+        if let Some(trimmed) = trimmed.body {
             body = Bytes::from(trimmed);
         }
-        if let Some(json_len) = decision.json_len {
+        if let Some(json_len) = trimmed.json_len {
             parts
                 .headers
                 .insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(json_len));

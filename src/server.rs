@@ -120,12 +120,14 @@ impl Server {
             shared.clone(),
             proxy_stopped,
             crate::proxy::handle,
+            true,
         ));
         let admin_task = tokio::spawn(accept_loop(
             admin,
             shared.clone(),
             admin_stopped,
             crate::admin::handle,
+            false,
         ));
         tracing::info!(
             listen = %proxy_addr,
@@ -151,12 +153,14 @@ impl Server {
 }
 
 /// Accepts connections until told to stop, then waits (up to the grace period) for the
-/// connections it started.
+/// connections it started. With `lean`, connections start on the lean HTTP/1.1 path (`h1`) and
+/// go to hyper when a request needs it.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     handler: H,
+    lean: bool,
 ) where
     H: Fn(Arc<Shared>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send + 'static,
@@ -174,14 +178,25 @@ async fn accept_loop<H, F>(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
+                    let for_service = shared.clone();
                     let service = service_fn(move |mut request: Request<Incoming>| {
                         request.extensions_mut().insert(Peer(peer));
-                        handler(shared.clone(), request)
+                        handler(for_service.clone(), request)
                     });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
+                    let watcher = graceful.watcher();
+                    let (builder, mut stop) = (builder.clone(), stop.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = connection.await {
+                        // The watcher, held until the connection ends, keeps the drain waiting.
+                        let stream = if lean {
+                            match crate::h1::serve(&shared, stream, &mut stop).await {
+                                Some(rewound) => rewound,
+                                None => return,
+                            }
+                        } else {
+                            crate::h1::Rewind::untouched(stream)
+                        };
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(connection.into_owned()).await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });

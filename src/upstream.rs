@@ -2,7 +2,9 @@
 //! selection, short ejection of endpoints that refuse connections, and timeouts.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,8 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{Histogram, IntCounter};
 use serde::Serialize;
+use tokio::net::TcpStream;
 
 use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
+use crate::h1::{self, BadResponse, ResponseHead};
 use crate::metrics::Metrics;
 
 /// Why a request could not be answered by its cluster.
@@ -160,7 +164,19 @@ struct Endpoint {
     outstanding: AtomicUsize,
     /// Milliseconds since `Cluster::epoch` before which the endpoint is skipped.
     ejected_until_ms: AtomicU64,
+    /// The lean path's idle connections, most recently used last, with when they went idle.
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
 }
+
+/// A connection to one endpoint, lent to the lean path for one exchange.
+pub struct LeafConnection {
+    /// The socket, after the response head (and maybe some of the body) was read.
+    pub stream: TcpStream,
+    endpoint: usize,
+}
+
+/// Idle pooled connections older than this are closed rather than used (as hyper's pool).
+const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// A named group of interchangeable leaves with its pooled client and settings.
 pub struct Cluster {
@@ -179,9 +195,15 @@ pub struct Cluster {
     /// How long a refusing endpoint is skipped.
     eject: Duration,
     /// Whether the client's `Host` header is kept.
-    preserve_host: bool,
+    pub preserve_host: bool,
     /// Request body encoding towards this cluster.
     pub compression: Compression,
+    /// Wire protocol towards the leaves.
+    protocol: UpstreamProtocol,
+    /// Time allowed to open a connection (lean path).
+    connect_timeout: Duration,
+    /// Idle connections kept per endpoint (lean path).
+    max_idle: usize,
     /// Reference point for ejection deadlines.
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
@@ -238,6 +260,7 @@ impl Cluster {
                 authority,
                 outstanding: AtomicUsize::new(0),
                 ejected_until_ms: AtomicU64::new(0),
+                idle: Mutex::new(Vec::new()),
             })
             .collect();
         let name = config.name.clone();
@@ -276,6 +299,9 @@ impl Cluster {
             eject: ms(config.eject_ms),
             preserve_host: config.preserve_host,
             compression: config.compression,
+            protocol: config.protocol,
+            connect_timeout: ms(config.connect_timeout_ms),
+            max_idle: config.max_idle_per_endpoint,
             epoch: Instant::now(),
             stats,
         }
@@ -369,6 +395,162 @@ impl Cluster {
         })
     }
 
+    /// Whether the lean HTTP/1.1 path (`h1`) may send this cluster's requests: plain HTTP/1.1
+    /// towards the leaves, no body encoding.
+    pub fn lean(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1 && self.compression == Compression::None
+    }
+
+    /// The lean path's exchange: sends `POST target` with the header `lines` (complete, with
+    /// the final empty line; `Host` is added unless kept) and `body` on a pooled or new
+    /// connection, and reads the response head into `buf`. Endpoints are tried as in `send`;
+    /// a pooled connection the leaf had closed is replaced by a new one.
+    pub async fn exchange(
+        &self,
+        target: &str,
+        lines: &[u8],
+        body: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<(ResponseHead, LeafConnection), UpstreamError> {
+        let keeps_host = self.preserve_host
+            && lines
+                .split(|&b| b == b'\n')
+                .any(|line| line.len() > 5 && line[..5].eq_ignore_ascii_case(b"host:"));
+        let mut last_failure = None;
+        for index in self.attempt_order() {
+            let endpoint = &self.endpoints[index];
+            let mut start = format!("POST {target} HTTP/1.1\r\n");
+            if !keeps_host {
+                start.push_str("host: ");
+                start.push_str(endpoint.authority.as_str());
+                start.push_str("\r\n");
+            }
+            let message = [start.as_bytes(), lines, body];
+            endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                self.request_timeout,
+                self.exchange_with(endpoint, &message, buf),
+            )
+            .await;
+            endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+            let cause = match result {
+                Ok(Ok((head, stream))) => {
+                    self.stats.duration.observe(started.elapsed().as_secs_f64());
+                    let class = (head.status / 100).clamp(1, 5) as usize;
+                    self.stats.responses[class - 1].inc();
+                    let connection = LeafConnection {
+                        stream,
+                        endpoint: index,
+                    };
+                    return Ok((head, connection));
+                }
+                Ok(Err(Exchange::Connect(e))) => e,
+                Ok(Err(Exchange::Failed(cause))) => {
+                    self.stats.transport_errors.inc();
+                    return Err(UpstreamError::Transport {
+                        upstream: self.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        cause,
+                    });
+                }
+                Err(_elapsed) => {
+                    self.stats.timeouts.inc();
+                    return Err(UpstreamError::Timeout {
+                        upstream: self.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        timeout_ms: self.request_timeout.as_millis() as u64,
+                    });
+                }
+            };
+            self.stats.connect_errors.inc();
+            let until = self.now_ms() + self.eject.as_millis() as u64;
+            endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.name, endpoint = %endpoint.authority, %cause, "connect failed; endpoint ejected");
+            last_failure = Some((endpoint.authority.to_string(), cause));
+        }
+        let (endpoint, cause) = last_failure.unwrap_or_else(|| ("-".into(), "no endpoints".into()));
+        Err(UpstreamError::Unreachable {
+            upstream: self.name.clone(),
+            endpoint,
+            cause,
+        })
+    }
+
+    /// One endpoint: a pooled connection first; if the leaf had closed it (nothing of a
+    /// response arrived), a new one.
+    async fn exchange_with(
+        &self,
+        endpoint: &Endpoint,
+        message: &[&[u8]; 3],
+        buf: &mut Vec<u8>,
+    ) -> Result<(ResponseHead, TcpStream), Exchange> {
+        loop {
+            let (mut stream, pooled) = match self.checkout(endpoint) {
+                Some(stream) => (stream, true),
+                None => (self.connect(endpoint).await?, false),
+            };
+            buf.clear();
+            let mut slices = message.map(IoSlice::new);
+            let sent = h1::write_all_vectored(&mut stream, &mut slices).await;
+            let result = match sent {
+                Ok(()) => h1::read_response_head(&mut stream, buf).await,
+                Err(e) => Err(BadResponse::Io(e)),
+            };
+            match result {
+                Ok(head) => return Ok((head, stream)),
+                // A pooled connection the leaf closed while it was idle: nothing was processed.
+                Err(BadResponse::Closed { partial: false }) if pooled => continue,
+                Err(BadResponse::Io(e))
+                    if pooled
+                        && buf.is_empty()
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Exchange::Failed(e.to_string())),
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is not too old.
+    fn checkout(&self, endpoint: &Endpoint) -> Option<TcpStream> {
+        let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, Exchange> {
+        let address = endpoint.authority.as_str();
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(Exchange::Connect(e.to_string())),
+            Err(_) => Err(Exchange::Connect(format!(
+                "no connection within {} ms",
+                self.connect_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Returns a connection whose response was read completely to the pool.
+    pub fn release(&self, connection: LeafConnection) {
+        let endpoint = &self.endpoints[connection.endpoint];
+        let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((connection.stream, Instant::now()));
+        }
+    }
+
     fn build_request(
         &self,
         parts: &http::request::Parts,
@@ -416,6 +598,14 @@ impl Cluster {
                 .collect(),
         }
     }
+}
+
+/// How one attempt of the lean path failed.
+enum Exchange {
+    /// No connection could be opened (the next endpoint is tried).
+    Connect(String),
+    /// The connection failed after the request was sent, or the response was malformed.
+    Failed(String),
 }
 
 /// An error and its causes on one line (hyper's top-level messages alone are vague).

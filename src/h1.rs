@@ -1,0 +1,802 @@
+//! The lean HTTP/1.1 path for the requests that make up the traffic: a `POST` with a
+//! `Content-Length` from an HTTP/1.1 client, towards an HTTP/1.1 cluster without compression.
+//! Heads are parsed in place (`httparse`), the body is read once into a buffer of its declared
+//! size, the request goes out in one `writev` on a pooled connection and the answer is relayed
+//! as it arrives. hyper's general machinery (header maps, body channels, the pooled client's
+//! tasks) cost about twice HAProxy's CPU per small request; this path does the same work with a
+//! few buffers per request.
+//!
+//! Anything else (h2c, chunked or encoded bodies, `Expect`, upgrades, `Connection: close`,
+//! other methods, heads that do not parse or are too large) ends the lean path for its
+//! connection: the socket and the bytes already read go to hyper ([`Rewind`]), which serves
+//! the rest of the connection as before and answers errors as before.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::classify::classify;
+use crate::proxy::{trim_request, TrimHeaders, INFERENCE_HEADER_LENGTH};
+use crate::state::Shared;
+use crate::upstream::Cluster;
+
+/// Heads larger than this go to hyper (which refuses them with 431).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers per head; more go to hyper.
+const MAX_HEADERS: usize = 100;
+/// Bytes asked for per read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Serves requests on `stream` until the client closes it, an answer cannot be completed, or
+/// shutdown begins (`None`), or until a request needs hyper: then the socket comes back with
+/// the bytes already read, unconsumed.
+pub async fn serve(
+    shared: &Shared,
+    mut stream: TcpStream,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Rewind> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let header_timeout = crate::config::ms(shared.config.header_read_timeout_ms);
+    loop {
+        // The head: wait (idle) for its first byte, then for the rest within the timeout.
+        if buf.is_empty() {
+            tokio::select! {
+                read = read_more(&mut stream, &mut buf) => match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                _ = stop.changed() => return None,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let request = loop {
+            match parse_request(shared, &buf) {
+                Parsed::Lean(request) => break request,
+                Parsed::Hyper => return Some(Rewind::new(buf, stream)),
+                Parsed::Partial if buf.len() > MAX_HEAD => return Some(Rewind::new(buf, stream)),
+                Parsed::Partial => {
+                    match tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        // Closed, failed or too slow: hyper would close without an answer too.
+                        _ => return None,
+                    }
+                }
+            }
+        };
+        // The body, exactly as declared; the bytes after it are the next request's.
+        let mut body = Vec::with_capacity(request.content_length);
+        let have = (buf.len() - request.head_len).min(request.content_length);
+        body.extend_from_slice(&buf[request.head_len..request.head_len + have]);
+        buf.drain(..request.head_len + have);
+        while body.len() < request.content_length {
+            let missing = (request.content_length - body.len()) as u64;
+            match (&mut stream).take(missing).read_buf(&mut body).await {
+                Ok(n) if n > 0 => {}
+                result => {
+                    shared.metrics.rejected("body_read_error").inc();
+                    let cause = match result {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "the client closed the connection before the end of the body"
+                            .to_string(),
+                    };
+                    let message = format!("could not read the request body: {cause}");
+                    let _ = stream
+                        .write_all(&error_bytes(StatusCode::BAD_REQUEST, &message))
+                        .await;
+                    return None;
+                }
+            }
+        }
+        if !forward(shared, &mut stream, request, body).await {
+            return None;
+        }
+        if *stop.borrow() {
+            return None;
+        }
+    }
+}
+
+/// A request the lean path takes, with what forwarding it needs of its head.
+struct LeanRequest<'s> {
+    head_len: usize,
+    content_length: usize,
+    /// Request target as sent (origin form, query included).
+    target: String,
+    /// Header lines to forward, each ending in CRLF, without `Host` (unless the cluster keeps
+    /// it), `Content-Length`, `Inference-Header-Content-Length` and hop-by-hop headers.
+    lines: Vec<u8>,
+    /// `Inference-Header-Content-Length` as sent.
+    binary_json_len: Option<Vec<u8>>,
+    cluster: &'s Cluster,
+}
+
+enum Parsed<'s> {
+    Lean(LeanRequest<'s>),
+    Partial,
+    Hyper,
+}
+
+/// Parses the head at the start of `buf` and decides whether the lean path takes it.
+fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    let (Some("POST"), Some(1), Some(target)) = (request.method, request.version, request.path)
+    else {
+        return Parsed::Hyper;
+    };
+    if !target.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let path = &target[..target.find('?').unwrap_or(target.len())];
+    let cluster = shared
+        .upstreams
+        .route(classify(path).as_ref().map(|t| t.model.as_ref()));
+    if !cluster.lean() {
+        return Parsed::Hyper;
+    }
+    let mut content_length = None;
+    let mut binary_json_len = None;
+    let mut lines = Vec::with_capacity(buf.len());
+    for header in request.headers.iter() {
+        let name = header.name;
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("content-length") {
+            let value = std::str::from_utf8(header.value).ok().and_then(|v| {
+                v.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| v.parse::<usize>().ok())
+                    .flatten()
+            });
+            match (content_length, value) {
+                (None, Some(v)) => content_length = Some(v),
+                _ => return Parsed::Hyper,
+            }
+        } else if is("connection") {
+            let keep_alive = header
+                .value
+                .split(|&b| b == b',')
+                .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"));
+            if !keep_alive {
+                return Parsed::Hyper;
+            }
+        } else if is("transfer-encoding")
+            || is("expect")
+            || is("upgrade")
+            || is("content-encoding")
+            || is("te")
+            || is("trailer")
+        {
+            return Parsed::Hyper;
+        } else if is("keep-alive")
+            || is("proxy-connection")
+            || is("proxy-authorization")
+            || is("proxy-authenticate")
+            || (is("host") && !cluster.preserve_host)
+        {
+            // Hop-by-hop, or replaced by the endpoint's authority.
+        } else if is(INFERENCE_HEADER_LENGTH.as_str()) {
+            binary_json_len = Some(header.value.to_vec());
+        } else {
+            push_header(&mut lines, name.as_bytes(), header.value);
+        }
+    }
+    match content_length {
+        Some(len) if (len as u64) <= shared.config.max_body_bytes => Parsed::Lean(LeanRequest {
+            head_len,
+            content_length: len,
+            target: target.to_string(),
+            lines,
+            binary_json_len,
+            cluster,
+        }),
+        // No length, or too long (hyper answers 413).
+        _ => Parsed::Hyper,
+    }
+}
+
+/// Trims, forwards and relays the answer; `false` when the connection must close.
+async fn forward(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    mut request: LeanRequest<'_>,
+    mut body: Vec<u8>,
+) -> bool {
+    let path = &request.target[..request.target.find('?').unwrap_or(request.target.len())];
+    let mut json_len = None;
+    if let Some(target) = classify(path).filter(|t| t.verb.is_some()) {
+        let headers = TrimHeaders {
+            encoded: false,
+            binary_json_len: request.binary_json_len.as_deref(),
+        };
+        let trimmed = trim_request(shared, &target, headers, &body);
+        if let Some(trimmed) = trimmed.body {
+            body = trimmed;
+        }
+        json_len = trimmed.json_len;
+    }
+    match (json_len, &request.binary_json_len) {
+        (Some(len), _) => push_header(
+            &mut request.lines,
+            INFERENCE_HEADER_LENGTH.as_str().as_bytes(),
+            len.to_string().as_bytes(),
+        ),
+        (None, Some(value)) => push_header(
+            &mut request.lines,
+            INFERENCE_HEADER_LENGTH.as_str().as_bytes(),
+            value,
+        ),
+        (None, None) => {}
+    }
+    request.lines.extend_from_slice(b"content-length: ");
+    request
+        .lines
+        .extend_from_slice(body.len().to_string().as_bytes());
+    request.lines.extend_from_slice(b"\r\n\r\n");
+    let cluster = request.cluster;
+    let mut answer = Vec::with_capacity(READ_SIZE);
+    let (head, mut leaf) = match cluster
+        .exchange(&request.target, &request.lines, &body, &mut answer)
+        .await
+    {
+        Ok(exchange) => exchange,
+        Err(e) => {
+            tracing::warn!(error = %e, path, "upstream request failed");
+            let bytes = error_bytes(e.status(), &e.to_string());
+            return stream.write_all(&bytes).await.is_ok();
+        }
+    };
+    drop(body);
+    match relay(&head, &mut answer, &mut leaf.stream, stream).await {
+        Ok(()) => {
+            if head.reusable {
+                cluster.release(leaf);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path, "relaying the upstream response failed");
+            false
+        }
+    }
+}
+
+/// Appends `name: value\r\n`.
+fn push_header(lines: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    lines.extend_from_slice(name);
+    lines.extend_from_slice(b": ");
+    lines.extend_from_slice(value);
+    lines.extend_from_slice(b"\r\n");
+}
+
+/// Reads what is there (up to `READ_SIZE` more bytes) onto the end of `buf`.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    stream.read_buf(buf).await
+}
+
+/// Writes all of `slices` (vectored writes until done).
+pub async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// An error response of ours, as bytes on the wire: `{"error": message}`.
+fn error_bytes(status: StatusCode, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// How the leaf's response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, relayed as it is.
+    Chunked,
+    /// Until the leaf closes; relayed to the client as chunks.
+    Close,
+}
+
+/// A leaf's response head, parsed, with the head to send the client.
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Bytes of the head in the read buffer.
+    head_len: usize,
+    framing: Framing,
+    /// Whether the connection can go back to the pool once the body is read.
+    pub reusable: bool,
+    /// The head for the client: status line and end-to-end headers.
+    client_head: Vec<u8>,
+}
+
+/// Why a leaf's response head is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum BadResponse {
+    /// The leaf closed the connection before a complete head.
+    #[error("connection closed before a complete response head")]
+    Closed {
+        /// Whether any byte of a response had arrived.
+        partial: bool,
+    },
+    /// The bytes are not an HTTP/1.x response head.
+    #[error("malformed response head: {0}")]
+    Malformed(String),
+    /// Reading failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads from the leaf until `buf` holds a complete final (non-1xx) response head; 1xx
+/// interim responses are dropped, as hyper's client does.
+pub async fn read_response_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<ResponseHead, BadResponse> {
+    loop {
+        if !buf.is_empty() {
+            match parse_response(buf)? {
+                Some(head) if (100..200).contains(&head.status) => {
+                    buf.drain(..head.head_len);
+                    continue;
+                }
+                Some(head) => return Ok(head),
+                None if buf.len() > MAX_HEAD => {
+                    return Err(BadResponse::Malformed("head too large".into()))
+                }
+                None => {}
+            }
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Err(BadResponse::Closed {
+                partial: !buf.is_empty(),
+            });
+        }
+    }
+}
+
+fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(BadResponse::Malformed(e.to_string())),
+    };
+    let status = response.code.unwrap_or(0);
+    let mut keep_alive = response.version == Some(1);
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut length: Option<u64> = None;
+    // Headers the `Connection` header names are hop-by-hop too.
+    let mut named: Vec<&[u8]> = Vec::new();
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                }
+                named.push(token);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            chunked = header
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (length, value) {
+                (_, None) => return Err(BadResponse::Malformed("invalid content-length".into())),
+                (Some(a), Some(b)) if a != b => {
+                    return Err(BadResponse::Malformed("conflicting content-length".into()))
+                }
+                (_, v) => length = v,
+            }
+        }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else if transfer_encoding {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(len) = length {
+        Framing::Length(len)
+    } else {
+        Framing::Close
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    let mut client_head = Vec::with_capacity(head_len + 32);
+    client_head.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    client_head.extend_from_slice(response.reason.unwrap_or("").as_bytes());
+    client_head.extend_from_slice(b"\r\n");
+    for header in response.headers.iter() {
+        let name = header.name;
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            || (name.eq_ignore_ascii_case("content-length")
+                && !matches!(framing, Framing::Length(_) | Framing::Empty));
+        if !hop {
+            push_header(&mut client_head, name.as_bytes(), header.value);
+        }
+    }
+    if matches!(framing, Framing::Chunked | Framing::Close) {
+        client_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    client_head.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        framing,
+        reusable: keep_alive,
+        client_head,
+    }))
+}
+
+/// Sends the client the head and the body as it arrives from the leaf. `buf` holds the head
+/// and whatever body bytes came with it. An error leaves both connections unusable.
+async fn relay(
+    head: &ResponseHead,
+    buf: &mut Vec<u8>,
+    leaf: &mut TcpStream,
+    client: &mut TcpStream,
+) -> io::Result<()> {
+    buf.drain(..head.head_len);
+    match head.framing {
+        Framing::Empty => client.write_all(&head.client_head).await,
+        Framing::Length(len) => {
+            let mut left = len;
+            let first = buf.len().min(left as usize);
+            left -= first as u64;
+            let mut slices = [IoSlice::new(&head.client_head), IoSlice::new(&buf[..first])];
+            write_all_vectored(client, &mut slices).await?;
+            while left > 0 {
+                buf.clear();
+                let n = leaf.take(left).read_buf(buf).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the leaf closed the connection before the end of the body",
+                    ));
+                }
+                left -= n as u64;
+                client.write_all(buf).await?;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut chunks = ChunkedEnd::default();
+            let mut pending: &[u8] = &head.client_head;
+            loop {
+                let end = chunks.feed(buf);
+                let body = &buf[..end.unwrap_or(buf.len())];
+                write_all_vectored(client, &mut [IoSlice::new(pending), IoSlice::new(body)])
+                    .await?;
+                pending = &[];
+                if end.is_some() {
+                    return Ok(());
+                }
+                buf.clear();
+                if read_more(leaf, buf).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the leaf closed the connection inside a chunked body",
+                    ));
+                }
+            }
+        }
+        Framing::Close => {
+            client.write_all(&head.client_head).await?;
+            loop {
+                if !buf.is_empty() {
+                    let size = format!("{:x}\r\n", buf.len());
+                    write_all_vectored(
+                        client,
+                        &mut [
+                            IoSlice::new(size.as_bytes()),
+                            IoSlice::new(buf),
+                            IoSlice::new(b"\r\n"),
+                        ],
+                    )
+                    .await?;
+                }
+                buf.clear();
+                if read_more(leaf, buf).await? == 0 {
+                    return client.write_all(b"0\r\n\r\n").await;
+                }
+            }
+        }
+    }
+}
+
+/// Finds where a chunked body ends, fed the bytes as they arrive (chunk extensions and
+/// trailers are passed over, not interpreted).
+#[derive(Debug, Default)]
+struct ChunkedEnd {
+    state: Chunk,
+    /// Size of the chunk being read (hex digits so far, then bytes left).
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// Chunk extension, up to the line's end.
+    Extension,
+    /// Expecting the LF of the size line.
+    SizeLf,
+    /// Chunk data.
+    Data,
+    /// Expecting the CR after chunk data.
+    DataCr,
+    /// Expecting the LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    /// Expecting the LF of a trailer line.
+    TrailerLf,
+    /// Expecting the LF of the final empty line.
+    EndLf,
+    /// Malformed: never ends (the relay fails when the leaf closes).
+    Broken,
+}
+
+impl ChunkedEnd {
+    /// Consumes `bytes`; the offset just past the body's end, if it is in them.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                Chunk::Size => match (b as char).to_digit(16) {
+                    Some(d) if self.size >> 60 == 0 => {
+                        self.size = self.size * 16 + u64::from(d);
+                        Chunk::Size
+                    }
+                    None if b == b';' || b == b' ' || b == b'\t' => Chunk::Extension,
+                    None if b == b'\r' => Chunk::SizeLf,
+                    _ => Chunk::Broken,
+                },
+                Chunk::Extension if b == b'\r' => Chunk::SizeLf,
+                Chunk::Extension => Chunk::Extension,
+                Chunk::SizeLf if b == b'\n' && self.size == 0 => Chunk::TrailerStart,
+                Chunk::SizeLf if b == b'\n' => Chunk::Data,
+                Chunk::Data => {
+                    let take =
+                        (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+                Chunk::DataLf if b == b'\n' => Chunk::Size,
+                Chunk::TrailerStart if b == b'\r' => Chunk::EndLf,
+                Chunk::TrailerStart | Chunk::Trailer if b != b'\r' => Chunk::Trailer,
+                Chunk::Trailer => Chunk::TrailerLf,
+                Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+                Chunk::EndLf if b == b'\n' => return Some(i + 1),
+                _ => Chunk::Broken,
+            };
+            i += 1;
+        }
+        None
+    }
+}
+
+/// A socket whose first reads return bytes that were already read from it.
+pub struct Rewind {
+    prefix: Vec<u8>,
+    /// How much of `prefix` has been read again.
+    read: usize,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    /// A socket nothing was read from yet.
+    pub fn untouched(inner: TcpStream) -> Self {
+        Self::new(Vec::new(), inner)
+    }
+
+    fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+        Rewind {
+            prefix,
+            read: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let n = out.remaining().min(this.prefix.len() - this.read);
+            out.put_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(body: &[u8], pieces: usize) -> Option<usize> {
+        let mut chunks = ChunkedEnd::default();
+        let step = body.len().div_ceil(pieces).max(1);
+        let mut offset = 0;
+        for piece in body.chunks(step) {
+            if let Some(end) = chunks.feed(piece) {
+                return Some(offset + end);
+            }
+            offset += piece.len();
+        }
+        None
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let cases: [&[u8]; 4] = [
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+            b"2\r\n\r\n\r\n0\r\nx-trailer: 1\r\nx-other: 2\r\n\r\n",
+            b"0\r\n\r\n",
+        ];
+        for body in cases {
+            let mut with_next = body.to_vec();
+            with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            for pieces in [1, 2, 3, 7, body.len()] {
+                assert_eq!(
+                    end_of(&with_next, pieces),
+                    Some(body.len()),
+                    "{} in {pieces} pieces",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        for broken in [&b"5\r\nhelloXX0\r\n\r\n"[..], b"zz\r\n", b"5\r\nhel"] {
+            assert_eq!(end_of(broken, 1), None);
+        }
+    }
+
+    #[test]
+    fn response_heads_frame_and_strip() {
+        let head = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\n\r\nabc",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.reusable);
+        assert_eq!(
+            String::from_utf8_lossy(&head.client_head),
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-end: 2\r\n\r\n"
+        );
+        let head = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8_lossy(&head.client_head),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let head = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Close);
+        assert!(!head.reusable);
+        let head = parse_response(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(!head.reusable);
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+        .is_err());
+        assert!(parse_response(b"HTTP/1.1 abc what\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-")
+            .unwrap()
+            .is_none());
+    }
+}
