@@ -108,6 +108,8 @@ struct LeanRequest<'s> {
     content_length: usize,
     /// Request target as sent (origin form, query included).
     target: String,
+    /// Length of the path in `target` (before any `?`).
+    path_len: usize,
     /// Header lines to forward, each ending in CRLF, without `Host` (unless the cluster keeps
     /// it), `Content-Length`, `Inference-Header-Content-Length` and hop-by-hop headers.
     lines: Vec<u8>,
@@ -147,7 +149,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
     }
     let mut content_length = None;
     let mut binary_json_len = None;
-    let mut lines = Vec::with_capacity(buf.len());
+    let mut lines = Vec::with_capacity(head_len);
     for header in request.headers.iter() {
         let name = header.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
@@ -196,6 +198,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             head_len,
             content_length: len,
             target: target.to_string(),
+            path_len: path.len(),
             lines,
             binary_json_len,
             cluster,
@@ -212,7 +215,7 @@ async fn forward(
     mut request: LeanRequest<'_>,
     mut body: Vec<u8>,
 ) -> bool {
-    let path = &request.target[..request.target.find('?').unwrap_or(request.target.len())];
+    let path = &request.target[..request.path_len];
     let mut json_len = None;
     if let Some(target) = classify(path).filter(|t| t.verb.is_some()) {
         let headers = TrimHeaders {
@@ -258,8 +261,8 @@ async fn forward(
     };
     drop(body);
     match relay(&head, &mut answer, &mut leaf.stream, stream).await {
-        Ok(()) => {
-            if head.reusable {
+        Ok(clean) => {
+            if clean && head.reusable {
                 cluster.release(leaf);
             }
             true
@@ -487,19 +490,25 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
 }
 
 /// Sends the client the head and the body as it arrives from the leaf. `buf` holds the head
-/// and whatever body bytes came with it. An error leaves both connections unusable.
+/// and whatever body bytes came with it. `Ok(false)` when the leaf sent bytes past the end of
+/// its response (its connection must not be used again); an error leaves both connections
+/// unusable.
 async fn relay(
     head: &ResponseHead,
     buf: &mut Vec<u8>,
     leaf: &mut TcpStream,
     client: &mut TcpStream,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     buf.drain(..head.head_len);
     match head.framing {
-        Framing::Empty => client.write_all(&head.client_head).await,
+        Framing::Empty => {
+            client.write_all(&head.client_head).await?;
+            Ok(buf.is_empty())
+        }
         Framing::Length(len) => {
             let mut left = len;
-            let first = buf.len().min(left as usize);
+            let first = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let clean = buf.len() == first;
             left -= first as u64;
             let mut slices = [IoSlice::new(&head.client_head), IoSlice::new(&buf[..first])];
             write_all_vectored(client, &mut slices).await?;
@@ -515,7 +524,7 @@ async fn relay(
                 left -= n as u64;
                 client.write_all(buf).await?;
             }
-            Ok(())
+            Ok(clean)
         }
         Framing::Chunked => {
             let mut chunks = ChunkedEnd::default();
@@ -526,8 +535,8 @@ async fn relay(
                 write_all_vectored(client, &mut [IoSlice::new(pending), IoSlice::new(body)])
                     .await?;
                 pending = &[];
-                if end.is_some() {
-                    return Ok(());
+                if let Some(end) = end {
+                    return Ok(end == buf.len());
                 }
                 buf.clear();
                 if read_more(leaf, buf).await? == 0 {
@@ -555,7 +564,8 @@ async fn relay(
                 }
                 buf.clear();
                 if read_more(leaf, buf).await? == 0 {
-                    return client.write_all(b"0\r\n\r\n").await;
+                    client.write_all(b"0\r\n\r\n").await?;
+                    return Ok(false);
                 }
             }
         }
