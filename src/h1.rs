@@ -11,7 +11,7 @@
 //! connection: the socket and the bytes already read go to hyper ([`Rewind`]), which serves
 //! the rest of the connection as before and answers errors as before.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -29,6 +29,8 @@ use crate::upstream::Cluster;
 const MAX_HEAD: usize = 64 * 1024;
 /// Headers per head; more go to hyper.
 const MAX_HEADERS: usize = 100;
+/// Largest body buffer allocated before its bytes arrive.
+const MAX_UPFRONT: usize = 16 * 1024 * 1024;
 /// Bytes asked for per read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -41,6 +43,8 @@ pub async fn serve(
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Rewind> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    // The leaf's answers pass through here, one request after the other.
+    let mut answer: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let header_timeout = crate::config::ms(shared.config.header_read_timeout_ms);
     loop {
         // The head: wait (idle) for its first byte, then for the rest within the timeout.
@@ -69,8 +73,9 @@ pub async fn serve(
                 }
             }
         };
-        // The body, exactly as declared; the bytes after it are the next request's.
-        let mut body = Vec::with_capacity(request.content_length);
+        // The body, exactly as declared; the bytes after it are the next request's. (Room for
+        // a large declared length is made as the bytes arrive, not on the client's word.)
+        let mut body = Vec::with_capacity(request.content_length.min(MAX_UPFRONT));
         let have = (buf.len() - request.head_len).min(request.content_length);
         body.extend_from_slice(&buf[request.head_len..request.head_len + have]);
         buf.drain(..request.head_len + have);
@@ -93,7 +98,7 @@ pub async fn serve(
                 }
             }
         }
-        if !forward(shared, &mut stream, request, body).await {
+        if !forward(shared, &mut stream, request, body, &mut answer).await {
             return None;
         }
         if *stop.borrow() {
@@ -115,6 +120,8 @@ struct LeanRequest<'s> {
     lines: Vec<u8>,
     /// `Inference-Header-Content-Length` as sent.
     binary_json_len: Option<Vec<u8>>,
+    /// Whether `lines` holds the client's `Host` (the cluster keeps it and there was one).
+    host_kept: bool,
     cluster: &'s Cluster,
 }
 
@@ -149,6 +156,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
     }
     let mut content_length = None;
     let mut binary_json_len = None;
+    let mut host_kept = false;
     let mut lines = Vec::with_capacity(head_len);
     for header in request.headers.iter() {
         let name = header.name;
@@ -190,6 +198,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
         } else if is(INFERENCE_HEADER_LENGTH.as_str()) {
             binary_json_len = Some(header.value.to_vec());
         } else {
+            host_kept |= is("host");
             push_header(&mut lines, name.as_bytes(), header.value);
         }
     }
@@ -201,6 +210,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             path_len: path.len(),
             lines,
             binary_json_len,
+            host_kept,
             cluster,
         }),
         // No length, or too long (hyper answers 413).
@@ -214,6 +224,7 @@ async fn forward(
     stream: &mut TcpStream,
     mut request: LeanRequest<'_>,
     mut body: Vec<u8>,
+    answer: &mut Vec<u8>,
 ) -> bool {
     let path = &request.target[..request.path_len];
     let mut json_len = None;
@@ -229,11 +240,9 @@ async fn forward(
         json_len = trimmed.json_len;
     }
     match (json_len, &request.binary_json_len) {
-        (Some(len), _) => push_header(
-            &mut request.lines,
-            INFERENCE_HEADER_LENGTH.as_str().as_bytes(),
-            len.to_string().as_bytes(),
-        ),
+        (Some(len), _) => {
+            let _ = write!(request.lines, "{INFERENCE_HEADER_LENGTH}: {len}\r\n");
+        }
         (None, Some(value)) => push_header(
             &mut request.lines,
             INFERENCE_HEADER_LENGTH.as_str().as_bytes(),
@@ -241,15 +250,16 @@ async fn forward(
         ),
         (None, None) => {}
     }
-    request.lines.extend_from_slice(b"content-length: ");
-    request
-        .lines
-        .extend_from_slice(body.len().to_string().as_bytes());
-    request.lines.extend_from_slice(b"\r\n\r\n");
+    let _ = write!(request.lines, "content-length: {}\r\n\r\n", body.len());
     let cluster = request.cluster;
-    let mut answer = Vec::with_capacity(READ_SIZE);
     let (head, mut leaf) = match cluster
-        .exchange(&request.target, &request.lines, &body, &mut answer)
+        .exchange(
+            &request.target,
+            request.host_kept,
+            &request.lines,
+            &body,
+            answer,
+        )
         .await
     {
         Ok(exchange) => exchange,
@@ -260,7 +270,7 @@ async fn forward(
         }
     };
     drop(body);
-    match relay(&head, &mut answer, &mut leaf.stream, stream).await {
+    match relay(&head, answer, &mut leaf.stream, stream).await {
         Ok(clean) => {
             if clean && head.reusable {
                 cluster.release(leaf);
@@ -450,7 +460,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
         keep_alive = false;
     }
     let mut client_head = Vec::with_capacity(head_len + 32);
-    client_head.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    let _ = write!(client_head, "HTTP/1.1 {status} ");
     client_head.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     client_head.extend_from_slice(b"\r\n");
     for header in response.headers.iter() {

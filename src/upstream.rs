@@ -402,25 +402,23 @@ impl Cluster {
     }
 
     /// The lean path's exchange: sends `POST target` with the header `lines` (complete, with
-    /// the final empty line; `Host` is added unless kept) and `body` on a pooled or new
-    /// connection, and reads the response head into `buf`. Endpoints are tried as in `send`;
-    /// a pooled connection the leaf had closed is replaced by a new one.
+    /// the final empty line) and `body` on a pooled or new connection, and reads the response
+    /// head into `buf`. `Host` is the endpoint's unless `host_kept` (the client's is in
+    /// `lines`). Endpoints are tried as in `send`; a pooled connection the leaf had closed is
+    /// replaced by a new one.
     pub async fn exchange(
         &self,
         target: &str,
+        host_kept: bool,
         lines: &[u8],
         body: &[u8],
         buf: &mut Vec<u8>,
     ) -> Result<(ResponseHead, LeafConnection), UpstreamError> {
-        let keeps_host = self.preserve_host
-            && lines
-                .split(|&b| b == b'\n')
-                .any(|line| line.len() > 5 && line[..5].eq_ignore_ascii_case(b"host:"));
         let mut last_failure = None;
         for index in self.attempt_order() {
             let endpoint = &self.endpoints[index];
             let mut start = format!("POST {target} HTTP/1.1\r\n");
-            if !keeps_host {
+            if !host_kept {
                 start.push_str("host: ");
                 start.push_str(endpoint.authority.as_str());
                 start.push_str("\r\n");

@@ -298,6 +298,7 @@ fn filter_map(
 fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
     let bytes = text.as_bytes();
     let m = &o.members;
+    o.memo.reserve(m.len().saturating_sub(o.memo.len()));
     let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.first());
     let mut kept = 0;
     for (i, (start, key_end, value_end)) in m.spans().enumerate() {

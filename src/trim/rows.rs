@@ -118,6 +118,8 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
         return None;
     }
     members.found.resize(CHUNK + 16, 0);
+    // Room for the spans of a first chunk full of members, instead of growing from nothing.
+    members.spans.reserve(CHUNK);
     // A small map would pay for eight blocks: its first chunk stops after the first block
     // holding a `}`; the blocks after it count as control bytes. If that `}` was in a string,
     // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
