@@ -779,6 +779,64 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Valid chunked bodies (any chunk sizes, extensions, trailers) fed in arbitrary
+        /// pieces end exactly where they end, whatever follows them.
+        #[test]
+        fn chunked_ends_are_found_in_any_split(
+            chunks in proptest::collection::vec((0usize..300, proptest::bool::ANY, proptest::bool::ANY), 0..8),
+            trailers in proptest::collection::vec("[a-z-]{1,10}: [ -~]{0,20}", 0..3),
+            cuts in proptest::collection::vec(0usize..4000, 0..6),
+            after in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+        ) {
+            let mut body = Vec::new();
+            for (i, &(size, ext, upper)) in chunks.iter().enumerate() {
+                let size = size.max(1);
+                let hex = if upper { format!("{size:X}") } else { format!("{size:x}") };
+                body.extend_from_slice(hex.as_bytes());
+                if ext {
+                    body.extend_from_slice(b";name=\"v\"");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend((0..size).map(|j| b"\r\n0;x"[(i + j) % 5]));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for t in &trailers {
+                body.extend_from_slice(t.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let mut stream = body.clone();
+            stream.extend_from_slice(&after);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut chunked = ChunkedEnd::default();
+            let (mut from, mut found) = (0, None);
+            for cut in cuts {
+                if let Some(end) = chunked.feed(&stream[from..cut]) {
+                    found = Some(from + end);
+                    break;
+                }
+                from = cut;
+            }
+            proptest::prop_assert_eq!(found, Some(body.len()));
+        }
+
+        /// Arbitrary bytes never panic the response parser or the chunk scanner.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse_response(&bytes);
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            head.extend_from_slice(&bytes);
+            let _ = parse_response(&head);
+            let _ = ChunkedEnd::default().feed(&bytes);
+        }
+    }
+
     #[test]
     fn response_heads_frame_and_strip() {
         let head = parse_response(
