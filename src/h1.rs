@@ -409,7 +409,8 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     let status = response.code.unwrap_or(0);
     let mut keep_alive = response.version == Some(1);
     let mut chunked = false;
-    let mut transfer_encoding = false;
+    // The transfer codings, all `Transfer-Encoding` lines joined.
+    let mut codings: Vec<u8> = Vec::new();
     let mut length: Option<u64> = None;
     // Headers the `Connection` header names are hop-by-hop too.
     let mut named: Vec<&[u8]> = Vec::new();
@@ -423,7 +424,10 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
                 named.push(token);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
+            if !codings.is_empty() {
+                codings.extend_from_slice(b", ");
+            }
+            codings.extend_from_slice(header.value);
             chunked = header
                 .value
                 .rsplit(|&b| b == b',')
@@ -445,7 +449,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
-    } else if transfer_encoding {
+    } else if !codings.is_empty() {
         if chunked {
             Framing::Chunked
         } else {
@@ -486,8 +490,16 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
             push_header(&mut client_head, name.as_bytes(), header.value);
         }
     }
-    if matches!(framing, Framing::Chunked | Framing::Close) {
-        client_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    // The leaf's transfer codings go on (the client must undo them); a body delimited by the
+    // leaf closing is sent on as chunks.
+    match framing {
+        Framing::Chunked => push_header(&mut client_head, b"transfer-encoding", &codings),
+        Framing::Close if !codings.is_empty() => {
+            codings.extend_from_slice(b", chunked");
+            push_header(&mut client_head, b"transfer-encoding", &codings);
+        }
+        Framing::Close => client_head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Length(_) => {}
     }
     client_head.extend_from_slice(b"\r\n");
     Ok(Some(ResponseHead {
@@ -859,6 +871,26 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&head.client_head),
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // Other transfer codings stay for the client to undo; a close-delimited body is
+        // chunked on top of them.
+        let head = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8_lossy(&head.client_head),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        );
+        let head = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framing::Close);
+        assert_eq!(
+            String::from_utf8_lossy(&head.client_head),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
         );
         let head = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
         assert_eq!(head.framing, Framing::Close);

@@ -68,7 +68,9 @@ pub struct TrimHeaders<'h> {
 /// What trimming did to one score request: the body to forward instead of the original and
 /// the new `Inference-Header-Content-Length`, when features were removed.
 pub struct Trimmed {
+    /// The trimmed body (`None`: forward the original).
     pub body: Option<Vec<u8>>,
+    /// New `Inference-Header-Content-Length` of a trimmed Triton binary body.
     pub json_len: Option<usize>,
 }
 
