@@ -47,17 +47,18 @@ pub async fn serve(
     let mut answer: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let header_timeout = crate::config::ms(shared.config.header_read_timeout_ms);
     loop {
-        // The head: wait (idle) for its first byte, then for the rest within the timeout.
+        // The head, within the timeout counted from when the connection is ready for it (as
+        // hyper counts it: an idle keep-alive connection is closed when it runs out).
+        let deadline = tokio::time::Instant::now() + header_timeout;
         if buf.is_empty() {
             tokio::select! {
-                read = read_more(&mut stream, &mut buf) => match read {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
+                read = tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buf)) => match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
                 },
                 _ = stop.changed() => return None,
             }
         }
-        let deadline = tokio::time::Instant::now() + header_timeout;
         let request = loop {
             match parse_request(shared, &buf) {
                 Parsed::Lean(request) => break request,

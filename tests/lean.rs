@@ -247,3 +247,34 @@ async fn a_pooled_connection_the_leaf_closed_is_replaced_without_an_error() {
     assert_eq!(errors, 0.0, "{metrics}");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_header_timeout() {
+    let leaf = Leaf::start("leaf").await;
+    let mut config = config_for(&leaf);
+    config.header_read_timeout_ms = 300;
+    let sidecar = Sidecar::start(config).await;
+    let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut stream, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hi");
+    // Then nothing: the connection is closed once the timeout has run out, not before.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    let idle = started.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+    sidecar.stop().await;
+}
