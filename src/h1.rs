@@ -360,15 +360,20 @@ pub enum BadResponse {
     /// The leaf closed the connection before a complete head.
     #[error("connection closed before a complete response head")]
     Closed {
-        /// Whether any byte of a response had arrived.
-        partial: bool,
+        /// Whether any byte of an answer (an interim one included) had arrived.
+        answered: bool,
     },
     /// The bytes are not an HTTP/1.x response head.
     #[error("malformed response head: {0}")]
     Malformed(String),
-    /// Reading failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
+    /// Writing the request or reading the answer failed.
+    #[error("{error}")]
+    Io {
+        /// What the socket reported.
+        error: io::Error,
+        /// Whether any byte of an answer had arrived.
+        answered: bool,
+    },
 }
 
 /// Reads from the leaf until `buf` holds a complete final (non-1xx) response head; 1xx
@@ -377,6 +382,7 @@ pub async fn read_response_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<ResponseHead, BadResponse> {
+    let mut answered = !buf.is_empty();
     loop {
         if !buf.is_empty() {
             match parse_response(buf)? {
@@ -391,10 +397,10 @@ pub async fn read_response_head(
                 None => {}
             }
         }
-        if read_more(stream, buf).await? == 0 {
-            return Err(BadResponse::Closed {
-                partial: !buf.is_empty(),
-            });
+        match read_more(stream, buf).await {
+            Ok(0) => return Err(BadResponse::Closed { answered }),
+            Ok(_) => answered = true,
+            Err(error) => return Err(BadResponse::Io { error, answered }),
         }
     }
 }

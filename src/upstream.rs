@@ -493,19 +493,23 @@ impl Cluster {
             let sent = h1::write_all_vectored(&mut stream, &mut slices).await;
             let result = match sent {
                 Ok(()) => h1::read_response_head(&mut stream, buf).await,
-                Err(e) => Err(BadResponse::Io(e)),
+                Err(error) => Err(BadResponse::Io {
+                    error,
+                    answered: false,
+                }),
             };
             match result {
                 Ok(head) => return Ok((head, stream)),
                 // A pooled connection the leaf closed while it was idle: nothing was processed.
-                Err(BadResponse::Closed { partial: false }) if pooled => continue,
-                Err(BadResponse::Io(e))
-                    if pooled
-                        && buf.is_empty()
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                        ) =>
+                Err(BadResponse::Closed { answered: false }) if pooled => continue,
+                Err(BadResponse::Io {
+                    error,
+                    answered: false,
+                }) if pooled
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
                 {
                     continue
                 }

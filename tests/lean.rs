@@ -182,6 +182,7 @@ fn framed_answers(path: &str) -> Vec<u8> {
         "/empty" => b"HTTP/1.1 204 No Content\r\nx-empty: 1\r\n\r\n".to_vec(),
         "/interim" => b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal".to_vec(),
         "/extra" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokGARBAGE".to_vec(),
+        "/interim-then-close" => b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec(),
         _ => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\nplain".to_vec(),
     }
 }
@@ -221,6 +222,30 @@ async fn leaf_answers_in_every_framing_reach_the_client_whole() {
         (4..=6).contains(&opened),
         "{opened} connections to the leaf"
     );
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_the_leaf_began_to_answer_is_never_sent_again() {
+    // The leaf answers 103 on the pooled connection and closes it: it had the request, so the
+    // sidecar must answer 502 instead of sending the POST again on a new connection.
+    let (url, connections) = raw_keep_alive_leaf(framed_answers, false).await;
+    let sidecar = Sidecar::start(config_with(&[("leaf", vec![url], vec![])])).await;
+    let client = h1_client();
+    assert_eq!(
+        send(&client, "POST", &sidecar.url("/plain"), "x")
+            .await
+            .status,
+        200
+    );
+    let a = send(&client, "POST", &sidecar.url("/interim-then-close"), "x").await;
+    assert_eq!(a.status, 502, "{:?}", a.body);
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("closed"),
+        "{:?}",
+        a.body
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "no second attempt");
     sidecar.stop().await;
 }
 
