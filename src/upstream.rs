@@ -356,43 +356,61 @@ impl Cluster {
             endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(Ok(response)) => {
-                    self.stats.duration.observe(started.elapsed().as_secs_f64());
-                    let class = (response.status().as_u16() / 100).clamp(1, 5) as usize;
-                    self.stats.responses[class - 1].inc();
+                    self.answered(started, response.status().as_u16());
                     return Ok(response);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    self.stats.connect_errors.inc();
-                    let until = self.now_ms() + self.eject.as_millis() as u64;
-                    endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
-                    let cause = error_chain(&e);
-                    tracing::warn!(upstream = %self.name, endpoint = %endpoint.authority, %cause, "connect failed; endpoint ejected");
-                    last_failure = Some((endpoint.authority.to_string(), cause));
+                    last_failure = Some(self.connect_failed(endpoint, error_chain(&e)));
                 }
-                Ok(Err(e)) => {
-                    self.stats.transport_errors.inc();
-                    return Err(UpstreamError::Transport {
-                        upstream: self.name.clone(),
-                        endpoint: endpoint.authority.to_string(),
-                        cause: error_chain(&e),
-                    });
-                }
-                Err(_elapsed) => {
-                    self.stats.timeouts.inc();
-                    return Err(UpstreamError::Timeout {
-                        upstream: self.name.clone(),
-                        endpoint: endpoint.authority.to_string(),
-                        timeout_ms: self.request_timeout.as_millis() as u64,
-                    });
-                }
+                Ok(Err(e)) => return Err(self.transport_failed(endpoint, error_chain(&e))),
+                Err(_elapsed) => return Err(self.timed_out(endpoint)),
             }
         }
+        Err(self.unreachable(last_failure))
+    }
+
+    /// Counts an answer (response headers arrived) in the cluster's metrics.
+    fn answered(&self, started: Instant, status: u16) {
+        self.stats.duration.observe(started.elapsed().as_secs_f64());
+        let class = (status / 100).clamp(1, 5) as usize;
+        self.stats.responses[class - 1].inc();
+    }
+
+    /// Ejects an endpoint that refused a connection; what to report if no endpoint accepts.
+    fn connect_failed(&self, endpoint: &Endpoint, cause: String) -> (String, String) {
+        self.stats.connect_errors.inc();
+        let until = self.now_ms() + self.eject.as_millis() as u64;
+        endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
+        tracing::warn!(upstream = %self.name, endpoint = %endpoint.authority, %cause, "connect failed; endpoint ejected");
+        (endpoint.authority.to_string(), cause)
+    }
+
+    fn transport_failed(&self, endpoint: &Endpoint, cause: String) -> UpstreamError {
+        self.stats.transport_errors.inc();
+        UpstreamError::Transport {
+            upstream: self.name.clone(),
+            endpoint: endpoint.authority.to_string(),
+            cause,
+        }
+    }
+
+    fn timed_out(&self, endpoint: &Endpoint) -> UpstreamError {
+        self.stats.timeouts.inc();
+        UpstreamError::Timeout {
+            upstream: self.name.clone(),
+            endpoint: endpoint.authority.to_string(),
+            timeout_ms: self.request_timeout.as_millis() as u64,
+        }
+    }
+
+    /// Every endpoint refused: the last one's address and cause.
+    fn unreachable(&self, last_failure: Option<(String, String)>) -> UpstreamError {
         let (endpoint, cause) = last_failure.unwrap_or_else(|| ("-".into(), "no endpoints".into()));
-        Err(UpstreamError::Unreachable {
+        UpstreamError::Unreachable {
             upstream: self.name.clone(),
             endpoint,
             cause,
-        })
+        }
     }
 
     /// Whether the lean HTTP/1.1 path (`h1`) may send this cluster's requests: plain HTTP/1.1
@@ -432,47 +450,25 @@ impl Cluster {
             )
             .await;
             endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
-            let cause = match result {
+            match result {
                 Ok(Ok((head, stream))) => {
-                    self.stats.duration.observe(started.elapsed().as_secs_f64());
-                    let class = (head.status / 100).clamp(1, 5) as usize;
-                    self.stats.responses[class - 1].inc();
+                    self.answered(started, head.status);
                     let connection = LeafConnection {
                         stream,
                         endpoint: index,
                     };
                     return Ok((head, connection));
                 }
-                Ok(Err(Exchange::Connect(e))) => e,
+                Ok(Err(Exchange::Connect(cause))) => {
+                    last_failure = Some(self.connect_failed(endpoint, cause));
+                }
                 Ok(Err(Exchange::Failed(cause))) => {
-                    self.stats.transport_errors.inc();
-                    return Err(UpstreamError::Transport {
-                        upstream: self.name.clone(),
-                        endpoint: endpoint.authority.to_string(),
-                        cause,
-                    });
+                    return Err(self.transport_failed(endpoint, cause))
                 }
-                Err(_elapsed) => {
-                    self.stats.timeouts.inc();
-                    return Err(UpstreamError::Timeout {
-                        upstream: self.name.clone(),
-                        endpoint: endpoint.authority.to_string(),
-                        timeout_ms: self.request_timeout.as_millis() as u64,
-                    });
-                }
-            };
-            self.stats.connect_errors.inc();
-            let until = self.now_ms() + self.eject.as_millis() as u64;
-            endpoint.ejected_until_ms.store(until, Ordering::Relaxed);
-            tracing::warn!(upstream = %self.name, endpoint = %endpoint.authority, %cause, "connect failed; endpoint ejected");
-            last_failure = Some((endpoint.authority.to_string(), cause));
+                Err(_elapsed) => return Err(self.timed_out(endpoint)),
+            }
         }
-        let (endpoint, cause) = last_failure.unwrap_or_else(|| ("-".into(), "no endpoints".into()));
-        Err(UpstreamError::Unreachable {
-            upstream: self.name.clone(),
-            endpoint,
-            cause,
-        })
+        Err(self.unreachable(last_failure))
     }
 
     /// One endpoint: a pooled connection first; if the leaf had closed it (nothing of a
