@@ -76,6 +76,7 @@ async fn one_connection_carries_lean_and_hyper_requests_pipelined() {
     let all = [
         post(score, body),
         post("/echo", "plain"),
+        post("/empty", ""),
         "GET /v1/models/ranker HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
         post(score, body),
     ]
@@ -83,7 +84,7 @@ async fn one_connection_carries_lean_and_hyper_requests_pipelined() {
     stream.write_all(all.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut answers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         answers.push(read_response(&mut stream, &mut buf).await);
     }
     for (head, _) in &answers {
@@ -95,12 +96,14 @@ async fn one_connection_carries_lean_and_hyper_requests_pipelined() {
         "trimmed, echoed"
     );
     assert_eq!(answers[1].1, b"plain");
-    assert_eq!(answers[3].1, br#"{"instances":[{"a":1}]}"#);
+    assert_eq!(answers[2].1, b"", "an empty body is a body too");
+    assert_eq!(answers[4].1, br#"{"instances":[{"a":1}]}"#);
     let seen = leaf.seen();
-    assert_eq!(seen.len(), 4);
+    assert_eq!(seen.len(), 5);
     assert_eq!(seen[1].headers["x-id"], "5", "end-to-end headers pass");
     assert_eq!(seen[1].headers["host"], leaf.addr.to_string().as_str());
-    assert_eq!(seen[2].method, "GET");
+    assert_eq!(seen[2].headers["content-length"], "0");
+    assert_eq!(seen[3].method, "GET");
     let metrics = get_text(&sidecar.admin_url("/metrics")).await;
     assert_eq!(
         metric(
