@@ -60,19 +60,26 @@ pub async fn serve(
             }
         }
         let request = loop {
-            match parse_request(shared, &buf) {
+            let reason = match parse_request(shared, &buf) {
                 Parsed::Lean(request) => break request,
-                Parsed::Hyper => return Some(Rewind::new(buf, stream)),
-                Parsed::Partial if buf.len() > MAX_HEAD => return Some(Rewind::new(buf, stream)),
+                Parsed::Hyper(reason) => reason,
+                Parsed::Partial if buf.len() > MAX_HEAD => "head",
                 Parsed::Partial => {
                     match tokio::time::timeout_at(deadline, read_more(&mut stream, &mut buf)).await
                     {
-                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(Ok(n)) if n > 0 => continue,
                         // Closed, failed or too slow: hyper would close without an answer too.
                         _ => return None,
                     }
                 }
-            }
+            };
+            tracing::debug!(reason, "connection handed to hyper");
+            shared
+                .metrics
+                .hyper_handoffs
+                .with_label_values(&[reason])
+                .inc();
+            return Some(Rewind::new(buf, stream));
         };
         // The body, exactly as declared; the bytes after it are the next request's. (Room for
         // a large declared length is made as the bytes arrive, not on the client's word.)
@@ -129,7 +136,8 @@ struct LeanRequest<'s> {
 enum Parsed<'s> {
     Lean(LeanRequest<'s>),
     Partial,
-    Hyper,
+    /// For hyper, with the reason (the `reason` label of `trimmer_hyper_handoffs_total`).
+    Hyper(&'static str),
 }
 
 /// Parses the head at the start of `buf` and decides whether the lean path takes it.
@@ -139,21 +147,28 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Hyper,
+        Err(_) => return Parsed::Hyper("head"),
     };
-    let (Some("POST"), Some(1), Some(target)) = (request.method, request.version, request.path)
+    let (Some(method), Some(version), Some(target)) =
+        (request.method, request.version, request.path)
     else {
-        return Parsed::Hyper;
+        return Parsed::Hyper("head");
     };
+    if method != "POST" {
+        return Parsed::Hyper("not_post");
+    }
+    if version != 1 {
+        return Parsed::Hyper("not_http11");
+    }
     if !target.starts_with('/') {
-        return Parsed::Hyper;
+        return Parsed::Hyper("target");
     }
     let path = &target[..target.find('?').unwrap_or(target.len())];
     let cluster = shared
         .upstreams
         .route(classify(path).as_ref().map(|t| t.model.as_ref()));
     if !cluster.lean() {
-        return Parsed::Hyper;
+        return Parsed::Hyper("cluster");
     }
     let mut content_length = None;
     let mut binary_json_len = None;
@@ -171,7 +186,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             });
             match (content_length, value) {
                 (None, Some(v)) => content_length = Some(v),
-                _ => return Parsed::Hyper,
+                _ => return Parsed::Hyper("framing"),
             }
         } else if is("connection") {
             let keep_alive = header
@@ -179,16 +194,17 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
                 .split(|&b| b == b',')
                 .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"));
             if !keep_alive {
-                return Parsed::Hyper;
+                return Parsed::Hyper("framing");
             }
+        } else if is("content-encoding") {
+            return Parsed::Hyper("encoding");
         } else if is("transfer-encoding")
             || is("expect")
             || is("upgrade")
-            || is("content-encoding")
             || is("te")
             || is("trailer")
         {
-            return Parsed::Hyper;
+            return Parsed::Hyper("framing");
         } else if is("keep-alive")
             || is("proxy-connection")
             || is("proxy-authorization")
@@ -204,7 +220,9 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
         }
     }
     match content_length {
-        Some(len) if (len as u64) <= shared.config.max_body_bytes => Parsed::Lean(LeanRequest {
+        None => Parsed::Hyper("framing"),
+        Some(len) if len as u64 > shared.config.max_body_bytes => Parsed::Hyper("too_large"),
+        Some(len) => Parsed::Lean(LeanRequest {
             head_len,
             content_length: len,
             target: target.to_string(),
@@ -214,8 +232,6 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             host_kept,
             cluster,
         }),
-        // No length, or too long (hyper answers 413).
-        _ => Parsed::Hyper,
     }
 }
 

@@ -191,6 +191,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests the sidecar answered itself without asking a leaf, by reason.
     pub rejected_requests: IntCounterVec,
+    /// Client connections the lean HTTP/1.1 path handed to hyper, by reason.
+    pub hyper_handoffs: IntCounterVec,
     /// Bundle files parsed, by bundle and result (`ok`, `error`); `bundle="_directory"` counts
     /// scans that could not list the directory.
     pub bundle_loads: IntCounterVec,
@@ -264,6 +266,13 @@ impl Metrics {
             Opts::new(
                 "trimmer_rejected_requests_total",
                 "Requests answered by the sidecar itself before any upstream was asked.",
+            ),
+            &["reason"],
+        )?;
+        let hyper_handoffs = IntCounterVec::new(
+            Opts::new(
+                "trimmer_hyper_handoffs_total",
+                "Client connections the lean HTTP/1.1 path handed to hyper, by what the request needed.",
             ),
             &["reason"],
         )?;
@@ -374,12 +383,14 @@ impl Metrics {
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(rejected_requests.clone()))?;
+        registry.register(Box::new(hyper_handoffs.clone()))?;
         Ok(Self {
             registry,
             upstream_requests,
             upstream_duration,
             upstream_errors,
             rejected_requests,
+            hyper_handoffs,
             bundle_loads,
             bundle_stale,
             bundle_generation,

@@ -112,6 +112,14 @@ async fn one_connection_carries_lean_and_hyper_requests_pipelined() {
         ),
         Some(2.0)
     );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"trimmer_hyper_handoffs_total{reason="not_post"}"#
+        ),
+        Some(1.0),
+        "the GET handed the connection over, once"
+    );
     sidecar.stop().await;
 }
 
