@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::classify::classify;
-use crate::proxy::{trim_request, TrimHeaders, INFERENCE_HEADER_LENGTH};
+use crate::proxy::{error_json, is_hop_by_hop, trim_request, TrimHeaders, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::Cluster;
 
@@ -205,13 +205,9 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             || is("trailer")
         {
             return Parsed::Hyper("framing");
-        } else if is("keep-alive")
-            || is("proxy-connection")
-            || is("proxy-authorization")
-            || is("proxy-authenticate")
-            || (is("host") && !cluster.preserve_host)
-        {
-            // Hop-by-hop, or replaced by the endpoint's authority.
+        } else if is_hop_by_hop(name) || (is("host") && !cluster.preserve_host) {
+            // Hop-by-hop (those not sent to hyper above), or replaced by the endpoint's
+            // authority.
         } else if is(INFERENCE_HEADER_LENGTH.as_str()) {
             binary_json_len = Some(header.value.to_vec());
         } else {
@@ -332,7 +328,7 @@ pub async fn write_all_vectored(
 
 /// An error response of ours, as bytes on the wire: `{"error": message}`.
 fn error_bytes(status: StatusCode, message: &str) -> Vec<u8> {
-    let body = serde_json::json!({ "error": message }).to_string();
+    let body = error_json(message);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         status.as_u16(),
@@ -492,18 +488,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     client_head.extend_from_slice(b"\r\n");
     for header in response.headers.iter() {
         let name = header.name;
-        let hop = [
-            "connection",
-            "keep-alive",
-            "proxy-authenticate",
-            "proxy-authorization",
-            "proxy-connection",
-            "te",
-            "transfer-encoding",
-            "upgrade",
-        ]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+        let hop = is_hop_by_hop(name)
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))

@@ -352,8 +352,12 @@ fn too_large(max: u64) -> Response<ProxyBody> {
 
 /// A response the sidecar writes itself: `{"error": message}` with the given status.
 pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    json_response(status, body.into_bytes())
+    json_response(status, error_json(message).into_bytes())
+}
+
+/// The body of every error the sidecar answers itself: `{"error": message}`.
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
 }
 
 /// A JSON response with the given status.
@@ -374,9 +378,27 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
-/// Removes headers that belong to one connection (RFC 9110 §7.6.1), including those the
-/// `Connection` header names. `TE: trailers` and `Trailer` are end-to-end and kept: hyper's
-/// HTTP/1.1 side only writes trailers that a `Trailer` header declared.
+/// Headers that belong to one connection (RFC 9110 §7.6.1), besides those `Connection` names.
+/// The lean path (`h1`) checks the same list.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is in `HOP_BY_HOP` (any case).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. `TE: trailers`
+/// and `Trailer` are end-to-end and kept: hyper's HTTP/1.1 side only writes trailers that a
+/// `Trailer` header declared.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -388,17 +410,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     let keep_te = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
@@ -406,7 +417,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    headers.remove(header::TE);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
     if keep_te {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

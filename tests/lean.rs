@@ -20,14 +20,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Ve
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().unwrap())
-                })
-                .expect("a content-length");
+            let len = content_length(&head).expect("a content-length");
             while buf.len() < end + 4 + len {
                 read_some(stream, buf).await;
             }
@@ -37,6 +30,15 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Ve
         }
         read_some(stream, buf).await;
     }
+}
+
+/// The `Content-Length` of a message head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().unwrap())
+    })
 }
 
 async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) {
@@ -151,14 +153,7 @@ async fn raw_keep_alive_leaf(
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (n, v) = l.split_once(':')?;
-                            n.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
+                    let len = content_length(&head).unwrap_or(0);
                     while buf.len() < end + 4 + len {
                         let mut chunk = [0u8; 4096];
                         match stream.read(&mut chunk).await {
