@@ -164,6 +164,17 @@ struct Remembered {
     keep: bool,
 }
 
+impl Remembered {
+    /// A slot no key matches (every key has two quotes at least).
+    const NOTHING: Remembered = Remembered {
+        head: 0,
+        tail: 0,
+        start: 0,
+        len: 0,
+        keep: false,
+    };
+}
+
 /// The first and last eight bytes of `key` (zero-padded when shorter).
 #[inline(always)]
 fn ends_of(key: &[u8]) -> (u64, u64) {
@@ -179,31 +190,28 @@ fn ends_of(key: &[u8]) -> (u64, u64) {
     }
 }
 
-/// Whether the `i`-th member of a map, with key bytes (quotes included) at `start..end`, is
-/// kept. The previous map's key at the same position answers when the bytes are the same;
-/// otherwise `lookup` asks the allowlist and the answer is remembered.
+/// Whether a map member with key bytes (quotes included) at `start..end` is kept. `slot` is
+/// what the previous map had at the same position: it answers when the bytes are the same;
+/// otherwise `lookup` asks the allowlist and the answer is remembered there.
 #[inline(always)]
 fn memo_keep(
-    memo: &mut Vec<Remembered>,
-    i: usize,
+    slot: &mut Remembered,
     bytes: &[u8],
     (start, end): (usize, usize),
     lookup: impl FnOnce() -> bool,
 ) -> bool {
     let key = &bytes[start..end];
     let (head, tail) = ends_of(key);
-    if let Some(m) = memo.get(i) {
-        // Up to sixteen bytes, the two words cover the whole key.
-        if usize::from(m.len) == key.len()
-            && m.head == head
-            && m.tail == tail
-            && (key.len() <= 16 || {
-                let from = m.start as usize;
-                bytes[from..from + key.len()] == *key
-            })
-        {
-            return m.keep;
-        }
+    // Up to sixteen bytes, the two words cover the whole key.
+    if usize::from(slot.len) == key.len()
+        && slot.head == head
+        && slot.tail == tail
+        && (key.len() <= 16 || {
+            let from = slot.start as usize;
+            bytes[from..from + key.len()] == *key
+        })
+    {
+        return slot.keep;
     }
     let keep = lookup();
     // A key too long or too far into the body to note down is remembered as length 0, which
@@ -212,17 +220,13 @@ fn memo_keep(
         (Ok(start), Ok(len)) => (start, len),
         _ => (0, 0),
     };
-    let remembered = Remembered {
+    *slot = Remembered {
         head,
         tail,
         start,
         len,
         keep,
     };
-    match memo.get_mut(i) {
-        Some(slot) => *slot = remembered,
-        None => memo.push(remembered),
-    }
     keep
 }
 
@@ -264,7 +268,10 @@ fn filter_map(
         c.skip_value()?;
         let end = c.pos;
         let raw = &bytes[key.start..key.end];
-        let keep = memo_keep(&mut o.memo, members, bytes, (key.start, key.end), || {
+        if o.memo.len() <= members {
+            o.memo.push(Remembered::NOTHING);
+        }
+        let keep = memo_keep(&mut o.memo[members], bytes, (key.start, key.end), || {
             allowed(c.text(key, &mut o.scratch))
         });
         if members == 0 {
@@ -298,11 +305,13 @@ fn filter_map(
 fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
     let bytes = text.as_bytes();
     let m = &o.members;
-    o.memo.reserve(m.len().saturating_sub(o.memo.len()));
+    if o.memo.len() < m.len() {
+        o.memo.resize(m.len(), Remembered::NOTHING);
+    }
     let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.first());
     let mut kept = 0;
-    for (i, (start, key_end, value_end)) in m.spans().enumerate() {
-        let keep = memo_keep(&mut o.memo, i, bytes, (start, key_end), || {
+    for ((start, key_end, value_end), slot) in m.spans().zip(&mut o.memo) {
+        let keep = memo_keep(slot, bytes, (start, key_end), || {
             allowed(&text[start + 1..key_end - 1])
         });
         kept += u64::from(keep);

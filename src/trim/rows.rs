@@ -705,22 +705,28 @@ mod avx512 {
             words
         }
         #[inline(always)]
-        fn positions(bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
-            // Sixteen bits at a time, their offsets packed to the front of a register with
-            // `vpcompressd` and stored whole: no branch per position.
-            unsafe {
-                let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-                for quarter in 0..4u32 {
-                    let mask = (bits >> (16 * quarter)) as u16;
-                    let offsets =
-                        _mm512_add_epi32(iota, _mm512_set1_epi32((base + 16 * quarter) as i32));
-                    let packed = _mm512_maskz_compress_epi32(mask, offsets);
-                    let slots: &mut [u32; 16] = (&mut out[n..n + 16]).try_into().unwrap();
-                    _mm512_storeu_si512(slots.as_mut_ptr().cast(), packed);
-                    n += mask.count_ones() as usize;
+        fn positions(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+            let count = bits.count_ones() as usize;
+            let slots: &mut [u32; 16] = (&mut out[n..n + 16]).try_into().unwrap();
+            let mut write = |slots: &mut [u32]| {
+                for slot in slots {
+                    *slot = base + bits.trailing_zeros();
+                    bits &= bits.wrapping_sub(1);
+                }
+            };
+            write(&mut slots[..8]);
+            if count > 8 {
+                write(&mut slots[8..]);
+                if count > 16 {
+                    let mut i = n + 16;
+                    while bits != 0 {
+                        out[i] = base + bits.trailing_zeros();
+                        bits &= bits - 1;
+                        i += 1;
+                    }
                 }
             }
-            n
+            n + count
         }
         #[inline(always)]
         fn splat(x: u64) -> Self {
