@@ -300,24 +300,33 @@ fn filter_map(
     Ok(MapKind::Features)
 }
 
-/// Filters a map the bit-parallel index vouched for (`o.members` holds its members, keys have
-/// no escapes) into the output; `end` is one past its `}`.
+/// Filters a map the bit-parallel index vouched for (`o.members` holds its keys, which have
+/// no escapes) into the output; `end` is one past its `}`. Where a value ends is worked out
+/// only for the members kept (and the last): the bytes before the first key, each kept member
+/// with the separator that preceded it, and the bytes after the last value are copied.
 fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
     let bytes = text.as_bytes();
     let m = &o.members;
     if o.memo.len() < m.len() {
         o.memo.resize(m.len(), Remembered::NOTHING);
     }
-    let mut splice = Splice::open(&mut o.out, bytes, o.copied, m.first());
+    let out = &mut o.out;
+    out.extend_from_slice(&bytes[o.copied..m.first()]);
     let mut kept = 0;
-    for ((start, key_end, value_end), slot) in m.spans().zip(&mut o.memo) {
+    for (i, ((start, key_end), slot)) in m.keys().zip(&mut o.memo).enumerate() {
         let keep = memo_keep(slot, bytes, (start, key_end), || {
             allowed(&text[start + 1..key_end - 1])
         });
-        kept += u64::from(keep);
-        splice.item(&mut o.out, bytes, start, value_end, keep);
+        if keep {
+            if kept > 0 {
+                out.extend_from_slice(&bytes[m.value_end(bytes, i - 1, end)..start]);
+            }
+            out.extend_from_slice(&bytes[start..m.value_end(bytes, i, end)]);
+            kept += 1;
+        }
     }
-    o.copied = splice.close(&mut o.out, bytes, end);
+    out.extend_from_slice(&bytes[m.value_end(bytes, m.len() - 1, end)..end]);
+    o.copied = end;
     o.kept += kept;
     o.removed += m.len() as u64 - kept;
 }

@@ -56,13 +56,15 @@ macro_rules! each_class {
     };
 }
 
-/// Member boundaries of the last indexed object, as byte offsets; reused across objects.
+/// Where the keys of the last indexed object are, as byte offsets; reused across objects.
+/// Where a value ends is not recorded: in a map the index vouched for, it follows from the
+/// next key with a short scan back (only whitespace and one comma between a value and the
+/// next key), which the engine does only for the members it keeps.
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    /// For each member in order: its key's opening quote, one past the key's closing quote,
-    /// one past its value.
+    /// For each member in order: its key's opening quote, one past its closing quote.
     spans: Vec<u32>,
-    /// How many keys were found (a third of the spans for a valid object).
+    /// How many keys were found (half the spans for a valid object).
     keys: u32,
     /// The positions found in one chunk (one per byte at most, and room to write sixteen
     /// past the last).
@@ -70,11 +72,11 @@ pub(super) struct Members {
 }
 
 impl Members {
-    /// Each member's `(key start, key end, value end)`.
-    pub(super) fn spans(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    /// Each member's key bounds, quotes included.
+    pub(super) fn keys(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.spans
-            .chunks_exact(3)
-            .map(|s| (s[0] as usize, s[1] as usize, s[2] as usize))
+            .chunks_exact(2)
+            .map(|s| (s[0] as usize, s[1] as usize))
     }
 
     /// Offset of the first member's key.
@@ -83,7 +85,25 @@ impl Members {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.spans.len() / 3
+        self.spans.len() / 2
+    }
+
+    /// One past the value of member `i` of the object that ends at `end` (one past its `}`):
+    /// back from the next key (or the `}`) over whitespace, the comma, whitespace.
+    pub(super) fn value_end(&self, bytes: &[u8], i: usize, end: usize) -> usize {
+        let space = |mut at: usize| {
+            while matches!(bytes[at - 1], b' ' | b'\n' | b'\r' | b'\t') {
+                at -= 1;
+            }
+            at
+        };
+        let next = self.spans.get(2 * (i + 1)).map_or(end - 1, |&k| k as usize);
+        let at = space(next);
+        if bytes[at - 1] == b',' {
+            space(at - 1)
+        } else {
+            at
+        }
     }
 }
 
@@ -118,8 +138,8 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
         return None;
     }
     members.found.resize(CHUNK + 16, 0);
-    // Room for the spans of a first chunk full of members, instead of growing from nothing.
-    members.spans.reserve(CHUNK);
+    // Room for the keys of a first chunk full of members, instead of growing from nothing.
+    members.spans.reserve(CHUNK / 2);
     // A small map would pay for eight blocks: its first chunk stops after the first block
     // holding a `}`; the blocks after it count as control bytes. If that `}` was in a string,
     // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
@@ -171,11 +191,11 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
     None
 }
 
-/// Checks the member lists agree; at least two members (a single `{"b64": ...}` member is a
+/// Checks the key bounds pair up; at least two members (a single `{"b64": ...}` member is a
 /// value, not a map, which the cursor tells apart).
 fn finish(members: &Members, end: usize) -> Option<usize> {
     let keys = members.keys as usize;
-    (keys >= 2 && members.spans.len() == 3 * keys).then_some(end + 1)
+    (keys >= 2 && members.spans.len() == 2 * keys).then_some(end + 1)
 }
 
 /// Classifies a block byte by byte: the reference for the vector classifier.
@@ -335,7 +355,6 @@ struct State<L> {
     sign: Prev<L>,
     minus_start: Prev<L>,
     lead: Prev<L>,
-    value_end: Prev<L>,
     key_end: Prev<L>,
     after_key_start: After<L>,
     after_key_close: After<L>,
@@ -363,7 +382,6 @@ impl<L: Lanes> State<L> {
             sign: prev,
             minus_start: prev,
             lead: prev,
-            value_end: prev,
             key_end: prev,
             // The object's `{` precedes the first chunk: its successor must be a key.
             after_key_start: After {
@@ -485,30 +503,16 @@ impl<L: Lanes> State<L> {
             return None;
         }
 
-        // Member boundaries: key quotes, and one past each value at the object's level.
-        let value_end = self
-            .value_end
-            .of(close_quote
-                .but(key_close)
-                .but(in_array)
-                .or(close_bracket)
-                .or(token.but(in_array)))
-            .but(continued);
+        // Members: their keys' opening quotes and one past their closing quotes.
         let key_end = self.key_end.of(key_close);
         let key = key.and(live).words();
         let key_end = key_end.and(live).words();
-        let value_end = value_end.and(live).words();
         let mut n = 0;
         let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
             members.keys += key[j].count_ones();
             let base = base + 64 * j as u32;
-            n = L::positions(
-                key[j] | key_end[j] | value_end[j],
-                base,
-                &mut members.found,
-                n,
-            );
+            n = L::positions(key[j] | key_end[j], base, &mut members.found, n);
         }
         members.spans.extend_from_slice(&members.found[..n]);
         Some((end_lanes != 0).then(|| {
@@ -854,10 +858,14 @@ mod tests {
         index: fn(&[u8], usize, &mut Members) -> Option<usize>,
     ) -> Option<Spans> {
         let mut m = Members::default();
-        let end = index(text.as_bytes(), 0, &mut m)?;
-        let members = m
-            .spans()
-            .map(|(s, k, e)| (s as u32, k as u32, e as u32))
+        let bytes = text.as_bytes();
+        let end = index(bytes, 0, &mut m)?;
+        // Key and value ends as the engine works them out from the key starts.
+        let members = (m.keys().enumerate())
+            .map(|(i, (start, key_end))| {
+                let value_end = m.value_end(bytes, i, end);
+                (start as u32, key_end as u32, value_end as u32)
+            })
             .collect();
         Some((members, end))
     }
