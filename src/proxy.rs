@@ -140,7 +140,7 @@ fn decide<'a>(
         return untouched(Outcome::UnsupportedEncoding, model);
     }
     let snapshot = &state.allowlists;
-    let allowed = |name: &str| snapshot.allows(&entry.allowlist, name);
+    let allowed = snapshot.allowed(&entry.allowlist);
     let started = std::time::Instant::now();
     let result = match (target.protocol, target.verb) {
         (Protocol::TfServing, Some(Verb::Predict)) => {

@@ -1,11 +1,16 @@
 //! The trim engines alone: golden cases per protocol and body form, and a property test over
 //! random documents and allowlists.
 
+use feature_trimmer::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
+use feature_trimmer::bundle::snapshot::{AllowlistSnapshot, Lookup, SnapshotAllowlist};
+use feature_trimmer::classify::VersionSpec;
+use feature_trimmer::config::TrimConfig;
 use feature_trimmer::trim::kserve::{trim_binary, trim_json};
 use feature_trimmer::trim::tf_serving::{trim, TfBody};
-use feature_trimmer::trim::Untrimmable;
+use feature_trimmer::trim::{Allowed, AllowlistId, Untrimmable};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
+use std::cell::Cell;
 
 fn allow<'a>(names: &'a [&'a str]) -> impl Fn(&str) -> bool + 'a {
     move |k| names.contains(&k)
@@ -279,4 +284,88 @@ proptest! {
         prop_assert_eq!(out.body, body(&kept));
         prop_assert_eq!((out.kept, out.removed), (kept.len() as u64, (all.len() - kept.len()) as u64));
     }
+}
+
+/// A snapshot's allowlist that counts how often the engine asks it.
+struct Counting<'a> {
+    inner: SnapshotAllowlist<'a>,
+    asked: Cell<usize>,
+}
+
+impl Allowed for &Counting<'_> {
+    fn allows(&self, name: &str) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        self.inner.allows(name)
+    }
+    fn identity(&self) -> Option<AllowlistId> {
+        self.inner.identity()
+    }
+}
+
+/// A thread keeps its key answers from one request to the next, but only for the same
+/// allowlist and only for keys of up to sixteen bytes (a longer key is checked against the
+/// bytes of the body it came from, which the next request does not have).
+#[test]
+fn key_answers_carry_over_to_the_next_request_only_when_exact() {
+    let model = |name: &str, features: &[&str]| ModelEntry {
+        model: name.into(),
+        version: "1".into(),
+        stage: Default::default(),
+        features: features.iter().map(|f| f.to_string()).collect(),
+        mode: None,
+    };
+    let mut bundle = Bundle {
+        format: FORMAT_V1.into(),
+        bundle: "carry-over".into(),
+        generation: 1,
+        created_at: None,
+        source: None,
+        models: vec![model("a", &["feature_alpha_0001", "x"]), model("b", &["y"])],
+        labels: Default::default(),
+        sha256: None,
+    };
+    bundle.seal();
+    let snapshot = AllowlistSnapshot::build([&bundle], &TrimConfig::default());
+    let list = |name: &str| {
+        let Lookup::Found { entry, .. } = snapshot.lookup(name, &VersionSpec::Version("1".into()))
+        else {
+            panic!("model {name}")
+        };
+        Counting {
+            inner: snapshot.allowed(&entry.allowlist),
+            asked: Cell::new(0),
+        }
+    };
+    let run = |allowed: &Counting<'_>, body: &str| {
+        allowed.asked.set(0);
+        let out = trim(body.as_bytes(), TfBody::Predict, allowed).unwrap();
+        (String::from_utf8(out.body).unwrap(), allowed.asked.get())
+    };
+    let (a, b) = (list("a"), list("b"));
+    assert_ne!(a.inner.identity(), b.inner.identity());
+    assert!(a.inner.identity().is_some());
+    // 20-byte keys with the same first and last eight bytes, at the same offsets.
+    let alpha = r#"{"instances":[{"feature_alpha_0001":1,"x":2,"z":3}]}"#;
+    let omgha = r#"{"instances":[{"feature_omgha_0001":1,"x":2,"z":3}]}"#;
+    let (kept_alpha, kept_omgha) = (
+        r#"{"instances":[{"feature_alpha_0001":1,"x":2}]}"#,
+        r#"{"instances":[{"x":2}]}"#,
+    );
+    assert_eq!(run(&a, alpha), (kept_alpha.to_string(), 3));
+    // Again: the short keys are answered from the last request, the long one is asked.
+    assert_eq!(run(&a, alpha), (kept_alpha.to_string(), 1));
+    assert_eq!(run(&a, omgha), (kept_omgha.to_string(), 1));
+    // Another allowlist asks everything anew.
+    assert_eq!(run(&b, alpha), (r#"{"instances":[{}]}"#.to_string(), 3));
+    assert_eq!(run(&a, alpha), (kept_alpha.to_string(), 3));
+    // A predicate without an identity keeps nothing across requests.
+    let asked = Cell::new(0);
+    let plain = |name: &str| {
+        asked.set(asked.get() + 1);
+        name == "x"
+    };
+    for _ in 0..2 {
+        trim(alpha.as_bytes(), TfBody::Predict, plain).unwrap();
+    }
+    assert_eq!(asked.get(), 6);
 }

@@ -3,11 +3,13 @@
 //! and swapped whole. Feature names are interned once; an allowlist is a bitset over their ids.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
 
 use crate::classify::VersionSpec;
 use crate::config::{Mode, TrimConfig, Unversioned};
+use crate::trim::{Allowed, AllowlistId};
 
 use super::format::Bundle;
 
@@ -57,6 +59,28 @@ impl Allowlist {
     /// True when nothing is allowed (such a list is never used to trim).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// One of a snapshot's allowlists, as the engines ask it.
+pub struct SnapshotAllowlist<'a> {
+    snapshot: &'a AllowlistSnapshot,
+    allowlist: &'a Allowlist,
+}
+
+impl Allowed for SnapshotAllowlist<'_> {
+    #[inline]
+    fn allows(&self, name: &str) -> bool {
+        self.snapshot.allows(self.allowlist, name)
+    }
+
+    /// A snapshot never changes once built and its id is never reused, so the allowlist's
+    /// address within it names it.
+    fn identity(&self) -> Option<AllowlistId> {
+        (self.snapshot.id != 0).then(|| AllowlistId {
+            set: self.snapshot.id,
+            member: std::ptr::from_ref(self.allowlist) as usize,
+        })
     }
 }
 
@@ -121,6 +145,9 @@ pub struct AllowlistSnapshot {
     allowlists: usize,
     /// Model versions (and labels) defined by more than one bundle.
     conflicts: usize,
+    /// Unique per built snapshot (0: the empty default one), so that an allowlist is named by
+    /// this and its address for as long as the process runs.
+    id: u64,
 }
 
 impl AllowlistSnapshot {
@@ -205,12 +232,22 @@ impl AllowlistSnapshot {
             .enumerate()
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
+        static BUILT: AtomicU64 = AtomicU64::new(1);
         AllowlistSnapshot {
             features,
             model_index,
             models,
             allowlists,
             conflicts,
+            id: BUILT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// `allowlist` (one of this snapshot's) as the engines ask it.
+    pub fn allowed<'a>(&'a self, allowlist: &'a Allowlist) -> SnapshotAllowlist<'a> {
+        SnapshotAllowlist {
+            snapshot: self,
+            allowlist,
         }
     }
 

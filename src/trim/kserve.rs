@@ -5,16 +5,16 @@
 use std::ops::Range;
 
 use super::json::{string_stop, Cursor};
-use super::{open_root, Output, Splice, TrimResult, Trimmed, Untrimmable};
+use super::{open_root, Allowed, Output, Splice, TrimResult, Trimmed, Untrimmable};
 
 /// Trims a V2 JSON body (no binary section).
-pub fn trim_json(body: &[u8], allowed: impl Fn(&str) -> bool) -> TrimResult {
+pub fn trim_json(body: &[u8], allowed: impl Allowed) -> TrimResult {
     let (json, _) = trim_header(body, &allowed)?;
     Ok(json)
 }
 
 /// Trims a Triton binary-extension body whose JSON header is the first `json_len` bytes.
-pub fn trim_binary(body: &[u8], json_len: usize, allowed: impl Fn(&str) -> bool) -> TrimResult {
+pub fn trim_binary(body: &[u8], json_len: usize, allowed: impl Allowed) -> TrimResult {
     if json_len == 0 {
         return Err(Untrimmable::NotTrimmable(
             "Inference-Header-Content-Length: 0 (one raw tensor)",
@@ -51,10 +51,10 @@ pub fn trim_binary(body: &[u8], json_len: usize, allowed: impl Fn(&str) -> bool)
 /// Trims the JSON document; also returns each input's `(binary_data_size, kept)` in order.
 fn trim_header(
     body: &[u8],
-    allowed: &impl Fn(&str) -> bool,
+    allowed: &impl Allowed,
 ) -> Result<(Trimmed, Vec<(u64, bool)>), Untrimmable> {
     let mut c = open_root(body)?;
-    let mut o = Output::new(body.len());
+    let mut o = Output::new(body.len(), None);
     let mut inputs: Option<Vec<(u64, bool)>> = None;
     if !c.empty_container(b'}') {
         loop {
@@ -83,7 +83,7 @@ fn trim_header(
 fn filter_inputs(
     c: &mut Cursor<'_>,
     o: &mut Output,
-    allowed: &impl Fn(&str) -> bool,
+    allowed: &impl Allowed,
 ) -> Result<Vec<(u64, bool)>, Untrimmable> {
     if c.peek() != Some(b'[') {
         return Err(Untrimmable::NotTrimmable("`inputs` is not an array"));
@@ -103,7 +103,7 @@ fn filter_inputs(
         let (keep, size) = match template.as_mut().and_then(|t| t.matches(bytes, start)) {
             Some((name, end, size)) => {
                 c.pos = end;
-                (allowed(&c.text[name]), size)
+                (allowed.allows(&c.text[name]), size)
             }
             None => {
                 let (keep, size, name) = input_entry(c, &mut o.scratch, allowed)?;
@@ -183,7 +183,7 @@ impl Template {
 fn input_entry(
     c: &mut Cursor<'_>,
     scratch: &mut String,
-    allowed: &impl Fn(&str) -> bool,
+    allowed: &impl Allowed,
 ) -> Result<(bool, u64, Option<Range<usize>>), Untrimmable> {
     if c.peek() != Some(b'{') {
         return Err(Untrimmable::NotTrimmable(
@@ -210,7 +210,7 @@ fn input_entry(
                     ));
                 }
                 let name = c.string()?;
-                keep = Some(allowed(c.text(name, scratch)));
+                keep = Some(allowed.allows(c.text(name, scratch)));
                 plain_name = (!name.escaped).then_some(name.start + 1..name.end - 1);
             }
             Field::Parameters if c.peek() == Some(b'{') => {

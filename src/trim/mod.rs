@@ -7,6 +7,8 @@ pub mod kserve;
 mod rows;
 pub mod tf_serving;
 
+use std::cell::RefCell;
+
 use json::{Cursor, SyntaxError};
 
 /// A trimmed body.
@@ -48,6 +50,34 @@ impl From<SyntaxError> for Untrimmable {
 
 /// Result of an engine.
 pub type TrimResult = Result<Trimmed, Untrimmable>;
+
+/// The allowlist an engine trims by. Any `Fn(&str) -> bool` is one.
+pub trait Allowed {
+    /// Whether the feature called `name` is kept.
+    fn allows(&self, name: &str) -> bool;
+
+    /// Names this allowlist for as long as the process runs, never reused for another one, so
+    /// that a thread may keep the answers of one request for the next; `None` (the default):
+    /// answers are kept within one request only.
+    fn identity(&self) -> Option<AllowlistId> {
+        None
+    }
+}
+
+impl<F: Fn(&str) -> bool> Allowed for F {
+    fn allows(&self, name: &str) -> bool {
+        self(name)
+    }
+}
+
+/// See [`Allowed::identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowlistId {
+    /// Unique per allowlist set (a snapshot, say), never reused.
+    pub set: u64,
+    /// Unique within the set (an address, say).
+    pub member: usize,
+}
 
 /// A cursor just inside the document's top-level object. The whole body is checked to be UTF-8
 /// once here, so spans can be read as `str` later; a valid body that is not an object is
@@ -124,18 +154,33 @@ struct Output {
     memo: Vec<Remembered>,
     /// Member boundaries from the bit-parallel index, reused.
     members: rows::Members,
+    /// The allowlist's identity, when it has one.
+    owner: Option<AllowlistId>,
 }
 
 impl Output {
-    fn new(capacity: usize) -> Self {
+    /// An empty output, with the memo and index buffers this thread kept from its last
+    /// request. The memo's answers are kept only for the same allowlist (`owner`), and then
+    /// only those for keys of up to sixteen bytes, which its words decide alone (a longer
+    /// key's check reads the remembered key's bytes in the body they came from).
+    fn new(capacity: usize, owner: Option<AllowlistId>) -> Self {
+        let mut kept = KEPT.with(RefCell::take);
+        if owner.is_none() || kept.owner != owner {
+            kept.memo.clear();
+        } else {
+            for slot in kept.memo.iter_mut().filter(|slot| slot.len > 16) {
+                *slot = Remembered::NOTHING;
+            }
+        }
         Output {
             out: Vec::with_capacity(capacity),
             copied: 0,
             scratch: String::new(),
             removed: 0,
             kept: 0,
-            memo: Vec::new(),
-            members: rows::Members::default(),
+            memo: kept.memo,
+            members: kept.members,
+            owner,
         }
     }
 
@@ -143,12 +188,37 @@ impl Output {
     fn finish(mut self, body: &[u8]) -> Trimmed {
         self.out.extend_from_slice(&body[self.copied..]);
         Trimmed {
-            body: self.out,
+            body: std::mem::take(&mut self.out),
             removed: self.removed,
             kept: self.kept,
             json_len: None,
         }
     }
+}
+
+impl Drop for Output {
+    /// Hands the memo and index buffers back to the thread for its next request.
+    fn drop(&mut self) {
+        let kept = Kept {
+            memo: std::mem::take(&mut self.memo),
+            members: std::mem::take(&mut self.members),
+            owner: self.owner,
+        };
+        KEPT.with(|k| *k.borrow_mut() = kept);
+    }
+}
+
+/// What a thread keeps from one request's trim to the next.
+#[derive(Default)]
+struct Kept {
+    memo: Vec<Remembered>,
+    /// The allowlist the memo's answers are for.
+    owner: Option<AllowlistId>,
+    members: rows::Members,
+}
+
+thread_local! {
+    static KEPT: RefCell<Kept> = RefCell::default();
 }
 
 /// A key the previous map had at some position, and whether it was kept. Its first and last
@@ -243,7 +313,7 @@ enum MapKind {
 fn filter_map(
     c: &mut Cursor<'_>,
     o: &mut Output,
-    allowed: &impl Fn(&str) -> bool,
+    allowed: &impl Allowed,
 ) -> Result<MapKind, Untrimmable> {
     let bytes = c.bytes;
     if let Some(end) = rows::index(bytes, c.pos, &mut o.members) {
@@ -272,7 +342,7 @@ fn filter_map(
             o.memo.push(Remembered::NOTHING);
         }
         let keep = memo_keep(&mut o.memo[members], bytes, (key.start, key.end), || {
-            allowed(c.text(key, &mut o.scratch))
+            allowed.allows(c.text(key, &mut o.scratch))
         });
         if members == 0 {
             b64_string = is_string
@@ -304,7 +374,7 @@ fn filter_map(
 /// no escapes) into the output; `end` is one past its `}`. Where a value ends is worked out
 /// only for the members kept (and the last): the bytes before the first key, each kept member
 /// with the separator that preceded it, and the bytes after the last value are copied.
-fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, end: usize) {
+fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Allowed, end: usize) {
     let bytes = text.as_bytes();
     let m = &o.members;
     if o.memo.len() < m.len() {
@@ -315,7 +385,7 @@ fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Fn(&str) -> bool, e
     let mut kept = 0;
     for (i, ((start, key_end), slot)) in m.keys().zip(&mut o.memo).enumerate() {
         let keep = memo_keep(slot, bytes, (start, key_end), || {
-            allowed(&text[start + 1..key_end - 1])
+            allowed.allows(&text[start + 1..key_end - 1])
         });
         if keep {
             if kept > 0 {
@@ -377,7 +447,7 @@ mod tests {
     fn filter_map_keeps_separators_and_bytes() {
         let body = r#"{ "a" : 1 ,"b":[2, {"x":3}] ,  "c":"\u0063" }"#;
         let mut c = Cursor::new(body);
-        let mut o = Output::new(body.len());
+        let mut o = Output::new(body.len(), None);
         let allow = |k: &str| k != "b";
         assert!(matches!(
             filter_map(&mut c, &mut o, &allow),

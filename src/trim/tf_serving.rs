@@ -3,7 +3,7 @@
 //! and `examples[]` feature maps. Everything outside those maps is copied byte for byte.
 
 use super::json::Cursor;
-use super::{filter_map, open_root, MapKind, Output, TrimResult, Untrimmable};
+use super::{filter_map, open_root, Allowed, MapKind, Output, TrimResult, Untrimmable};
 
 /// Which body shape the URL's verb implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,13 +15,13 @@ pub enum TfBody {
 }
 
 /// Trims a TF Serving REST body, keeping the features `allowed` accepts.
-pub fn trim(body: &[u8], shape: TfBody, allowed: impl Fn(&str) -> bool) -> TrimResult {
+pub fn trim(body: &[u8], shape: TfBody, allowed: impl Allowed) -> TrimResult {
     let mut c = open_root(body)?;
     if c.empty_container(b'}') {
         c.end()?;
         return Err(Untrimmable::NotTrimmable("the body has no feature maps"));
     }
-    let mut o = Output::new(body.len());
+    let mut o = Output::new(body.len(), allowed.identity());
     let mut maps = 0u32;
     let (mut seen_rows, mut seen_map) = (false, false);
     loop {
@@ -80,11 +80,7 @@ enum Field {
 }
 
 /// Filters an array whose elements must all be feature maps; returns how many there were.
-fn rows(
-    c: &mut Cursor<'_>,
-    o: &mut Output,
-    allowed: &impl Fn(&str) -> bool,
-) -> Result<u32, Untrimmable> {
+fn rows(c: &mut Cursor<'_>, o: &mut Output, allowed: &impl Allowed) -> Result<u32, Untrimmable> {
     if c.peek() != Some(b'[') {
         return Err(Untrimmable::NotTrimmable(
             "the feature list is not an array",
