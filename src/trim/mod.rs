@@ -197,8 +197,12 @@ impl Output {
 }
 
 impl Drop for Output {
-    /// Hands the memo and index buffers back to the thread for its next request.
+    /// Hands the memo and index buffers back to the thread for its next request, unless a
+    /// huge map made them huge.
     fn drop(&mut self) {
+        if self.memo.len() > KEPT_MEMBERS {
+            return;
+        }
         let kept = Kept {
             memo: std::mem::take(&mut self.memo),
             members: std::mem::take(&mut self.members),
@@ -207,6 +211,9 @@ impl Drop for Output {
         KEPT.with(|k| *k.borrow_mut() = kept);
     }
 }
+
+/// The most map members whose memo a thread keeps between requests (~400 KiB of memo).
+const KEPT_MEMBERS: usize = 16_384;
 
 /// What a thread keeps from one request's trim to the next.
 #[derive(Default)]
