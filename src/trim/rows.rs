@@ -90,6 +90,7 @@ impl Members {
 
     /// One past the value of member `i` of the object that ends at `end` (one past its `}`):
     /// back from the next key (or the `}`) over whitespace, the comma, whitespace.
+    #[inline]
     pub(super) fn value_end(&self, bytes: &[u8], i: usize, end: usize) -> usize {
         let space = |mut at: usize| {
             while matches!(bytes[at - 1], b' ' | b'\n' | b'\r' | b'\t') {
