@@ -387,14 +387,18 @@ fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Allowed, end: usize
     if o.memo.len() < m.len() {
         o.memo.resize(m.len(), Remembered::NOTHING);
     }
+    // First every decision (each lands in the member's memo slot), then the copying: two
+    // short loops keep their state in registers where one long one spilled it.
+    for ((start, key_end), slot) in m.keys().zip(&mut o.memo) {
+        memo_keep(slot, bytes, (start, key_end), || {
+            allowed.allows(&text[start + 1..key_end - 1])
+        });
+    }
     let out = &mut o.out;
     out.extend_from_slice(&bytes[o.copied..m.first()]);
     let mut kept = 0;
-    for (i, ((start, key_end), slot)) in m.keys().zip(&mut o.memo).enumerate() {
-        let keep = memo_keep(slot, bytes, (start, key_end), || {
-            allowed.allows(&text[start + 1..key_end - 1])
-        });
-        if keep {
+    for (i, ((start, _), slot)) in m.keys().zip(&o.memo).enumerate() {
+        if slot.keep {
             if kept > 0 {
                 out.extend_from_slice(&bytes[m.value_end(bytes, i - 1, end)..start]);
             }

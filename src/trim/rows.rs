@@ -74,9 +74,10 @@ pub(super) struct Members {
 impl Members {
     /// Each member's key bounds, quotes included.
     pub(super) fn keys(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.spans
-            .chunks_exact(2)
-            .map(|s| (s[0] as usize, s[1] as usize))
+        let (pairs, _) = self.spans.as_chunks::<2>();
+        pairs
+            .iter()
+            .map(|&[start, end]| (start as usize, end as usize))
     }
 
     /// Offset of the first member's key.
