@@ -859,55 +859,58 @@ mod tests {
 
     #[test]
     fn response_heads_frame_and_strip() {
-        let head = parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\n\r\nabc",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(head.framing, Framing::Length(3));
-        assert!(head.reusable);
-        assert_eq!(
-            String::from_utf8_lossy(&head.client_head),
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-end: 2\r\n\r\n"
-        );
-        let head = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(head.framing, Framing::Chunked);
-        assert_eq!(
-            String::from_utf8_lossy(&head.client_head),
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
-        // Other transfer codings stay for the client to undo; a close-delimited body is
-        // chunked on top of them.
-        let head = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(head.framing, Framing::Chunked);
-        assert_eq!(
-            String::from_utf8_lossy(&head.client_head),
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
-        );
-        let head = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(head.framing, Framing::Close);
-        assert_eq!(
-            String::from_utf8_lossy(&head.client_head),
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
-        );
-        let head = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!(head.framing, Framing::Close);
-        assert!(!head.reusable);
-        let head = parse_response(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(head.framing, Framing::Empty);
-        assert!(!head.reusable);
+        // (leaf's head, framing, connection reusable, head sent to the client)
+        let cases: &[(&[u8], Framing, bool, &str)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nx-end: 2\r\n\r\nabc",
+                Framing::Length(3),
+                true,
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nx-end: 2\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                Framing::Chunked,
+                true,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            // Other transfer codings stay for the client to undo; a close-delimited body is
+            // chunked on top of them.
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Framing::Close,
+                false,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\n",
+                Framing::Close,
+                false,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                Framing::Empty,
+                false,
+                "HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+        ];
+        for &(raw, framing, reusable, client_head) in cases {
+            let head = parse_response(raw).unwrap().unwrap();
+            let raw = String::from_utf8_lossy(raw);
+            assert_eq!(head.framing, framing, "{raw:?}");
+            assert_eq!(head.reusable, reusable, "{raw:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&head.client_head),
+                client_head,
+                "{raw:?}"
+            );
+        }
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
         )
