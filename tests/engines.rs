@@ -159,6 +159,167 @@ fn golden_kserve() {
     ));
 }
 
+/// The engines check UTF-8 as they scan (there is no separate pass over the body), so every
+/// place a byte above 0x7F can sit is tried with valid and invalid sequences, through both the
+/// bit-parallel index and the cursor: a body is trimmed exactly when serde_json accepts it,
+/// and then the non-ASCII bytes arrive as they were sent.
+#[test]
+fn utf8_is_checked_wherever_a_byte_above_0x7f_sits() {
+    let valid: [&[u8]; 4] = [
+        b"\xc3\xa9",
+        b"\xe2\x82\xac",
+        b"\xf0\x9f\x98\x80",
+        b"a\xc3\xa9z",
+    ];
+    let invalid: [&[u8]; 8] = [
+        b"\xff",             // never in UTF-8
+        b"\x80",             // a lone continuation byte
+        b"\xc3",             // cut short by the closing quote
+        b"\xe2\x82",         // cut short
+        b"\xc0\xaf",         // overlong `/`
+        b"\xed\xa0\x80",     // a surrogate
+        b"\xf4\x90\x80\x80", // above U+10FFFF
+        b"\xc3\xa9\xff",     // valid, then not
+    ];
+    let long = "y".repeat(70);
+    // (engine, body with `X` where the sequence goes, allowed names, what the spot is)
+    let tf_rows: &[(&str, &[&str], &str)] = &[
+        (
+            r#"{"instances":[{"a":"vX","b":1,"c":2}]}"#,
+            &["b"],
+            "dropped value, indexed map",
+        ),
+        (
+            r#"{"instances":[{"a":"vX","b":1,"c":2}]}"#,
+            &["a"],
+            "kept value, indexed map",
+        ),
+        (r#"{"instances":[{"kX":1,"b":2}]}"#, &["b"], "dropped key"),
+        (
+            r#"{"instances":[{"kX":1,"b":2}]}"#,
+            &["b", "kX"],
+            "kept key",
+        ),
+        (
+            r#"{"signature_name":"sX","instances":[{"a":1,"b":2}]}"#,
+            &["a"],
+            "outside the maps",
+        ),
+        (
+            r#"{"instances":[{"a":["w","vX"],"b":1}]}"#,
+            &["b"],
+            "in an array value",
+        ),
+        (
+            r#"{"instances":[{"a":"v\nX","b":1}]}"#,
+            &["b"],
+            "after an escape",
+        ),
+        (
+            r#"{"instances":[{"a":"X"}]}"#,
+            &["b"],
+            "one-member map (cursor)",
+        ),
+        (
+            r#"{"instances":[{"a":1X,"b":2}]}"#,
+            &["b"],
+            "outside a string",
+        ),
+        (
+            r#"{"instances":[{"a":"LONGXLONG","b":1}]}"#,
+            &["b"],
+            "across 64-byte blocks",
+        ),
+    ];
+    let kserve: &[(&str, &[&str], &str)] = &[
+        (
+            r#"{"inputs":[{"name":"nX","datatype":"FP32","shape":[1],"data":[1]},{"name":"m","datatype":"FP32","shape":[1],"data":[1]}]}"#,
+            &["m"],
+            "dropped input name",
+        ),
+        (
+            r#"{"inputs":[{"name":"a","datatype":"FP32","shape":[1],"data":[1]},{"name":"bX","datatype":"FP32","shape":[1],"data":[1]}]}"#,
+            &["a", "bX"],
+            "name of an entry like the one before (template)",
+        ),
+        (
+            r#"{"id":"X","inputs":[{"name":"a","data":[1]},{"name":"b","data":[2]}]}"#,
+            &["a"],
+            "request id",
+        ),
+    ];
+    let mut checked = (0, 0);
+    for sequence in valid.iter().chain(&invalid) {
+        let text = String::from_utf8_lossy(sequence);
+        let fill = |template: &str| {
+            let template = template.replace("LONG", &long);
+            let (before, after) = template.split_once('X').unwrap();
+            [before.as_bytes(), sequence, after.as_bytes()].concat()
+        };
+        let names = |names: &[&str]| -> Vec<String> {
+            names.iter().map(|n| n.replace('X', &text)).collect()
+        };
+        let cases = tf_rows
+            .iter()
+            .map(|case| (false, case))
+            .chain(kserve.iter().map(|case| (true, case)));
+        for (is_kserve, &(template, allowed, spot)) in cases {
+            let body = fill(template);
+            let allowed = names(allowed);
+            let allow = |k: &str| allowed.iter().any(|n| n == k);
+            let result = if is_kserve {
+                trim_json(&body, allow)
+            } else {
+                trim(&body, TfBody::Predict, allow)
+            };
+            let context = format!("{spot}: {:?}", String::from_utf8_lossy(&body));
+            let Ok(input) = serde_json::from_slice::<Value>(&body) else {
+                assert!(
+                    matches!(result, Err(Untrimmable::Parse { .. })),
+                    "{context}: {result:?}"
+                );
+                checked.1 += 1;
+                continue;
+            };
+            let out = result.unwrap_or_else(|e| panic!("{context}: {e:?}"));
+            let mut expected = input;
+            if is_kserve {
+                let inputs = expected["inputs"].as_array_mut().unwrap();
+                inputs.retain(|i| allow(i["name"].as_str().unwrap()));
+            } else {
+                for row in expected["instances"].as_array_mut().unwrap() {
+                    row.as_object_mut().unwrap().retain(|k, _| allow(k));
+                }
+            }
+            let parsed: Value = serde_json::from_slice(&out.body).expect("valid output");
+            assert_eq!(parsed, expected, "{context}");
+            if expected.to_string().contains(&*text) {
+                let kept = out.body.windows(sequence.len()).any(|w| w == *sequence);
+                assert!(kept, "{context}: the bytes changed");
+            }
+            checked.0 += 1;
+        }
+    }
+    // Valid sequences in strings are trimmed, all else is refused (so forwarded untouched).
+    assert_eq!(checked, (4 * 12, 4 + 8 * 13));
+    // A Triton header is checked the same way (its second entry is the first as a template
+    // apart from the name); its binary section is not text.
+    for (name, valid) in [(&b"b\xc3\xa9"[..], true), (b"b\xff", false)] {
+        let header = [
+            &br#"{"inputs":[{"name":"a","datatype":"UINT8","shape":[1],"parameters":{"binary_data_size":1}},{"name":""#[..],
+            name,
+            br#"","datatype":"UINT8","shape":[1],"parameters":{"binary_data_size":1}}]}"#,
+        ]
+        .concat();
+        let body = [&header[..], b"\xff\xfe"].concat();
+        match trim_binary(&body, header.len(), allow(&["a"])) {
+            Ok(t) if valid => assert_eq!(&t.body[t.json_len.unwrap()..], b"\xff"),
+            Err(Untrimmable::Parse { .. }) if !valid => {}
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(name)),
+        }
+    }
+}
+
 /// Feature names, some of which need escaping when written as JSON.
 const POOL: &[&str] = &[
     "a", "b", "c", "user_id", "é", "q\"uote", "tab\t", "b64x", "n/1", "z",

@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(trimmed) = trim_json(body, |k: &str| allowed.contains(&k)) else {
         return;
     };
+    assert!(
+        std::str::from_utf8(body).is_ok(),
+        "trimmed a body that is not UTF-8"
+    );
     let Some(out) = common::check_validity(body, &trimmed.body) else {
         return;
     };

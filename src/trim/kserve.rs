@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::json::{string_stop, Cursor};
+use super::json::{self, string_stop, Cursor};
 use super::{open_root, Allowed, Output, Splice, TrimResult, Trimmed, Untrimmable};
 
 /// Trims a V2 JSON body (no binary section).
@@ -103,7 +103,7 @@ fn filter_inputs(
         let (keep, size) = match template.as_mut().and_then(|t| t.matches(bytes, start)) {
             Some((name, end, size)) => {
                 c.pos = end;
-                (allowed.allows(&c.text[name]), size)
+                (allowed.allows(json::str_of(&bytes[name])), size)
             }
             None => {
                 let (keep, size, name) = input_entry(c, &mut o.scratch, allowed)?;
@@ -170,7 +170,7 @@ impl Template {
             return None;
         }
         // `after` starts with the closing quote, so the name ended at a quote, not at an
-        // escape or a control character.
+        // escape, a control character or a byte above 0x7F: it is plain ASCII.
         self.start = start;
         self.name = name_start..name_end;
         self.end = end;

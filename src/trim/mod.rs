@@ -79,15 +79,10 @@ pub struct AllowlistId {
     pub member: usize,
 }
 
-/// A cursor just inside the document's top-level object. The whole body is checked to be UTF-8
-/// once here, so spans can be read as `str` later; a valid body that is not an object is
-/// not trimmable.
+/// A cursor just inside the document's top-level object; a valid body that is not an object
+/// is not trimmable.
 fn open_root(body: &[u8]) -> Result<Cursor<'_>, Untrimmable> {
-    let text = std::str::from_utf8(body).map_err(|e| Untrimmable::Parse {
-        offset: e.valid_up_to(),
-        reason: "valid UTF-8",
-    })?;
-    let mut c = Cursor::new(text);
+    let mut c = Cursor::new(body);
     if c.peek() != Some(b'{') {
         c.skip_value()?;
         c.end()?;
@@ -324,7 +319,7 @@ fn filter_map(
 ) -> Result<MapKind, Untrimmable> {
     let bytes = c.bytes;
     if let Some(end) = rows::index(bytes, c.pos, &mut o.members) {
-        filter_indexed(c.text, o, allowed, end);
+        filter_indexed(bytes, o, allowed, end);
         c.pos = end;
         return Ok(MapKind::Features);
     }
@@ -377,12 +372,12 @@ fn filter_map(
     Ok(MapKind::Features)
 }
 
-/// Filters a map the bit-parallel index vouched for (`o.members` holds its keys, which have
-/// no escapes) into the output; `end` is one past its `}`. Where a value ends is worked out
-/// only for the members kept (and the last): the bytes before the first key, each kept member
-/// with the separator that preceded it, and the bytes after the last value are copied.
-fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Allowed, end: usize) {
-    let bytes = text.as_bytes();
+/// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map is
+/// ASCII without escapes) into the output; `end` is one past its `}`. Where a value ends is
+/// worked out only for the members kept (and the last): the bytes before the first key, each
+/// kept member with the separator that preceded it, and the bytes after the last value are
+/// copied.
+fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usize) {
     let m = &o.members;
     if o.memo.len() < m.len() {
         o.memo.resize(m.len(), Remembered::NOTHING);
@@ -391,7 +386,7 @@ fn filter_indexed(text: &str, o: &mut Output, allowed: &impl Allowed, end: usize
     // short loops keep their state in registers where one long one spilled it.
     for ((start, key_end), slot) in m.keys().zip(&mut o.memo) {
         memo_keep(slot, bytes, (start, key_end), || {
-            allowed.allows(&text[start + 1..key_end - 1])
+            allowed.allows(json::str_of(&bytes[start + 1..key_end - 1]))
         });
     }
     let out = &mut o.out;
@@ -457,7 +452,7 @@ mod tests {
     #[test]
     fn filter_map_keeps_separators_and_bytes() {
         let body = r#"{ "a" : 1 ,"b":[2, {"x":3}] ,  "c":"\u0063" }"#;
-        let mut c = Cursor::new(body);
+        let mut c = Cursor::new(body.as_bytes());
         let mut o = Output::new(body.len(), None);
         let allow = |k: &str| k != "b";
         assert!(matches!(

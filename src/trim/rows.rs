@@ -6,7 +6,8 @@
 //! time) there is no index and the cursor does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
-//! arrays of them, no backslash anywhere. Everything else (escapes, `true`/`null`/`NaN`, nested
+//! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; when a
+//! map has any, it is checked to be UTF-8 once the index has found its end. Everything else (escapes, `true`/`null`/`NaN`, nested
 //! containers, one-member maps, errors of any kind) returns `None` and the validating cursor in
 //! `json.rs` handles the object from its start, so it alone decides and reports errors.
 
@@ -31,6 +32,9 @@ pub(super) struct Classes<W> {
     exp: W,
     minus: W,
     plus: W,
+    /// Bytes above 0x7F: not a class of the grammar (outside strings they are no class, so
+    /// invalid), only collected to tell whether the map needs its UTF-8 checked.
+    high: W,
 }
 
 /// Calls macro `$m` with the names of the classes (macros, not closures, inline into
@@ -150,6 +154,7 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
         members.keys = 0;
         let mut state = State::<L>::new();
         let mut at = open + 1;
+        let mut high = 0;
         while at < bytes.len() {
             // Each block's classes go straight to their lane.
             let mut chunk = Classes::<[u64; 8]>::default();
@@ -170,6 +175,7 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
                     ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
                 }
                 each_class!(set);
+                high |= classes.high;
                 if short && classes.close_brace != 0 {
                     filled = j + 1;
                     break;
@@ -178,10 +184,18 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
             // Blocks not read count as control bytes, which nothing in a map may be.
             chunk.escape[filled..].fill(!0);
             macro_rules! load {
-                ($($field:ident),*) => { Classes { $($field: L::from_words(chunk.$field)),* } };
+                ($($field:ident),*) => {
+                    Classes { $($field: L::from_words(chunk.$field),)* high: L::splat(0) }
+                };
             }
             match state.step(&each_class!(load), at as u32, members) {
                 Some(None) => at += CHUNK,
+                // The grammar kept bytes above 0x7F inside strings; are they UTF-8 there?
+                Some(Some(end))
+                    if high != 0 && std::str::from_utf8(&bytes[open..at + end]).is_err() =>
+                {
+                    return None
+                }
                 Some(Some(end)) => return finish(members, at + end),
                 None if filled < 8 => break,
                 None => return None,
@@ -227,6 +241,9 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
         }
         if b < 0x20 {
             k.escape |= bit;
+        }
+        if b > 0x7f {
+            k.high |= bit;
         }
         if b == b'0' {
             k.zero |= bit;
@@ -669,6 +686,7 @@ mod avx512 {
                 Classes {
                     quote: eq!(b'"'),
                     escape: eq!(b'\\') | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
+                    high: _mm512_movepi8_mask(v),
                     // Each whitespace byte has its own low nibble: look the nibble up and
                     // compare (bytes from 0x80 look up zero, which they are not).
                     space: _mm512_cmpeq_epi8_mask(
@@ -837,7 +855,7 @@ mod tests {
 
     /// The members of the object at 0 as the validating cursor sees them (the reference).
     fn reference(text: &str) -> Option<Spans> {
-        let mut c = Cursor::new(text);
+        let mut c = Cursor::new(text.as_bytes());
         c.expect(b'{', "{").ok()?;
         let mut members = Vec::new();
         if c.empty_container(b'}') {
