@@ -5,7 +5,7 @@ use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
 
 /// One reference workload: a request body and the allowlist that applies to it.
 pub struct Workload {
-    /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`).
+    /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`, `tfs-text`).
     pub name: &'static str,
     /// Score URL path.
     pub path: &'static str,
@@ -51,15 +51,33 @@ fn allow_every(features: &[String], keep: usize) -> Vec<String> {
 /// `tfs-rows`: TF Serving predict, 64 instances × 1,000 features (full-precision numbers,
 /// strings, short lists), allowlist 100 (~1.6 MB in, ~10% out).
 pub fn tfs_rows() -> Workload {
-    tf_rows("tfs-rows", 64, 1000, 100)
+    tf_rows("tfs-rows", 64, 1000, 100, false)
 }
 
 /// `small`: TF Serving predict, 1 instance × 200 features, allowlist 50 (~4 KB).
 pub fn small() -> Workload {
-    tf_rows("small", 1, 200, 50)
+    tf_rows("small", 1, 200, 50, false)
 }
 
-fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize) -> Workload {
+/// `tfs-text`: not one of DESIGN.md's; `tfs-rows` with its string values in several scripts
+/// (UTF-8 well above 0x7F), for the engine's UTF-8 path.
+pub fn tfs_text() -> Workload {
+    tf_rows("tfs-text", 64, 1000, 100, true)
+}
+
+/// Words for `tfs-text`'s string values.
+const TEXT: [&str; 8] = [
+    "商品名称",
+    "München",
+    "Ελληνικά",
+    "русский текст",
+    "日本語テキスト",
+    "한국어",
+    "عربي",
+    "café",
+];
+
+fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize, text: bool) -> Workload {
     let features = names(n);
     let mut rng = Lcg(42);
     let mut body = String::with_capacity(rows * n * 26);
@@ -79,6 +97,12 @@ fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize) -> Workload {
             match rng.next() % 3 {
                 // Full-precision doubles, as Python's json or Jackson write them (17 digits).
                 0 => body.push_str(&format!("{}", rng.next() as f64 / 2_147_483_648.0)),
+                1 if text => body.push_str(&format!(
+                    "\"{} {} {}\"",
+                    TEXT[rng.next() as usize % TEXT.len()],
+                    TEXT[rng.next() as usize % TEXT.len()],
+                    rng.next() % 10_000
+                )),
                 1 => body.push_str(&format!("\"v{}\"", rng.next() % 10_000)),
                 _ => body.push_str(&format!(
                     "[{},{},{}]",
@@ -168,9 +192,15 @@ pub fn kserve_binary() -> Workload {
     }
 }
 
-/// All four, in the order benches report them.
+/// All of them, in the order benches report them.
 pub fn all() -> Vec<Workload> {
-    vec![tfs_rows(), kserve_json(), kserve_binary(), small()]
+    vec![
+        tfs_rows(),
+        kserve_json(),
+        kserve_binary(),
+        small(),
+        tfs_text(),
+    ]
 }
 
 impl Workload {

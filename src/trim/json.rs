@@ -26,13 +26,12 @@ pub struct StrSpan {
     pub escaped: bool,
 }
 
-/// Bytes that end a run of plain string content: `"`, `\\`, control characters and bytes
-/// above 0x7F (the start of a run that must be checked to be UTF-8).
+/// Bytes that end a run of plain string content: `"`, `\\` and control characters.
 const STRING_STOP: [bool; 256] = {
     let mut table = [false; 256];
     let mut i = 0;
-    while i < 256 {
-        table[i] = i < 0x20 || i > 0x7f;
+    while i < 0x20 {
+        table[i] = true;
         i += 1;
     }
     table[b'"' as usize] = true;
@@ -41,8 +40,9 @@ const STRING_STOP: [bool; 256] = {
 };
 
 /// A validating cursor over a JSON document. UTF-8 is checked where it can be broken: a byte
-/// above 0x7F is valid only inside a string, and each run of them there is checked as it is
-/// read, so the body needs no separate pass.
+/// above 0x7F is valid only inside a string, so the bytes from the first string that has one
+/// are checked in one pass by [`Cursor::end`], and the body needs no pass of its own. The
+/// document is valid only once `end` returns `Ok`.
 pub struct Cursor<'a> {
     /// The whole document.
     pub bytes: &'a [u8],
@@ -50,6 +50,9 @@ pub struct Cursor<'a> {
     pub pos: usize,
     /// Open containers (their closing bracket) while skipping a value; reused across values.
     stack: Vec<u8>,
+    /// Start of the content of the first string read with a byte above 0x7F, not yet checked
+    /// to be UTF-8 (`usize::MAX`: none).
+    unchecked: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -59,6 +62,7 @@ impl<'a> Cursor<'a> {
             bytes,
             pos: 0,
             stack: Vec::new(),
+            unchecked: usize::MAX,
         }
     }
 
@@ -143,16 +147,20 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a string starting at the cursor (which must be on `"`), validating escapes and
-    /// UTF-8 and rejecting raw control characters.
+    /// rejecting raw control characters; UTF-8 is left to [`Cursor::end`].
     #[inline(always)]
     pub fn string(&mut self) -> Scan<StrSpan> {
         let start = self.pos;
         let mut pos = self.pos + 1;
-        let mut escaped = false;
+        let (mut escaped, mut high) = (false, false);
         loop {
-            pos = string_stop(self.bytes, pos);
+            let (stop, seen) = string_stop(self.bytes, pos);
+            (pos, high) = (stop, high | seen);
             match self.bytes.get(pos) {
                 Some(b'"') => {
+                    if high {
+                        self.unchecked = self.unchecked.min(start + 1);
+                    }
                     self.pos = pos + 1;
                     return Ok(StrSpan {
                         start,
@@ -177,20 +185,6 @@ impl<'a> Cursor<'a> {
                             return self.fail("a valid escape");
                         }
                     }
-                }
-                Some(&b) if b > 0x7f => {
-                    // Up to the next ASCII stop: quotes, backslashes and control characters
-                    // never occur inside a UTF-8 sequence, so the run is checked whole.
-                    let run = &self.bytes[pos..];
-                    let end = run
-                        .iter()
-                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-                        .unwrap_or(run.len());
-                    if let Err(e) = std::str::from_utf8(&run[..end]) {
-                        self.pos = pos + e.valid_up_to();
-                        return self.fail("valid UTF-8");
-                    }
-                    pos += end;
                 }
                 Some(_) => {
                     self.pos = pos;
@@ -365,10 +359,18 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    /// Checks that only whitespace remains.
+    /// Checks that only whitespace remains, and that the strings read are UTF-8: one check
+    /// from the first with a byte above 0x7F on (bytes outside strings are ASCII by then), as
+    /// fast on long text as checking each string is slow on short ones.
     pub fn end(&mut self) -> Scan<()> {
         if self.peek().is_some() {
             return self.fail("the end of the document");
+        }
+        if let Some(rest) = self.bytes.get(self.unchecked..) {
+            if let Err(e) = simdutf8::compat::from_utf8(rest) {
+                self.pos = self.unchecked + e.valid_up_to();
+                return self.fail("valid UTF-8");
+            }
         }
         Ok(())
     }
@@ -415,32 +417,38 @@ pub(super) fn str_of(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
-/// The offset of the first `"`, `\\`, control character or byte above 0x7F at or after `pos`
-/// (or the end), eight bytes at a time where the input allows.
+/// The offset of the first `"`, `\\` or control character at or after `pos` (or the end),
+/// eight bytes at a time where the input allows, and whether a byte above 0x7F came before it
+/// (true also when one only follows it within the same eight bytes).
 #[inline(always)]
-pub(super) fn string_stop(bytes: &[u8], mut at: usize) -> usize {
+pub(super) fn string_stop(bytes: &[u8], mut at: usize) -> (usize, bool) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut seen = 0;
     while let Some(chunk) = bytes.get(at..at + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
+        seen |= x;
         // Classic "has zero byte" tests; a false positive can only sit above a true one, and
         // only the lowest flagged byte is used.
         let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
         let stops = zero(x ^ (ONES * b'"' as u64))
             | zero(x ^ (ONES * b'\\' as u64))
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS)
-            | (x & HIGHS);
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
         if stops != 0 {
-            return at + (stops.trailing_zeros() / 8) as usize;
+            return (
+                at + (stops.trailing_zeros() / 8) as usize,
+                seen & HIGHS != 0,
+            );
         }
         at += 8;
     }
-    while bytes.get(at).is_some_and(|&b| !STRING_STOP[b as usize]) {
+    while let Some(&b) = bytes.get(at).filter(|&&b| !STRING_STOP[b as usize]) {
+        seen |= u64::from(b);
         at += 1;
     }
-    at
+    (at, seen & HIGHS != 0)
 }
 
 /// One bit per byte of a 64-byte block for each class of byte a numeric array holds.
@@ -957,10 +965,15 @@ mod tests {
                 let mut text = vec![b'a'; 20];
                 text[at] = b;
                 let expected = if STRING_STOP[b as usize] { at } else { 20 };
-                assert_eq!(string_stop(&text, 0), expected, "byte {b} at {at}");
+                assert_eq!(
+                    string_stop(&text, 0),
+                    (expected, b > 0x7f),
+                    "byte {b} at {at}"
+                );
             }
         }
-        assert_eq!(string_stop(b"ab\xc3\xa9\xe2\x82\xac\"", 0), 2);
+        assert_eq!(string_stop(b"\xc3\xa9\xe2\x82\xac\"", 0), (5, true));
+        assert_eq!(string_stop(b"abcdefghijk\"", 0), (11, false));
     }
 
     #[test]

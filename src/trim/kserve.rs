@@ -163,14 +163,17 @@ impl Template {
         if bytes.get(start..name_start)? != before {
             return None;
         }
-        let name_end = string_stop(bytes, name_start);
+        let (name_end, high) = string_stop(bytes, name_start);
+        if high {
+            return None;
+        }
         let after = &bytes[self.name.end..self.end];
         let end = name_end + after.len();
         if bytes.get(name_end..end)? != after {
             return None;
         }
         // `after` starts with the closing quote, so the name ended at a quote, not at an
-        // escape, a control character or a byte above 0x7F: it is plain ASCII.
+        // escape or a control character, and it had no byte above 0x7F: it is plain ASCII.
         self.start = start;
         self.name = name_start..name_end;
         self.end = end;

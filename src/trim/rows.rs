@@ -192,7 +192,7 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
                 Some(None) => at += CHUNK,
                 // The grammar kept bytes above 0x7F inside strings; are they UTF-8 there?
                 Some(Some(end))
-                    if high != 0 && std::str::from_utf8(&bytes[open..at + end]).is_err() =>
+                    if high != 0 && simdutf8::basic::from_utf8(&bytes[open..at + end]).is_err() =>
                 {
                     return None
                 }
