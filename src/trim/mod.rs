@@ -373,7 +373,7 @@ fn filter_map(
 }
 
 /// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map is
-/// ASCII without escapes) into the output; `end` is one past its `}`. Where a value ends is
+/// UTF-8 without escapes) into the output; `end` is one past its `}`. Where a value ends is
 /// worked out only for the members kept (and the last): the bytes before the first key, each
 /// kept member with the separator that preceded it, and the bytes after the last value are
 /// copied.

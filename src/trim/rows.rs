@@ -6,10 +6,11 @@
 //! time) there is no index and the cursor does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
-//! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; when a
-//! map has any, it is checked to be UTF-8 once the index has found its end. Everything else (escapes, `true`/`null`/`NaN`, nested
-//! containers, one-member maps, errors of any kind) returns `None` and the validating cursor in
-//! `json.rs` handles the object from its start, so it alone decides and reports errors.
+//! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; when a map
+//! has any, it is checked to be UTF-8 once the index has found its end. Everything else
+//! (escapes, `true`/`null`/`NaN`, nested containers, one-member maps, errors of any kind)
+//! returns `None` and the validating cursor in `json.rs` handles the object from its start, so
+//! it alone decides and reports errors.
 
 /// One bit per byte for each class of byte the index distinguishes: `W` is `u64` for one
 /// 64-byte block, or [`Lanes`] for a chunk of eight blocks.
