@@ -132,6 +132,7 @@ impl Server {
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin_addr,
+            engine = crate::trim::vector_path(),
             "feature-trimmer {} serving",
             env!("CARGO_PKG_VERSION")
         );

@@ -79,6 +79,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         proxy,
         admin,
         logs,
+        ..
     } = spawn_trimmer(&["--upstream", &leaf.url()], &[]);
 
     let client = h1_client();
@@ -289,4 +290,83 @@ async fn sighup_rescans_the_bundle_directory() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// `TRIMMER_AVX512=off` makes the engines take the path of a CPU without AVX-512BW (no map
+/// index; SSE2 number arrays), so CI on AVX-512 hardware runs it end to end too. Through a real
+/// process it must trim byte for byte as this test process's engines do (the AVX-512 path here
+/// when the CPU has it; on a CPU without, both are portable and the test only checks the switch).
+#[tokio::test]
+async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
+    use feature_trimmer::bundle::snapshot::{AllowlistSnapshot, Lookup};
+    use feature_trimmer::classify::VersionSpec;
+    use feature_trimmer::config::TrimConfig;
+    use feature_trimmer::trim::{kserve, tf_serving, vector_path};
+    use feature_trimmer::workload;
+
+    let dir = TempDir::new("portable");
+    std::fs::create_dir_all(dir.path("bundles")).unwrap();
+    // One bundle for both workloads: they share the model and their allowlists overlap.
+    let (text, json) = (workload::tfs_text(), workload::kserve_json());
+    let mut bundle = text.bundle();
+    bundle.models[0]
+        .features
+        .extend(json.allowed.iter().cloned());
+    bundle.models[0].features.sort();
+    bundle.models[0].features.dedup();
+    bundle.seal();
+    std::fs::write(
+        dir.path("bundles/bench.json"),
+        serde_json::to_vec(&bundle).unwrap(),
+    )
+    .unwrap();
+    let snapshot = AllowlistSnapshot::build([&bundle], &TrimConfig::default());
+    let Lookup::Found { entry, .. } = snapshot.lookup(
+        workload::MODEL,
+        &VersionSpec::Version(workload::VERSION.into()),
+    ) else {
+        panic!("no allowlist")
+    };
+
+    let leaf = Leaf::start("leaf").await;
+    let bundles = dir.path("bundles");
+    let spawned = spawn_trimmer(
+        &[
+            "--upstream",
+            &leaf.url(),
+            "--bundles",
+            bundles.to_str().unwrap(),
+        ],
+        &[("TRIMMER_AVX512", "off")],
+    );
+    assert_eq!(spawned.engine, "portable");
+    let ready = format!("http://{}/readyz", spawned.admin);
+    eventually("readiness", || async {
+        send(&h1_client(), "GET", &ready, "").await.status == 200
+    })
+    .await;
+    let client = h1_client();
+    for w in [&text, &json] {
+        let allowed = snapshot.allowed(&entry.allowlist);
+        let expected = if w.path.starts_with("/v1/") {
+            tf_serving::trim(&w.body, tf_serving::TfBody::Predict, allowed)
+        } else {
+            kserve::trim_json(&w.body, allowed)
+        }
+        .unwrap();
+        assert!(expected.removed > 0, "{}", w.name);
+        let url = format!("http://{}{}", spawned.proxy, w.path);
+        assert_eq!(
+            send(&client, "POST", &url, w.body.clone()).await.status,
+            200
+        );
+        let seen = leaf.seen();
+        let got = &seen.last().unwrap().body;
+        assert!(
+            got[..] == expected.body[..],
+            "{}: the leaf got other bytes",
+            w.name
+        );
+    }
+    println!("this process: {}", vector_path());
 }

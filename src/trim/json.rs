@@ -563,8 +563,8 @@ fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
 /// one `.` and one `e` per token, `.` first; between tokens exactly one comma, with spaces.
 fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the CPU has AVX-512BW, checked just above.
+    if super::avx512() {
+        // SAFETY: the CPU has AVX-512BW (`avx512` checks).
         return unsafe { number_array_rest_avx512(bytes, pos) };
     }
     number_array_with(bytes, pos, classify)

@@ -8,8 +8,35 @@ mod rows;
 pub mod tf_serving;
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
 
 use json::{Cursor, SyntaxError};
+
+/// Which vector code the engines run: `"avx512"` (the map index and AVX-512 number arrays)
+/// when the CPU has AVX-512BW and the environment does not set `TRIMMER_AVX512=off`, else
+/// `"portable"` (the cursor, SSE2 number arrays on x86-64). Decided once per process.
+pub fn vector_path() -> &'static str {
+    if avx512() {
+        "avx512"
+    } else {
+        "portable"
+    }
+}
+
+/// See [`vector_path`]: the CPU has AVX-512BW, POPCNT and BMI1, and they are not turned off.
+fn avx512() -> bool {
+    static AVX512: LazyLock<bool> = LazyLock::new(|| {
+        let allowed = std::env::var("TRIMMER_AVX512").map_or(true, |v| v != "off");
+        #[cfg(target_arch = "x86_64")]
+        let present = std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("popcnt")
+            && std::arch::is_x86_feature_detected!("bmi1");
+        #[cfg(not(target_arch = "x86_64"))]
+        let present = false;
+        allowed && present
+    });
+    *AVX512
+}
 
 /// A trimmed body.
 #[derive(Debug, Clone, PartialEq, Eq)]

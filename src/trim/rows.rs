@@ -3,7 +3,7 @@
 //! and arrays become bit regions, and the JSON grammar of the object becomes conditions on those
 //! masks, so a member costs a few bit operations instead of a branch per byte and per token.
 //! The result is the member boundaries the engine splices by. Without AVX-512BW (checked at run
-//! time) there is no index and the cursor does all the work.
+//! time, see `vector_path`) there is no index and the cursor does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
 //! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; when a map
@@ -121,11 +121,8 @@ const CHUNK: usize = 512;
 /// `members` filled, or `None` (members unspecified) when the cursor must decide.
 pub(super) fn index(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("popcnt")
-        && std::arch::is_x86_feature_detected!("bmi1")
-    {
-        // SAFETY: the CPU has every feature `index_avx512` is compiled for, checked just above.
+    if super::avx512() {
+        // SAFETY: the CPU has every feature `index_avx512` is compiled for (`avx512` checks).
         return unsafe { index_avx512(bytes, open, members) };
     }
     let _ = (bytes, open, members);

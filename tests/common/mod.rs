@@ -419,6 +419,8 @@ pub struct Spawned {
     pub child: KillOnDrop,
     pub proxy: String,
     pub admin: String,
+    /// The engine's vector path from the serving log line (`avx512` or `portable`).
+    pub engine: String,
     /// Every later log line, collected until the process exits.
     pub logs: std::thread::JoinHandle<Vec<String>>,
 }
@@ -443,7 +445,7 @@ pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (proxy, admin) = loop {
+    let (proxy, admin, engine) = loop {
         let line = lines
             .next()
             .expect("trimmer exited before serving")
@@ -453,7 +455,8 @@ pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
             entry["fields"]["listen"].as_str(),
             entry["fields"]["admin"].as_str(),
         ) {
-            break (listen.to_owned(), admin.to_owned());
+            let engine = entry["fields"]["engine"].as_str().unwrap_or_default();
+            break (listen.to_owned(), admin.to_owned(), engine.to_owned());
         }
     };
     let logs = std::thread::spawn(move || lines.map_while(Result::ok).collect());
@@ -461,6 +464,7 @@ pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
         child: KillOnDrop(child),
         proxy,
         admin,
+        engine,
         logs,
     }
 }
