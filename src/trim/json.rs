@@ -562,55 +562,6 @@ fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
 /// by a sign); `e` and `.` follow a digit; a token ends with a digit; no leading zero; at most
 /// one `.` and one `e` per token, `.` first; between tokens exactly one comma, with spaces.
 fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx512() {
-        // SAFETY: the CPU has AVX-512BW (`avx512` checks).
-        return unsafe { number_array_rest_avx512(bytes, pos) };
-    }
-    number_array_with(bytes, pos, classify)
-}
-
-/// The same validator with each block classified by one AVX-512 load and a compare per class.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512bw")]
-unsafe fn number_array_rest_avx512(bytes: &[u8], pos: usize) -> Option<usize> {
-    number_array_with(bytes, pos, |block| classify_avx512(block))
-}
-
-/// Classifies a block with AVX-512BW compares straight into bit masks.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512bw")]
-#[inline]
-fn classify_avx512(block: &[u8; 64]) -> Classes {
-    use std::arch::x86_64::*;
-    // SAFETY: the load reads exactly the 64 bytes of `block`.
-    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
-    let eq = |b: u8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b as i8));
-    Classes {
-        digit: _mm512_cmplt_epu8_mask(
-            _mm512_sub_epi8(v, _mm512_set1_epi8(b'0' as i8)),
-            _mm512_set1_epi8(10),
-        ),
-        zero: eq(b'0'),
-        dot: eq(b'.'),
-        exp: _mm512_cmpeq_epi8_mask(
-            _mm512_or_si512(v, _mm512_set1_epi8(0x20)),
-            _mm512_set1_epi8(b'e' as i8),
-        ),
-        minus: eq(b'-'),
-        plus: eq(b'+'),
-        comma: eq(b','),
-        space: eq(b' ') | eq(b'\t') | eq(b'\n') | eq(b'\r'),
-    }
-}
-
-/// The validator's body, with the block classifier it is compiled with.
-#[inline(always)]
-fn number_array_with(
-    bytes: &[u8],
-    pos: usize,
-    classify: impl Fn(&[u8; 64]) -> Classes,
-) -> Option<usize> {
     #[derive(Default)]
     struct Carried {
         token: u64,
@@ -877,11 +828,6 @@ mod tests {
             }
             let expected = classify_bytewise(&block);
             assert_eq!(classify(&block), expected, "{block:?}");
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512bw") {
-                // SAFETY: the CPU has AVX-512BW, checked just above.
-                assert_eq!(unsafe { classify_avx512(&block) }, expected, "{block:?}");
-            }
         }
     }
 

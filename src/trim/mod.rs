@@ -12,9 +12,9 @@ use std::sync::LazyLock;
 
 use json::{Cursor, SyntaxError};
 
-/// Which vector code the engines run: `"avx512"` (the map index and AVX-512 number arrays)
-/// when the CPU has AVX-512BW and the environment does not set `TRIMMER_AVX512=off`, else
-/// `"portable"` (the cursor, SSE2 number arrays on x86-64). Decided once per process.
+/// Which vector code the engines run: `"avx512"` (the map index of `rows.rs`) when the CPU
+/// has AVX-512BW and the environment does not set `TRIMMER_AVX512=off`, else `"portable"`
+/// (the cursor alone). Decided once per process.
 pub fn vector_path() -> &'static str {
     if avx512() {
         "avx512"
