@@ -182,7 +182,7 @@ fn utf8_is_checked_wherever_a_byte_above_0x7f_sits() {
         b"\xc3\xa9\xff",     // valid, then not
     ];
     let long = "y".repeat(70);
-    // (engine, body with `X` where the sequence goes, allowed names, what the spot is)
+    // Per engine: (body with `X` where the sequence goes, allowed names, what the spot is).
     let tf_rows: &[(&str, &[&str], &str)] = &[
         (
             r#"{"instances":[{"a":"vX","b":1,"c":2}]}"#,
