@@ -50,8 +50,8 @@ pub struct Cursor<'a> {
     pub pos: usize,
     /// Open containers (their closing bracket) while skipping a value; reused across values.
     stack: Vec<u8>,
-    /// Start of the content of the first string read with a byte above 0x7F, not yet checked
-    /// to be UTF-8 (`usize::MAX`: none).
+    /// Where the first string content (or indexed map) with a byte above 0x7F starts, not yet
+    /// checked to be UTF-8 (`usize::MAX`: none).
     unchecked: usize,
 }
 
@@ -159,7 +159,7 @@ impl<'a> Cursor<'a> {
             match self.bytes.get(pos) {
                 Some(b'"') => {
                     if high {
-                        self.unchecked = self.unchecked.min(start + 1);
+                        self.unchecked_from(start + 1);
                     }
                     self.pos = pos + 1;
                     return Ok(StrSpan {
@@ -357,6 +357,12 @@ impl<'a> Cursor<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Leaves the bytes from `at` on (string content with bytes above 0x7F, read by the cursor
+    /// or vouched for by the map index) to the UTF-8 check in [`Cursor::end`].
+    pub(super) fn unchecked_from(&mut self, at: usize) {
+        self.unchecked = self.unchecked.min(at);
     }
 
     /// Checks that only whitespace remains, and that the strings read are UTF-8: one check

@@ -346,6 +346,9 @@ fn filter_map(
 ) -> Result<MapKind, Untrimmable> {
     let bytes = c.bytes;
     if let Some(end) = rows::index(bytes, c.pos, &mut o.members) {
+        if o.members.high {
+            c.unchecked_from(c.pos);
+        }
         filter_indexed(bytes, o, allowed, end);
         c.pos = end;
         return Ok(MapKind::Features);
@@ -399,8 +402,8 @@ fn filter_map(
     Ok(MapKind::Features)
 }
 
-/// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map is
-/// UTF-8 without escapes) into the output; `end` is one past its `}`. Where a value ends is
+/// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map has
+/// no escapes, and its UTF-8 is left to `Cursor::end`) into the output; `end` is one past its `}`. Where a value ends is
 /// worked out only for the members kept (and the last): the bytes before the first key, each
 /// kept member with the separator that preceded it, and the bytes after the last value are
 /// copied.

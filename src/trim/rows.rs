@@ -6,8 +6,8 @@
 //! time, see `vector_path`) there is no index and the cursor does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
-//! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; when a map
-//! has any, it is checked to be UTF-8 once the index has found its end. Everything else
+//! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; whether a
+//! map has any is reported, for the cursor's one UTF-8 check at the end. Everything else
 //! (escapes, `true`/`null`/`NaN`, nested containers, one-member maps, errors of any kind)
 //! returns `None` and the validating cursor in `json.rs` handles the object from its start, so
 //! it alone decides and reports errors.
@@ -34,7 +34,7 @@ pub(super) struct Classes<W> {
     minus: W,
     plus: W,
     /// Bytes above 0x7F: not a class of the grammar (outside strings they are no class, so
-    /// invalid), only collected to tell whether the map needs its UTF-8 checked.
+    /// invalid), only collected to tell whether the map's UTF-8 needs checking.
     high: W,
 }
 
@@ -74,6 +74,8 @@ pub(super) struct Members {
     /// The positions found in one chunk (one per byte at most, and room to write sixteen
     /// past the last).
     found: Vec<u32>,
+    /// Whether the map has bytes above 0x7F (in its strings), which are not checked here.
+    pub(super) high: bool,
 }
 
 impl Members {
@@ -188,13 +190,11 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
             }
             match state.step(&each_class!(load), at as u32, members) {
                 Some(None) => at += CHUNK,
-                // The grammar kept bytes above 0x7F inside strings; are they UTF-8 there?
-                Some(Some(end))
-                    if high != 0 && simdutf8::basic::from_utf8(&bytes[open..at + end]).is_err() =>
-                {
-                    return None
+                Some(Some(end)) => {
+                    // The grammar kept bytes above 0x7F inside strings; the caller checks them.
+                    members.high = high != 0;
+                    return finish(members, at + end);
                 }
-                Some(Some(end)) => return finish(members, at + end),
                 None if filled < 8 => break,
                 None => return None,
             }
