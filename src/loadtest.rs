@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -27,6 +27,60 @@ struct Tally {
     trimmed: AtomicU64,
     wrong: AtomicU64,
     unparsable: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Full,
+    Trimmed,
+    Wrong,
+    Unparsable,
+}
+
+/// The leaf's work on one body: the parse a model server does, then the harness's check.
+struct Checker {
+    full: Value,
+    trimmed: Value,
+    /// Verdicts by exact body bytes. Comparing two parsed documents cost the leaf about a fifth
+    /// of its time on trimmed tfs-rows (perf); an observer that no real server has should not
+    /// set the rate. A body byte-equal to one already judged gets the same verdict; every
+    /// other body is compared in full. A few entries: each target sends one body.
+    seen: Mutex<Vec<(Bytes, Verdict)>>,
+}
+
+impl Checker {
+    fn new(w: &Workload) -> Self {
+        let json_len = w.json_len.unwrap_or(w.body.len());
+        Checker {
+            full: serde_json::from_slice(&w.body[..json_len]).unwrap_or_default(),
+            trimmed: expected_trimmed(w),
+            seen: Mutex::default(),
+        }
+    }
+
+    fn check(&self, body: &Bytes) -> Verdict {
+        // Parse like a model server does before it can run the model, whatever the memo knows.
+        let doc = match serde_json::from_slice::<Value>(body) {
+            Ok(doc) => doc,
+            Err(_) => return Verdict::Unparsable,
+        };
+        let seen = |seen: &[(Bytes, Verdict)]| seen.iter().find(|(b, _)| b == body).map(|e| e.1);
+        if let Some(verdict) = seen(&self.seen.lock().unwrap()) {
+            return verdict;
+        }
+        let verdict = if doc == self.trimmed {
+            Verdict::Trimmed
+        } else if doc == self.full {
+            Verdict::Full
+        } else {
+            Verdict::Wrong
+        };
+        let mut seen = self.seen.lock().unwrap();
+        if seen.len() < 8 {
+            seen.push((body.clone(), verdict));
+        }
+        verdict
+    }
 }
 
 /// The workload with this bench name.
@@ -70,19 +124,15 @@ pub async fn serve_leaf(addr: SocketAddr, w: Workload) -> std::io::Result<()> {
         w.name,
         listener.local_addr()?
     );
-    let json_len = w.json_len.unwrap_or(w.body.len());
-    let full: Arc<Value> =
-        Arc::new(serde_json::from_slice(&w.body[..json_len]).unwrap_or_default());
-    let trimmed = Arc::new(expected_trimmed(&w));
+    let checker = Arc::new(Checker::new(&w));
     let tally = Arc::new(Tally::default());
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let (full, trimmed, tally) = (full.clone(), trimmed.clone(), tally.clone());
+        let (checker, tally) = (checker.clone(), tally.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                answer(request, full.clone(), trimmed.clone(), tally.clone())
-            });
+            let service =
+                service_fn(move |request| answer(request, checker.clone(), tally.clone()));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -92,8 +142,7 @@ pub async fn serve_leaf(addr: SocketAddr, w: Workload) -> std::io::Result<()> {
 
 async fn answer(
     request: Request<Incoming>,
-    full: Arc<Value>,
-    trimmed: Arc<Value>,
+    checker: Arc<Checker>,
     tally: Arc<Tally>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() == "/stats" {
@@ -111,15 +160,46 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    // Parse like a model server does before it can run the model.
-    let counter = match serde_json::from_slice::<Value>(&body) {
-        Ok(doc) if doc == *trimmed => &tally.trimmed,
-        Ok(doc) if doc == *full => &tally.full,
-        Ok(_) => &tally.wrong,
-        Err(_) => &tally.unparsable,
+    let counter = match checker.check(&body) {
+        Verdict::Trimmed => &tally.trimmed,
+        Verdict::Full => &tally.full,
+        Verdict::Wrong => &tally.wrong,
+        Verdict::Unparsable => &tally.unparsable,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     Ok(Response::new(Full::new(Bytes::from_static(
         br#"{"predictions":[0.5]}"#,
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_verdict_is_only_reused_for_the_same_bytes() {
+        let w = by_name("tfs-rows").unwrap();
+        let checker = Checker::new(&w);
+        let trimmed = serde_json::to_vec(&expected_trimmed(&w)).unwrap();
+        // What cjson does to a long float: 0.32651727739721537 -> 0.32651727739722.
+        let text = String::from_utf8(trimmed.clone()).unwrap();
+        let long = text
+            .split([',', ':', '[', ']', '{', '}'])
+            .find(|t| t.len() > 16 && t.starts_with("0."))
+            .unwrap();
+        let rounded = text.replacen(long, &long[..16], 1);
+        for _ in 0..2 {
+            assert_eq!(
+                checker.check(&Bytes::from(trimmed.clone())),
+                Verdict::Trimmed
+            );
+            assert_eq!(checker.check(&w.body.clone().into()), Verdict::Full);
+            assert_eq!(checker.check(&Bytes::from(rounded.clone())), Verdict::Wrong);
+            assert_eq!(
+                checker.check(&Bytes::from_static(b"{\"in")),
+                Verdict::Unparsable
+            );
+        }
+        assert_eq!(checker.seen.lock().unwrap().len(), 3);
+    }
 }
