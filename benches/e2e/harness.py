@@ -4,9 +4,11 @@ directly and through each proxy, targets interleaved and repeated, medians repor
 Load generator pinned to CPU 0; leaf and proxy to CPU 1 (taskset). For each workload and target:
 p50/p90/p99 at a fixed rate, the achieved rate, CPU seconds the proxy used per 1,000 requests,
 and the maximum sustainable rate (highest rate with >= 95% achieved, no errors and p99 < 250 ms:
-from half the fixed rate, halved until one is sustained, then raised in steps of 25%).
+from half the fixed rate, halved until one is sustained, then raised in steps of 25%, then the
+last step bisected down to 5%).
 The leaf parses every body as JSON and checks it against the workload: bodies equal to the full
-request, to the correctly trimmed one, or wrong (e.g. numbers rounded by cjson) are counted.
+request, to the correctly trimmed one, or wrong (e.g. numbers rounded by cjson) are counted, each
+for the target that sent it (the tally is read once the leaf has answered everything in flight).
 """
 import argparse
 import json
@@ -187,6 +189,19 @@ def leaf_stats(port):
         return json.loads(r.read())
 
 
+def settled_leaf_stats(port):
+    """The leaf's tally once requests still in flight when the load ended have been answered
+    (an overloaded target's last bodies would otherwise count for the next target)."""
+    stats = leaf_stats(port)
+    for _ in range(100):
+        time.sleep(0.2)
+        later = leaf_stats(port)
+        if later == stats:
+            break
+        stats = later
+    return stats
+
+
 def run_workload(args, workload, work):
     wdir = os.path.join(work, workload)
     subprocess.run([args.trimmer, "bench", "workload", workload, "--dir", wdir], check=True)
@@ -236,7 +251,7 @@ def run_workload(args, workload, work):
             cpu0 = cpu_seconds(t.pids())
             r = oha(f"http://127.0.0.1:{t.port}", path, body_file, rate, args.duration, headers)
             cpu = cpu_seconds(t.pids()) - cpu0
-            after = leaf_stats(leaf_port)
+            after = settled_leaf_stats(leaf_port)
             r["cpu_per_1k"] = 1000 * cpu / max(r["ok"], 1) if t.name != "direct" else float("nan")
             results[t.name].append(r)
             delta = {k: after[k] - before_stats[k] for k in after}
@@ -260,6 +275,14 @@ def run_workload(args, workload, work):
             while r_try <= args.max_rate[workload] and sustained(r_try):
                 best = r_try
                 r_try = max(r_try + 1, int(r_try * 1.25))
+            # Between the last rate sustained and the first not: halve the gap down to 5 %.
+            failed = r_try
+            while failed <= args.max_rate[workload] and failed - best > max(1, best // 20):
+                middle = (best + failed) // 2
+                if sustained(middle):
+                    best = middle
+                else:
+                    failed = middle
         max_rate[t.name] = best
     for p in procs:
         p.send_signal(signal.SIGTERM)
