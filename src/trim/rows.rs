@@ -157,8 +157,8 @@ fn scan<L: Lanes>(bytes: &[u8], open: usize, members: &mut Members) -> Option<us
         let mut high = 0;
         while at < bytes.len() {
             // The body has just come off the socket, mostly beyond L2: ask for the chunk four
-            // ahead (-10 % trim time per tfs-rows request end to end; no change in the bench,
-            // whose body stays in cache).
+            // ahead (-10 % trim time per tfs-rows request end to end; no change measurable in
+            // the bench, which reads the same body again and again).
             #[cfg(target_arch = "x86_64")]
             if let Some(ahead) = bytes.get(at + 4 * CHUNK..at + 5 * CHUNK) {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
