@@ -9,8 +9,6 @@ use feature_trimmer::bundle::snapshot::Lookup;
 use feature_trimmer::bundle::AllowlistSnapshot;
 use feature_trimmer::classify::VersionSpec;
 use feature_trimmer::config::TrimConfig;
-use feature_trimmer::trim::tf_serving::TfBody;
-use feature_trimmer::trim::{kserve, tf_serving};
 use feature_trimmer::workload::{self, Workload};
 use serde_json::Value;
 
@@ -24,12 +22,7 @@ fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
     // As the proxy passes it: a thread keeps the answers for short keys from one call to the
     // next, as it does between one model's requests.
     let allowed = snapshot.allowed(&entry.allowlist);
-    let result = match (w.json_len, w.path.starts_with("/v1/")) {
-        (Some(json_len), _) => kserve::trim_binary(&w.body, json_len, allowed),
-        (None, true) => tf_serving::trim(&w.body, TfBody::Predict, allowed),
-        (None, false) => kserve::trim_json(&w.body, allowed),
-    };
-    result.expect("workloads trim").body.len()
+    w.trim(allowed).expect("workloads trim").body.len()
 }
 
 /// The straightforward alternative: parse, filter the feature maps, serialise.

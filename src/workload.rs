@@ -2,6 +2,8 @@
 //! the end-to-end harness share the same bodies.
 
 use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
+use crate::trim::tf_serving::{self, TfBody};
+use crate::trim::{kserve, Allowed, TrimResult};
 
 /// One reference workload: a request body and the allowlist that applies to it.
 pub struct Workload {
@@ -224,6 +226,15 @@ impl Workload {
         };
         bundle.seal();
         bundle
+    }
+
+    /// The body through the engine the proxy picks for its path and headers.
+    pub fn trim(&self, allowed: impl Allowed) -> TrimResult {
+        match (self.json_len, self.path.starts_with("/v1/")) {
+            (Some(json_len), _) => kserve::trim_binary(&self.body, json_len, allowed),
+            (None, true) => tf_serving::trim(&self.body, TfBody::Predict, allowed),
+            (None, false) => kserve::trim_json(&self.body, allowed),
+        }
     }
 }
 

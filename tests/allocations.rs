@@ -8,8 +8,6 @@ use feature_trimmer::bundle::snapshot::Lookup;
 use feature_trimmer::bundle::AllowlistSnapshot;
 use feature_trimmer::classify::VersionSpec;
 use feature_trimmer::config::TrimConfig;
-use feature_trimmer::trim::tf_serving::TfBody;
-use feature_trimmer::trim::{kserve, tf_serving};
 use feature_trimmer::workload;
 
 struct Counting;
@@ -48,12 +46,7 @@ fn allocations_per_request_do_not_grow_with_features() {
         };
         let allowed = |name: &str| snapshot.allows(&entry.allowlist, name);
         let before = ALLOCATIONS.load(Ordering::Relaxed);
-        let trimmed = match (w.json_len, w.path.starts_with("/v1/")) {
-            (Some(json_len), _) => kserve::trim_binary(&w.body, json_len, allowed),
-            (None, true) => tf_serving::trim(&w.body, TfBody::Predict, allowed),
-            (None, false) => kserve::trim_json(&w.body, allowed),
-        }
-        .unwrap();
+        let trimmed = w.trim(allowed).unwrap();
         let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
         let features = trimmed.removed + trimmed.kept;
         assert!(features >= 200, "{}: {features} features", w.name);

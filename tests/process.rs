@@ -301,7 +301,7 @@ async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
     use feature_trimmer::bundle::snapshot::{AllowlistSnapshot, Lookup};
     use feature_trimmer::classify::VersionSpec;
     use feature_trimmer::config::TrimConfig;
-    use feature_trimmer::trim::{kserve, tf_serving, vector_path};
+    use feature_trimmer::trim::vector_path;
     use feature_trimmer::workload;
 
     let dir = TempDir::new("portable");
@@ -347,13 +347,7 @@ async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
     .await;
     let client = h1_client();
     for w in [&text, &json] {
-        let allowed = snapshot.allowed(&entry.allowlist);
-        let expected = if w.path.starts_with("/v1/") {
-            tf_serving::trim(&w.body, tf_serving::TfBody::Predict, allowed)
-        } else {
-            kserve::trim_json(&w.body, allowed)
-        }
-        .unwrap();
+        let expected = w.trim(snapshot.allowed(&entry.allowlist)).unwrap();
         assert!(expected.removed > 0, "{}", w.name);
         let url = format!("http://{}{}", spawned.proxy, w.path);
         assert_eq!(
