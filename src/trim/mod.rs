@@ -403,10 +403,10 @@ fn filter_map(
 }
 
 /// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map has
-/// no escapes, and its UTF-8 is left to `Cursor::end`) into the output; `end` is one past its `}`. Where a value ends is
-/// worked out only for the members kept (and the last): the bytes before the first key, each
-/// kept member with the separator that preceded it, and the bytes after the last value are
-/// copied.
+/// no escapes, and its UTF-8 is left to `Cursor::end`) into the output; `end` is one past its
+/// `}`. Where a value ends is worked out only for the members kept (and the last): the bytes
+/// before the first key, each kept member with the separator that preceded it, and the bytes
+/// after the last value are copied.
 fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usize) {
     let m = &o.members;
     if o.memo.len() < m.len() {
