@@ -10,7 +10,6 @@ use feature_trimmer::bundle::AllowlistSnapshot;
 use feature_trimmer::classify::VersionSpec;
 use feature_trimmer::config::TrimConfig;
 use feature_trimmer::workload::{self, Workload};
-use serde_json::Value;
 
 fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
     let Lookup::Found { entry, .. } = snapshot.lookup(
@@ -27,19 +26,7 @@ fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
 
 /// The straightforward alternative: parse, filter the feature maps, serialise.
 fn serde_value(w: &Workload) -> usize {
-    let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
-    let mut doc: Value = serde_json::from_slice(json).unwrap();
-    let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
-    if let Some(rows) = doc.get_mut("instances").and_then(Value::as_array_mut) {
-        for row in rows {
-            if let Some(map) = row.as_object_mut() {
-                map.retain(|k, _| allowed(k));
-            }
-        }
-    }
-    if let Some(inputs) = doc.get_mut("inputs").and_then(Value::as_array_mut) {
-        inputs.retain(|i| i["name"].as_str().is_some_and(allowed));
-    }
+    let doc = w.serde_filtered().unwrap();
     serde_json::to_vec(&doc).unwrap().len()
 }
 

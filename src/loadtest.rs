@@ -99,21 +99,10 @@ pub fn write_workload(w: &Workload, dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("bundles").join("bench.json"), bundle)
 }
 
-/// The workload's body with every feature map filtered by serde_json (independently of the
-/// trim engines), as the leaf expects a correct trimmer to deliver it.
+/// What the leaf expects a correct trimmer to deliver: the body filtered by serde_json,
+/// independently of the trim engines.
 fn expected_trimmed(w: &Workload) -> Value {
-    let mut doc: Value =
-        serde_json::from_slice(&w.body[..w.json_len.unwrap_or(w.body.len())]).unwrap_or_default();
-    let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
-    if let Some(rows) = doc.get_mut("instances").and_then(Value::as_array_mut) {
-        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
-            row.retain(|k, _| allowed(k));
-        }
-    }
-    if let Some(inputs) = doc.get_mut("inputs").and_then(Value::as_array_mut) {
-        inputs.retain(|i| i["name"].as_str().is_some_and(allowed));
-    }
-    doc
+    w.serde_filtered().unwrap_or_default()
 }
 
 /// Serves the checking leaf on `addr` until the process ends. `GET /stats` answers the tally.

@@ -4,6 +4,7 @@
 use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
 use crate::trim::tf_serving::{self, TfBody};
 use crate::trim::{kserve, Allowed, TrimResult};
+use serde_json::Value;
 
 /// One reference workload: a request body and the allowlist that applies to it.
 pub struct Workload {
@@ -226,6 +227,23 @@ impl Workload {
         };
         bundle.seal();
         bundle
+    }
+
+    /// The JSON part of the body parsed to a `Value`, every feature map (TF Serving rows, KServe
+    /// `inputs`) filtered by the allowlist: the straightforward trimmer, without the engines.
+    pub fn serde_filtered(&self) -> serde_json::Result<Value> {
+        let mut doc: Value =
+            serde_json::from_slice(&self.body[..self.json_len.unwrap_or(self.body.len())])?;
+        let allowed = |k: &str| self.allowed.iter().any(|a| a == k);
+        if let Some(rows) = doc.get_mut("instances").and_then(Value::as_array_mut) {
+            for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+                row.retain(|k, _| allowed(k));
+            }
+        }
+        if let Some(inputs) = doc.get_mut("inputs").and_then(Value::as_array_mut) {
+            inputs.retain(|i| i["name"].as_str().is_some_and(allowed));
+        }
+        Ok(doc)
     }
 
     /// The body through the engine the proxy picks for its path and headers.
