@@ -73,9 +73,10 @@ fn mutation_allowed(shared: &Shared, request: &Request<Incoming>) -> bool {
 }
 
 /// The rule itself: loopback peers always, others only when configured. A request without a
-/// known peer is refused.
+/// known peer is refused. An IPv4 peer on a dual-stack listener arrives as `::ffff:a.b.c.d`:
+/// canonicalised first, so `::ffff:127.0.0.1` counts as loopback.
 fn change_allowed(allow_remote: bool, peer: Option<&Peer>) -> bool {
-    allow_remote || peer.is_some_and(|peer| peer.0.ip().is_loopback())
+    allow_remote || peer.is_some_and(|peer| peer.0.ip().to_canonical().is_loopback())
 }
 
 /// Sets the admin kill switch; the file switch is independent (either one disables).
@@ -166,6 +167,9 @@ mod tests {
         assert!(change_allowed(false, Some(&peer("[::1]:5000"))));
         assert!(!change_allowed(false, Some(&peer("10.1.2.3:5000"))));
         assert!(!change_allowed(false, Some(&peer("[fd00::1]:5000"))));
+        // IPv4 peers of a dual-stack listener.
+        assert!(change_allowed(false, Some(&peer("[::ffff:127.0.0.1]:5000"))));
+        assert!(!change_allowed(false, Some(&peer("[::ffff:10.1.2.3]:5000"))));
         assert!(!change_allowed(false, None));
         assert!(change_allowed(true, Some(&peer("10.1.2.3:5000"))));
     }

@@ -15,7 +15,7 @@ pub fn check(path: &Path) -> Result<Vec<String>, Vec<String>> {
         ok.push("no bundle directory configured: nothing will be trimmed".to_owned());
         return Ok(ok);
     };
-    let mut store = BundleStore::new(Some(dir));
+    let mut store = BundleStore::new(Some(dir), config.bundles.max_file_bytes);
     let report = store.scan();
     problems.extend(report.dir_error);
     for load in report.loads {

@@ -21,18 +21,30 @@ pub fn encode(body: &[u8]) -> std::io::Result<Vec<u8>> {
     encoder.finish().map_err(std::io::Error::other)
 }
 
-/// Decodes an lz4 frame, refusing to produce more than `limit` bytes.
+/// Decodes an lz4 frame, refusing to produce more than `limit` bytes. The output grows by
+/// doubling but never past `limit`, so a bomb costs at most `limit` bytes of output buffer
+/// before it is refused. CPU-bound: callers on an async runtime run it on the blocking pool.
 pub fn decode(body: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(3).min(limit as usize));
-    let decoder = lz4_flex::frame::FrameDecoder::new(body);
-    decoder
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-    if out.len() as u64 > limit {
-        return Err(DecodeError::TooLarge(limit));
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(body.len().saturating_mul(3).min(limit_bytes));
+    let mut decoder = lz4_flex::frame::FrameDecoder::new(body);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if n > limit_bytes - out.len() {
+            return Err(DecodeError::TooLarge(limit));
+        }
+        if out.capacity() - out.len() < n {
+            let grow = out.capacity().max(n).min(limit_bytes - out.len());
+            out.reserve_exact(grow);
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -18,6 +18,13 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// How long a client may take to send its request headers (HTTP/1.1).
     pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request body once its headers arrived.
+    pub body_read_timeout_ms: u64,
+    /// How long a write towards a client may wait for the client to read; then it is dropped.
+    pub client_write_timeout_ms: u64,
+    /// Decode request bodies that arrive with `Content-Encoding: lz4` (a trimmer next to the
+    /// leaf, fed by one whose cluster sets `compression = "lz4"`); off, they pass untouched.
+    pub accept_lz4: bool,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub shutdown_grace_ms: u64,
     /// Log line format: `text` for people, `json` for log shippers.
@@ -54,6 +61,10 @@ pub struct BundlesConfig {
     pub rescan_interval_ms: u64,
     /// Quiet time after a file event before the directory is rescanned.
     pub debounce_ms: u64,
+    /// Largest bundle file read; a larger one fails to load (its last-known-good stays).
+    pub max_file_bytes: u64,
+    /// Time a scan may take; a scan still running then is abandoned and reported.
+    pub scan_timeout_ms: u64,
 }
 
 /// Trimming policy.
@@ -166,8 +177,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8585)),
-            max_body_bytes: 128 * 1024 * 1024,
+            max_body_bytes: 32 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            client_write_timeout_ms: 30_000,
+            accept_lz4: false,
             shutdown_grace_ms: 30_000,
             log_format: LogFormat::Text,
             admin: AdminConfig::default(),
@@ -194,6 +208,8 @@ impl Default for BundlesConfig {
             dir: None,
             rescan_interval_ms: 30_000,
             debounce_ms: 200,
+            max_file_bytes: 64 * 1024 * 1024,
+            scan_timeout_ms: 10_000,
         }
     }
 }
@@ -333,6 +349,10 @@ impl Config {
         };
         positive("max_body_bytes", self.max_body_bytes);
         positive("header_read_timeout_ms", self.header_read_timeout_ms);
+        positive("body_read_timeout_ms", self.body_read_timeout_ms);
+        positive("client_write_timeout_ms", self.client_write_timeout_ms);
+        positive("bundles.max_file_bytes", self.bundles.max_file_bytes);
+        positive("bundles.scan_timeout_ms", self.bundles.scan_timeout_ms);
         positive(
             "bundles.rescan_interval_ms",
             self.bundles.rescan_interval_ms,

@@ -11,17 +11,19 @@
 //! connection: the socket and the bytes already read go to hyper ([`Rewind`]), which serves
 //! the rest of the connection as before and answers errors as before.
 
+use std::future::Future as _;
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::classify::classify;
-use crate::proxy::{error_json, is_hop_by_hop, trim_request, TrimHeaders, INFERENCE_HEADER_LENGTH};
+use crate::proxy::{
+    is_hop_by_hop, trim_request, SyntheticError, TrimHeaders, INFERENCE_HEADER_LENGTH,
+};
 use crate::state::Shared;
 use crate::upstream::Cluster;
 
@@ -39,7 +41,7 @@ const READ_SIZE: usize = 16 * 1024;
 /// the bytes already read, unconsumed.
 pub async fn serve(
     shared: &Shared,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Rewind> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
@@ -87,24 +89,23 @@ pub async fn serve(
         let have = (buf.len() - request.head_len).min(request.content_length);
         body.extend_from_slice(&buf[request.head_len..request.head_len + have]);
         buf.drain(..request.head_len + have);
+        let body_deadline = tokio::time::Instant::now()
+            + crate::config::ms(shared.config.body_read_timeout_ms);
         while body.len() < request.content_length {
             let missing = (request.content_length - body.len()) as u64;
-            match (&mut stream).take(missing).read_buf(&mut body).await {
-                Ok(n) if n > 0 => {}
-                result => {
-                    shared.metrics.rejected("body_read_error").inc();
-                    let cause = match result {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "the client closed the connection before the end of the body"
-                            .to_string(),
-                    };
-                    let message = format!("could not read the request body: {cause}");
-                    let _ = stream
-                        .write_all(&error_bytes(StatusCode::BAD_REQUEST, &message))
-                        .await;
-                    return None;
-                }
-            }
+            let mut rest = (&mut stream).take(missing);
+            let read = rest.read_buf(&mut body);
+            let failure = match tokio::time::timeout_at(body_deadline, read).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(Ok(_)) => SyntheticError::body_read(
+                    "the client closed the connection before the end of the body",
+                ),
+                Ok(Err(e)) => SyntheticError::body_read(&e.to_string()),
+                Err(_) => SyntheticError::body_timeout(shared.config.body_read_timeout_ms),
+            };
+            shared.metrics.rejected(failure.kind).inc();
+            let _ = stream.write_all(&failure.to_http1()).await;
+            return None;
         }
         if !forward(shared, &mut stream, request, body, &mut answer).await {
             return None;
@@ -160,7 +161,12 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
     if version != 1 {
         return Parsed::Hyper("not_http11");
     }
-    if !target.starts_with('/') {
+    // hyper refuses (400) or rewrites (drops a `#fragment`) some targets that httparse
+    // accepts: those go to hyper, so both paths answer them alike.
+    if !target.starts_with('/')
+        || target.contains('#')
+        || http::uri::PathAndQuery::try_from(target).is_err()
+    {
         return Parsed::Hyper("target");
     }
     let path = &target[..target.find('?').unwrap_or(target.len())];
@@ -234,7 +240,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
 /// Trims, forwards and relays the answer; `false` when the connection must close.
 async fn forward(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     mut request: LeanRequest<'_>,
     mut body: Vec<u8>,
     answer: &mut Vec<u8>,
@@ -278,8 +284,8 @@ async fn forward(
         Ok(exchange) => exchange,
         Err(e) => {
             tracing::warn!(error = %e, path, "upstream request failed");
-            let bytes = error_bytes(e.status(), &e.to_string());
-            return stream.write_all(&bytes).await.is_ok();
+            let answer = SyntheticError::upstream(&e).to_http1();
+            return stream.write_all(&answer).await.is_ok();
         }
     };
     drop(body);
@@ -306,38 +312,46 @@ fn push_header(lines: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Reads what is there (up to `READ_SIZE` more bytes) onto the end of `buf`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
     buf.reserve(READ_SIZE);
     stream.read_buf(buf).await
 }
 
+/// A failed write, and whether it failed before any byte went out.
+#[derive(Debug)]
+pub struct WriteError {
+    /// What the socket reported.
+    pub error: io::Error,
+    /// No byte of the message was written: the peer cannot have seen any of it.
+    pub nothing_written: bool,
+}
+
+impl From<WriteError> for io::Error {
+    fn from(e: WriteError) -> io::Error {
+        e.error
+    }
+}
+
 /// Writes all of `slices` (vectored writes until done).
-pub async fn write_all_vectored(
-    stream: &mut TcpStream,
+pub async fn write_all_vectored<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     mut slices: &mut [IoSlice<'_>],
-) -> io::Result<()> {
+) -> Result<(), WriteError> {
+    let mut written = false;
     while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        let n = match stream.write_vectored(slices).await {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e),
         }
+        .map_err(|error| WriteError {
+            error,
+            nothing_written: !written,
+        })?;
+        written = true;
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
-}
-
-/// An error response of ours, as bytes on the wire: `{"error": message}`.
-fn error_bytes(status: StatusCode, message: &str) -> Vec<u8> {
-    let body = error_json(message);
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    out
 }
 
 /// How the leaf's response body ends.
@@ -488,12 +502,16 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
     client_head.extend_from_slice(b"\r\n");
     for header in response.headers.iter() {
         let name = header.name;
-        let hop = is_hop_by_hop(name)
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            || (name.eq_ignore_ascii_case("content-length")
-                && !matches!(framing, Framing::Length(_) | Framing::Empty));
+        // `Content-Length` is framing, never hop-by-hop, whatever `Connection` names: it goes
+        // on exactly when it frames the body (not for 204/304, whose client waits for none).
+        let hop = if name.eq_ignore_ascii_case("content-length") {
+            !matches!(framing, Framing::Length(_))
+        } else {
+            is_hop_by_hop(name)
+                || named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        };
         if !hop {
             push_header(&mut client_head, name.as_bytes(), header.value);
         }
@@ -527,7 +545,7 @@ async fn relay(
     head: &ResponseHead,
     buf: &mut Vec<u8>,
     leaf: &mut TcpStream,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
 ) -> io::Result<bool> {
     buf.drain(..head.head_len);
     match head.framing {
@@ -683,21 +701,109 @@ impl ChunkedEnd {
     }
 }
 
+/// A client's connection. A write that cannot make progress for `limit` (the client stopped
+/// reading) fails with `TimedOut`, which ends the connection on either path; hyper has no
+/// write timeout of its own.
+pub struct ClientStream {
+    inner: TcpStream,
+    /// `client_write_timeout_ms`.
+    limit: std::time::Duration,
+    /// Armed while a write waits for the client; cleared by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ClientStream {
+    /// Wraps an accepted connection.
+    pub fn new(inner: TcpStream, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write returned `poll`: clears the timer on progress, fails once it runs out.
+    fn deadline<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing for {} ms (client_write_timeout_ms)",
+                    limit.as_millis()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.deadline(cx, poll)
+    }
+}
+
 /// A socket whose first reads return bytes that were already read from it.
 pub struct Rewind {
     prefix: Vec<u8>,
     /// How much of `prefix` has been read again.
     read: usize,
-    inner: TcpStream,
+    inner: ClientStream,
 }
 
 impl Rewind {
     /// A socket nothing was read from yet.
-    pub fn untouched(inner: TcpStream) -> Self {
+    pub fn untouched(inner: ClientStream) -> Self {
         Self::new(Vec::new(), inner)
     }
 
-    fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+    fn new(prefix: Vec<u8>, inner: ClientStream) -> Self {
         Rewind {
             prefix,
             read: 0,
@@ -892,6 +998,26 @@ mod tests {
                 Framing::Close,
                 false,
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            // `Connection` naming the framing header does not unframe the answer.
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Content-Length\r\nContent-Length: 3\r\n\r\n",
+                Framing::Length(3),
+                true,
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            ),
+            // A 204 or 304 has no body, whatever length it claims.
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Framing::Empty,
+                true,
+                "HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\netag: x\r\n\r\n",
+                Framing::Empty,
+                true,
+                "HTTP/1.1 304 Not Modified\r\netag: x\r\n\r\n",
             ),
             (
                 b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",

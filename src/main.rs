@@ -219,7 +219,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let server = match Server::bind(config).await {
             Ok(server) => server,
             Err(e) => {
@@ -229,7 +229,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
-    })
+    });
+    // A bundle scan stuck in the kernel (a hung mount) must not hold the exit: the drain is
+    // over, nothing else runs on the blocking pool.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn demo(keep_running: bool) -> ExitCode {

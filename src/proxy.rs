@@ -20,6 +20,7 @@ use crate::compression;
 use crate::config::{Compression, Mode};
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
+use crate::upstream::UpstreamError;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
 
@@ -213,8 +214,10 @@ async fn forward(
     let framed = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let mut body = read_body(shared, &parts.headers, body).await?;
-    if content_encoding(&parts.headers).is_some_and(|e| e.eq_ignore_ascii_case(b"lz4")) {
-        body = decode_lz4(shared, &body)?;
+    if shared.config.accept_lz4
+        && content_encoding(&parts.headers).is_some_and(|e| e.eq_ignore_ascii_case(b"lz4"))
+    {
+        body = decode_lz4(shared, body).await?;
         parts.headers.remove(header::CONTENT_ENCODING);
     }
     let target = classify(parts.uri.path());
@@ -259,6 +262,8 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
+    // hyper answered `Expect: 100-continue` when the body was read; the leaf gets it whole.
+    parts.headers.remove(header::EXPECT);
     let expects_body = matches!(
         parts.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
@@ -271,6 +276,11 @@ async fn forward(
     match cluster.send(&parts, body).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
+            // A chunked answer that also claims a length is framed by its chunks (RFC 9112
+            // §6.3); the claim would cut the body short on the client's side.
+            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             strip_hop_by_hop(&mut parts.headers);
             // The downstream connection decides its own version (an HTTP/1.0 leaf must not
             // downgrade an HTTP/1.1 client).
@@ -279,13 +289,14 @@ async fn forward(
         }
         Err(e) => {
             tracing::warn!(error = %e, path = parts.uri.path(), "upstream request failed");
-            Err(error_response(e.status(), &e.to_string()))
+            Err(SyntheticError::upstream(&e).response())
         }
     }
 }
 
 /// The whole request body, refused with 413 as soon as it is known to exceed the limit
-/// (declared, or while reading) and with 400 when the client fails to send it.
+/// (declared, or while reading), with 400 when the client fails to send it and with 408 when
+/// it takes longer than `body_read_timeout_ms`.
 async fn read_body(
     shared: &Shared,
     headers: &HeaderMap,
@@ -296,43 +307,43 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        shared.metrics.rejected("body_too_large").inc();
-        return Err(too_large(max));
-    }
-    match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            shared.metrics.rejected("body_too_large").inc();
-            Err(too_large(max))
+    let failure = if declared.is_some_and(|len| len > max) {
+        SyntheticError::too_large(max)
+    } else {
+        let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+        let limit = crate::config::ms(shared.config.body_read_timeout_ms);
+        match tokio::time::timeout(limit, limited.collect()).await {
+            Ok(Ok(collected)) => return Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                SyntheticError::too_large(max)
+            }
+            Ok(Err(e)) => SyntheticError::body_read(&e.to_string()),
+            Err(_) => SyntheticError::body_timeout(shared.config.body_read_timeout_ms),
         }
-        Err(e) => {
-            shared.metrics.rejected("body_read_error").inc();
-            Err(error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read the request body: {e}"),
-            ))
-        }
-    }
+    };
+    shared.metrics.rejected(failure.kind).inc();
+    Err(failure.response())
 }
 
 /// An lz4 body decoded within `max_body_bytes`: 413 past the limit, 400 for a corrupt frame.
-fn decode_lz4(shared: &Shared, body: &[u8]) -> Result<Bytes, Response<ProxyBody>> {
-    compression::decode(body, shared.config.max_body_bytes)
-        .map(Bytes::from)
-        .map_err(|e| {
-            let (reason, status) = match e {
-                compression::DecodeError::TooLarge(_) => {
-                    ("body_too_large", StatusCode::PAYLOAD_TOO_LARGE)
-                }
-                compression::DecodeError::Corrupt(_) => ("bad_encoding", StatusCode::BAD_REQUEST),
-            };
-            shared.metrics.rejected(reason).inc();
-            error_response(status, &e.to_string())
-        })
+/// Decoded on the blocking pool, so a stream of bombs does not stall the async workers.
+async fn decode_lz4(shared: &Shared, body: Bytes) -> Result<Bytes, Response<ProxyBody>> {
+    let limit = shared.config.max_body_bytes;
+    let decoded = tokio::task::spawn_blocking(move || compression::decode(&body, limit))
+        .await
+        .unwrap_or_else(|e| Err(compression::DecodeError::Corrupt(e.to_string())));
+    decoded.map(Bytes::from).map_err(|e| {
+        let failure = match e {
+            compression::DecodeError::TooLarge(_) => SyntheticError::too_large(limit),
+            compression::DecodeError::Corrupt(_) => SyntheticError {
+                status: StatusCode::BAD_REQUEST,
+                kind: "bad_encoding",
+                message: e.to_string(),
+            },
+        };
+        shared.metrics.rejected(failure.kind).inc();
+        failure.response()
+    })
 }
 
 /// The request's `Content-Encoding`, unless absent or `identity`.
@@ -343,11 +354,90 @@ fn content_encoding(headers: &HeaderMap) -> Option<&[u8]> {
         .filter(|v| !v.eq_ignore_ascii_case(b"identity"))
 }
 
-fn too_large(max: u64) -> Response<ProxyBody> {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body exceeds max_body_bytes ({max} bytes)"),
-    )
+/// An answer the sidecar makes itself instead of the leaf's, on any transport: the status, a
+/// kind that the `x-trimmer-error` header carries (so a client or a log pipeline can tell the
+/// sidecar's 502 from a leaf's), and a message for the JSON body `{"error": message}`.
+#[derive(Debug)]
+pub struct SyntheticError {
+    /// Status for the client.
+    pub status: StatusCode,
+    /// `x-trimmer-error` value; also the `reason` of `trimmer_rejected_requests_total` for
+    /// requests refused before forwarding.
+    pub kind: &'static str,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// The header naming the kind of a [`SyntheticError`].
+pub const TRIMMER_ERROR: HeaderName = HeaderName::from_static("x-trimmer-error");
+
+impl SyntheticError {
+    /// The body is larger than `max_body_bytes` (declared, discovered, or decoded).
+    pub fn too_large(max: u64) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "body_too_large",
+            message: format!("request body exceeds max_body_bytes ({max} bytes)"),
+        }
+    }
+
+    /// The client failed while sending the body.
+    pub fn body_read(cause: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "body_read_error",
+            message: format!("could not read the request body: {cause}"),
+        }
+    }
+
+    /// The client took longer than `body_read_timeout_ms` to send the body.
+    pub fn body_timeout(timeout_ms: u64) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "body_read_timeout",
+            message: format!(
+                "the request body did not arrive within body_read_timeout_ms ({timeout_ms} ms)"
+            ),
+        }
+    }
+
+    /// The cluster could not answer.
+    pub fn upstream(error: &UpstreamError) -> Self {
+        let kind = match error {
+            UpstreamError::Unreachable { .. } => "no_endpoint",
+            UpstreamError::Timeout { .. } => "upstream_timeout",
+            UpstreamError::Transport { .. } => "upstream_failed",
+        };
+        Self {
+            status: error.status(),
+            kind,
+            message: error.to_string(),
+        }
+    }
+
+    /// As a response for hyper (either HTTP version).
+    pub fn response(&self) -> Response<ProxyBody> {
+        let mut response = error_response(self.status, &self.message);
+        response
+            .headers_mut()
+            .insert(TRIMMER_ERROR, HeaderValue::from_static(self.kind));
+        response
+    }
+
+    /// As HTTP/1.1 bytes on the wire, for the lean path.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = error_json(&self.message);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{TRIMMER_ERROR}: {}\r\ncontent-length: {}\r\n\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            self.kind,
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
 }
 
 /// A response the sidecar writes itself: `{"error": message}` with the given status.
@@ -407,7 +497,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    // `Content-Length` is framing, not hop-by-hop, even when `Connection` names it.
+    for name in named.into_iter().filter(|n| n != header::CONTENT_LENGTH) {
         headers.remove(name);
     }
     let keep_te = headers

@@ -105,7 +105,10 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for `shared`'s bundle directory, answering forced reloads from `requests`.
     pub fn new(shared: Arc<Shared>, requests: mpsc::Receiver<ReloadRequest>) -> Self {
-        let store = BundleStore::new(shared.config.bundles.dir.clone());
+        let store = BundleStore::new(
+            shared.config.bundles.dir.clone(),
+            shared.config.bundles.max_file_bytes,
+        );
         let (hints_tx, hints) = mpsc::channel(1);
         Reloader {
             shared,
@@ -201,15 +204,22 @@ impl Reloader {
         }
     }
 
-    /// Scans the directory on the blocking pool, rebuilds and swaps what changed.
+    /// Scans the directory on the blocking pool, rebuilds and swaps what changed. A scan that
+    /// outlives `bundles.scan_timeout_ms` (a hung mount) is abandoned: the current allowlists
+    /// stay, the reloader goes on (so shutdown never waits on it), and later scans report the
+    /// stuck one until it returns instead of piling up behind it.
     async fn rescan(&mut self) -> ReloadSummary {
         let started = Instant::now();
         let store = self.store.clone();
         let trim = self.shared.config.trim.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
-            let mut store = store
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut store = match store.try_lock() {
+                Ok(store) => store,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err("an earlier bundle scan is still running".to_owned())
+                }
+            };
             let report = store.scan();
             let snapshot = report
                 .changed
@@ -219,17 +229,27 @@ impl Reloader {
                 .iter()
                 .map(|(n, e)| bundle_status(n, e))
                 .collect();
-            (report, snapshot, statuses, store.kill_switch())
-        })
-        .await;
+            Ok((report, snapshot, statuses, store.kill_switch()))
+        });
+        let limit = ms(self.shared.config.bundles.scan_timeout_ms);
+        let scanned = match tokio::time::timeout(limit, scan).await {
+            Ok(Ok(Ok(scanned))) => Ok(scanned),
+            Ok(Ok(Err(why))) => Err(why),
+            Ok(Err(e)) => Err(format!("bundle scan failed: {e}")),
+            Err(_) => Err(format!(
+                "bundle scan did not finish within bundles.scan_timeout_ms ({} ms)",
+                limit.as_millis()
+            )),
+        };
         let (report, snapshot, statuses, kill_switch_file) = match scanned {
             Ok(scanned) => scanned,
-            Err(e) => {
-                tracing::error!(error = %e, "bundle scan failed; keeping the current allowlists");
-                return ReloadSummary::from_report(
-                    &ScanReport::default(),
-                    self.current_allowlists(),
-                );
+            Err(why) => {
+                tracing::error!(error = %why, "keeping the current allowlists");
+                let report = ScanReport {
+                    dir_error: Some(why),
+                    ..ScanReport::default()
+                };
+                return ReloadSummary::from_report(&report, self.current_allowlists());
             }
         };
         self.record(&report, &statuses);

@@ -186,6 +186,7 @@ async fn accept_loop<H, F>(
                     });
                     let watcher = graceful.watcher();
                     let (builder, mut stop) = (builder.clone(), stop.clone());
+                    let stream = crate::h1::ClientStream::new(stream, ms(shared.config.client_write_timeout_ms));
                     tokio::spawn(async move {
                         // The watcher, held until the connection ends, keeps the drain waiting.
                         let stream = if lean {

@@ -471,22 +471,34 @@ impl Cluster {
         Err(self.unreachable(last_failure))
     }
 
-    /// One endpoint: a pooled connection first; if the leaf had closed it (nothing of a
-    /// response arrived), a new one.
+    /// One endpoint: a pooled connection known to be clean, else a new one. The request is
+    /// sent a second time (on a new connection) only when the pooled connection refused its
+    /// very first write: then no byte of it reached the leaf. Anything that fails after a byte
+    /// was written is the client's 502: the leaf may have processed the request, and replaying
+    /// it could repeat whatever made the leaf fail.
     async fn exchange_with(
         &self,
         endpoint: &Endpoint,
         message: &[&[u8]; 3],
         buf: &mut Vec<u8>,
     ) -> Result<(ResponseHead, TcpStream), Exchange> {
+        let mut pooled = self.checkout(endpoint);
         loop {
-            let (mut stream, pooled) = match self.checkout(endpoint) {
-                Some(stream) => (stream, true),
-                None => (self.connect(endpoint).await?, false),
+            let reused = pooled.is_some();
+            let mut stream = match pooled.take() {
+                Some(stream) => stream,
+                None => self.connect(endpoint).await?,
             };
             buf.clear();
             let mut slices = message.map(IoSlice::new);
-            let sent = h1::write_all_vectored(&mut stream, &mut slices).await;
+            let sent = match h1::write_all_vectored(&mut stream, &mut slices).await {
+                Ok(()) => Ok(()),
+                Err(h1::WriteError { error, nothing_written: true }) if reused => {
+                    tracing::debug!(endpoint = %endpoint.authority, %error, "pooled connection refused the request; sending it on a new one");
+                    continue;
+                }
+                Err(h1::WriteError { error, .. }) => Err(error),
+            };
             let result = match sent {
                 Ok(()) => h1::read_response_head(&mut stream, buf).await,
                 Err(error) => Err(BadResponse::Io {
@@ -494,31 +506,21 @@ impl Cluster {
                     answered: false,
                 }),
             };
-            match result {
-                Ok(head) => return Ok((head, stream)),
-                // A pooled connection the leaf closed while it was idle: nothing was processed.
-                Err(BadResponse::Closed { answered: false }) if pooled => continue,
-                Err(BadResponse::Io {
-                    error,
-                    answered: false,
-                }) if pooled
-                    && matches!(
-                        error.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(Exchange::Failed(e.to_string())),
-            }
+            return match result {
+                Ok(head) => Ok((head, stream)),
+                Err(e) => Err(Exchange::Failed(e.to_string())),
+            };
         }
     }
 
-    /// The most recently used idle connection that is not too old.
+    /// The most recently used idle connection that is not too old and is clean: nothing to
+    /// read and not closed by the leaf. Bytes waiting on an idle connection are a stray answer
+    /// (a late second response, bytes past a short `Content-Length`, a `408` before closing):
+    /// sent on to the next client they would answer the wrong request, so the connection goes.
     fn checkout(&self, endpoint: &Endpoint) -> Option<TcpStream> {
         let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE {
+            if since.elapsed() < POOL_IDLE && idle_and_open(&stream) {
                 return Some(stream);
             }
         }
@@ -596,6 +598,16 @@ impl Cluster {
                 .collect(),
         }
     }
+}
+
+/// Whether an idle connection has nothing to read and is not at end of stream, checked
+/// without blocking (the socket is non-blocking: an empty peek is `WouldBlock`).
+fn idle_and_open(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// How one attempt of the lean path failed.

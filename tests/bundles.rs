@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use feature_trimmer::bundle::BundleStore;
-use feature_trimmer::config::Config;
+use feature_trimmer::config::{BundlesConfig, Config};
 
 /// Bundle name → (generation, stale) of what the store serves.
 fn served(store: &BundleStore) -> BTreeMap<String, (Option<u64>, bool)> {
@@ -45,7 +45,7 @@ fn good(name: &str, generation: u64) -> String {
 #[test]
 fn atomic_rename_and_in_place_rewrites_end_right() {
     let dir = TempDir::new("rename");
-    let mut store = BundleStore::new(Some(dir.0.clone()));
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
     write(&dir.path("home.json"), &good("home", 1));
     write(&dir.path("ads.json"), &good("ads", 1));
     assert!(store.scan().changed);
@@ -90,7 +90,7 @@ fn atomic_rename_and_in_place_rewrites_end_right() {
 #[test]
 fn corrupt_checksum_and_schema_failures_keep_last_known_good() {
     let dir = TempDir::new("corrupt");
-    let mut store = BundleStore::new(Some(dir.0.clone()));
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
     write(&dir.path("home.json"), &good("home", 1));
     write(&dir.path("ads.json"), &good("ads", 1));
     store.scan();
@@ -142,7 +142,7 @@ fn corrupt_checksum_and_schema_failures_keep_last_known_good() {
 #[test]
 fn unchanged_bytes_are_not_reloaded() {
     let dir = TempDir::new("touch");
-    let mut store = BundleStore::new(Some(dir.0.clone()));
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
     write(&dir.path("home.json"), &good("home", 1));
     assert_eq!(store.scan().loads.len(), 1);
     // kubelet-style touch: same bytes rewritten.
@@ -182,7 +182,7 @@ fn kubelet_write(dir: &Path, generation: u32, files: &[(&str, String)]) {
 #[test]
 fn configmap_data_symlink_swaps() {
     let dir = TempDir::new("configmap");
-    let mut store = BundleStore::new(Some(dir.0.clone()));
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
     kubelet_write(
         &dir.0,
         1,
@@ -218,7 +218,7 @@ fn configmap_data_symlink_swaps() {
 #[test]
 fn deletion_and_directory_removal() {
     let dir = TempDir::new("delete");
-    let mut store = BundleStore::new(Some(dir.0.clone()));
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
     write(&dir.path("home.json"), &good("home", 1));
     write(&dir.path("ads.json"), &good("ads", 1));
     store.scan();

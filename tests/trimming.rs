@@ -368,7 +368,7 @@ async fn the_union_trims_when_every_version_enforces() {
 #[tokio::test]
 async fn lz4_on_the_link_between_two_trimmers() {
     // root -> trimmer A (trims, lz4 out) -> trimmer B (decodes) -> leaf.
-    let s = setup(|_| {}).await;
+    let s = setup(|c| c.accept_lz4 = true).await;
     let mut config = config_with(&[(
         "near-leaf",
         vec![format!("http://{}", s.sidecar.addr)],

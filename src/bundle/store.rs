@@ -62,6 +62,8 @@ pub struct ScanReport {
 pub struct BundleStore {
     /// Watched directory; `None` when no directory is configured.
     dir: Option<PathBuf>,
+    /// Largest bundle file read; a larger one is refused (its last-known-good stays).
+    max_file_bytes: u64,
     /// Bundle name → state, in name order.
     entries: BTreeMap<String, BundleState>,
     /// Whether the kill-switch file was present at the last successful listing.
@@ -69,10 +71,11 @@ pub struct BundleStore {
 }
 
 impl BundleStore {
-    /// An empty store for `dir`.
-    pub fn new(dir: Option<PathBuf>) -> Self {
+    /// An empty store for `dir` that reads bundle files of up to `max_file_bytes`.
+    pub fn new(dir: Option<PathBuf>, max_file_bytes: u64) -> Self {
         Self {
             dir,
+            max_file_bytes,
             ..Self::default()
         }
     }
@@ -113,7 +116,7 @@ impl BundleStore {
         self.kill_switch = dir.join(KILL_SWITCH_FILE).exists();
         let mut present = std::collections::HashSet::new();
         for (name, path) in listing {
-            let bytes = match std::fs::read(&path) {
+            let bytes = match read_bounded(&path, self.max_file_bytes) {
                 Ok(bytes) => bytes,
                 // A symlink whose target went away (a key removed from a ConfigMap) or a file
                 // deleted since the listing: the bundle is gone, not broken.
@@ -208,6 +211,44 @@ impl BundleStore {
     }
 }
 
+/// Reads a bundle file of at most `max` bytes. The file is opened without blocking and the
+/// opened handle must be a regular file: a FIFO swapped in after the listing would block a
+/// plain `open` forever, and a device or `/proc` file (size 0, endless content) is not a
+/// bundle. The bytes are counted while reading, whatever size the file claims.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::other(format!(
+            "{what}, not a regular file"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "larger than bundles.max_file_bytes ({max} bytes)"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// `(bundle name, path)` of every `*.json` entry that is not hidden or an editor file.
 fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -228,11 +269,10 @@ fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
             continue;
         }
         let path = entry.path();
-        // Follows symlinks; directories and dangling links are not bundles.
-        if std::fs::metadata(&path)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
+        // A dangling link is a deleted bundle; anything else that is not a regular file (a
+        // directory, FIFO or device under a bundle's name) is listed and fails to load, so it
+        // shows in `/status` and the load metrics instead of vanishing silently.
+        if std::fs::metadata(&path).is_ok() {
             out.push((name.to_owned(), path));
         }
     }
