@@ -168,8 +168,14 @@ mod tests {
         assert!(!change_allowed(false, Some(&peer("10.1.2.3:5000"))));
         assert!(!change_allowed(false, Some(&peer("[fd00::1]:5000"))));
         // IPv4 peers of a dual-stack listener.
-        assert!(change_allowed(false, Some(&peer("[::ffff:127.0.0.1]:5000"))));
-        assert!(!change_allowed(false, Some(&peer("[::ffff:10.1.2.3]:5000"))));
+        assert!(change_allowed(
+            false,
+            Some(&peer("[::ffff:127.0.0.1]:5000"))
+        ));
+        assert!(!change_allowed(
+            false,
+            Some(&peer("[::ffff:10.1.2.3]:5000"))
+        ));
         assert!(!change_allowed(false, None));
         assert!(change_allowed(true, Some(&peer("10.1.2.3:5000"))));
     }

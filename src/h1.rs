@@ -89,8 +89,8 @@ pub async fn serve(
         let have = (buf.len() - request.head_len).min(request.content_length);
         body.extend_from_slice(&buf[request.head_len..request.head_len + have]);
         buf.drain(..request.head_len + have);
-        let body_deadline = tokio::time::Instant::now()
-            + crate::config::ms(shared.config.body_read_timeout_ms);
+        let body_deadline =
+            tokio::time::Instant::now() + crate::config::ms(shared.config.body_read_timeout_ms);
         while body.len() < request.content_length {
             let missing = (request.content_length - body.len()) as u64;
             let mut rest = (&mut stream).take(missing);
@@ -723,7 +723,11 @@ impl ClientStream {
     }
 
     /// After a write returned `poll`: clears the timer on progress, fails once it runs out.
-    fn deadline<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         if poll.is_ready() {
             self.stalled = None;
             return poll;

@@ -20,9 +20,9 @@ use crate::compression;
 use crate::config::{Compression, Mode};
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
-use crate::upstream::UpstreamError;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
+use crate::upstream::UpstreamError;
 
 /// Triton's binary extension: length of the JSON part of the body.
 pub const INFERENCE_HEADER_LENGTH: HeaderName =
@@ -278,7 +278,11 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             // A chunked answer that also claims a length is framed by its chunks (RFC 9112
             // §6.3); the claim would cut the body short on the client's side.
-            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            // A 204 or 304 has no body, whatever length it claims: a client must not wait
+            // for one.
+            if parts.headers.contains_key(header::TRANSFER_ENCODING)
+                || matches!(parts.status.as_u16(), 204 | 304)
+            {
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
             strip_hop_by_hop(&mut parts.headers);

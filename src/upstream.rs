@@ -493,7 +493,10 @@ impl Cluster {
             let mut slices = message.map(IoSlice::new);
             let sent = match h1::write_all_vectored(&mut stream, &mut slices).await {
                 Ok(()) => Ok(()),
-                Err(h1::WriteError { error, nothing_written: true }) if reused => {
+                Err(h1::WriteError {
+                    error,
+                    nothing_written: true,
+                }) if reused => {
                     tracing::debug!(endpoint = %endpoint.authority, %error, "pooled connection refused the request; sending it on a new one");
                     continue;
                 }

@@ -20,7 +20,9 @@ fn pattern(len: usize) -> Bytes {
 
 async fn bodies_and_headers_survive(client: TestClient) {
     let leaf = Leaf::start("leaf").await;
-    let sidecar = Sidecar::start(config_for(&leaf)).await;
+    let mut config = config_for(&leaf);
+    config.max_body_bytes = 128 * 1024 * 1024;
+    let sidecar = Sidecar::start(config).await;
     for len in [0, 1, 1234, 64 * 1024 * 1024] {
         let body = pattern(len);
         let request = Request::builder()

@@ -235,18 +235,25 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         } else {
             "not a regular file"
         };
-        return Err(std::io::Error::other(format!(
-            "{what}, not a regular file"
-        )));
+        return Err(std::io::Error::other(format!("{what}, not a regular file")));
     }
     let mut bytes = Vec::new();
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!(
-            "larger than bundles.max_file_bytes ({max} bytes)"
-        )));
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut file = file;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if (bytes.len() + n) as u64 > max {
+            return Err(std::io::Error::other(format!(
+                "larger than bundles.max_file_bytes ({max} bytes)"
+            )));
+        }
+        bytes.extend_from_slice(&chunk[..n]);
     }
-    Ok(bytes)
 }
 
 /// `(bundle name, path)` of every `*.json` entry that is not hidden or an editor file.
