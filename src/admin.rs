@@ -7,8 +7,8 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::proxy::{error_response, full, json_response, ProxyBody};
-use crate::server::Peer;
+use crate::proxy::answer::{error_response, full, json_response, ProxyBody};
+use crate::proxy::io::Peer;
 use crate::state::Shared;
 
 /// Handles one admin request.

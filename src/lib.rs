@@ -27,7 +27,7 @@ pub mod classify;
 pub mod compression;
 pub mod config;
 pub mod demo;
-pub mod h1;
+pub mod headers;
 pub mod loadtest;
 pub mod metrics;
 pub mod proxy;

@@ -19,14 +19,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{ms, Config};
 use crate::metrics::{Metrics, UNKNOWN_MODEL};
-use crate::proxy::ProxyBody;
+use crate::proxy::answer::ProxyBody;
+use crate::proxy::io::Peer;
 use crate::reload::{ReloadRequest, Reloader};
 use crate::state::Shared;
 use crate::upstream::Upstreams;
-
-/// The remote address of the connection a request arrived on (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
 
 /// A sidecar whose listeners are bound and which is ready to run.
 pub struct Server {
@@ -119,7 +116,7 @@ impl Server {
             proxy,
             shared.clone(),
             proxy_stopped,
-            crate::proxy::handle,
+            crate::proxy::general::handle,
             true,
         ));
         let admin_task = tokio::spawn(accept_loop(
@@ -186,16 +183,16 @@ async fn accept_loop<H, F>(
                     });
                     let watcher = graceful.watcher();
                     let (builder, mut stop) = (builder.clone(), stop.clone());
-                    let stream = crate::h1::ClientStream::new(stream, ms(shared.config.client_write_timeout_ms));
+                    let stream = crate::proxy::io::ClientStream::new(stream, ms(shared.config.client_write_timeout_ms));
                     tokio::spawn(async move {
                         // The watcher, held until the connection ends, keeps the drain waiting.
                         let stream = if lean {
-                            match crate::h1::serve(&shared, stream, &mut stop).await {
+                            match crate::proxy::lean::serve(&shared, stream, &mut stop).await {
                                 Some(rewound) => rewound,
                                 None => return,
                             }
                         } else {
-                            crate::h1::Rewind::untouched(stream)
+                            crate::proxy::io::Rewind::untouched(stream)
                         };
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         if let Err(e) = watcher.watch(connection.into_owned()).await {

@@ -20,8 +20,11 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
-use crate::h1::{self, BadResponse, ResponseHead};
 use crate::metrics::Metrics;
+
+pub mod h1;
+
+use h1::{BadResponse, ResponseHead};
 
 /// Why a request could not be answered by its cluster.
 #[derive(Debug, thiserror::Error)]
