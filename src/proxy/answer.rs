@@ -10,10 +10,11 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use crate::upstream::h1::BoxError;
 use crate::upstream::UpstreamError;
 
 /// Body type of every response the sidecar writes.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// An answer the sidecar makes itself instead of the leaf's, on any transport: the status, a
 /// kind that the `x-trimmer-error` header carries (so a client or a log pipeline can tell the
@@ -128,4 +129,3 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .map_err(|never: Infallible| match never {})
         .boxed()
 }
-

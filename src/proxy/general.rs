@@ -12,16 +12,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::answer::{ProxyBody, SyntheticError};
-use super::{trim_request, TrimHeaders};
-use crate::classify::classify;
+use super::{forwards_header, own_lines, prepare, route, RequestHead};
 use crate::compression;
-use crate::config::Compression;
-use crate::headers::{strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
+use crate::headers::{push_header, strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
+use crate::upstream::h1::{self, BoxError, READ_SIZE};
+use crate::upstream::{Cluster, Outgoing, UpstreamError};
 
 /// Handles one downstream request; never fails (errors are responses).
 pub async fn handle(
@@ -33,7 +34,8 @@ pub async fn handle(
         .unwrap_or_else(|response| response))
 }
 
-/// read (within the limit) → decode → classify and route → trim → encode → send.
+/// read (within the limit and time) → decode what is accepted → the lifecycle → send →
+/// the answer as a response.
 async fn forward(
     shared: &Shared,
     request: Request<Incoming>,
@@ -48,66 +50,63 @@ async fn forward(
         body = decode_lz4(shared, body).await?;
         parts.headers.remove(header::CONTENT_ENCODING);
     }
-    let target = classify(parts.uri.path());
-    let cluster = shared
-        .upstreams
-        .route(target.as_ref().map(|t| t.model.as_ref()));
-    if let Some(target) = target
-        .as_ref()
-        .filter(|t| t.verb.is_some() && parts.method == http::Method::POST)
-    {
-        let headers = TrimHeaders {
-            encoded: content_encoding(&parts.headers).is_some(),
-            binary_json_len: parts
-                .headers
-                .get(&INFERENCE_HEADER_LENGTH)
-                .map(HeaderValue::as_bytes),
-        };
-        let trimmed = trim_request(shared, target, headers, &body);
-        if let Some(trimmed) = trimmed.body {
-            body = Bytes::from(trimmed);
-        }
-        if let Some(json_len) = trimmed.json_len {
-            parts
-                .headers
-                .insert(INFERENCE_HEADER_LENGTH, HeaderValue::from(json_len));
-        }
-    }
-    if cluster.compression == Compression::Lz4
-        && !body.is_empty()
-        && content_encoding(&parts.headers).is_none()
-    {
-        match compression::encode(&body) {
-            Ok(encoded) => {
-                body = Bytes::from(encoded);
-                parts
-                    .headers
-                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("lz4"));
-            }
-            // Encoding into memory cannot fail in practice; sending the plain body is correct.
-            Err(e) => tracing::warn!(error = %e, "lz4 encoding failed; sending the body unencoded"),
-        }
-    }
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    // hyper answered `Expect: 100-continue` when the body was read; the leaf gets it whole.
-    parts.headers.remove(header::EXPECT);
+    let path = parts.uri.path();
+    let head = RequestHead {
+        post: parts.method == http::Method::POST,
+        path,
+        encoding: content_encoding(&parts.headers),
+        binary_json_len: parts
+            .headers
+            .get(&INFERENCE_HEADER_LENGTH)
+            .map(HeaderValue::as_bytes),
+    };
+    let (target, cluster) = route(shared, path);
+    let prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
     let expects_body = matches!(
         parts.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
     );
-    if framed || expects_body || !body.is_empty() {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body_len = prepared.body.as_ref().map_or(body.len(), Vec::len);
+    let body_len = (framed || expects_body || body_len > 0).then_some(body_len);
+    // The client's end-to-end headers, then the lifecycle's own: the same lines either way.
+    let mut lines = Vec::with_capacity(512);
+    let mut host_kept = false;
+    for (name, value) in &parts.headers {
+        if forwards_header(name.as_str(), value.as_bytes(), cluster.preserve_host) {
+            host_kept |= name == header::HOST;
+            push_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
-    match cluster.send(&parts, body).await {
+    if cluster.preserve_host && !host_kept {
+        // An h2 client names the host in `:authority` only.
+        if let Some(authority) = parts.uri.authority() {
+            push_header(&mut lines, b"host", authority.as_str().as_bytes());
+            host_kept = true;
+        }
+    }
+    own_lines(&mut lines, &prepared, head.binary_json_len, body_len);
+    let body = prepared.body.map_or(body, Bytes::from);
+    let answered = match cluster
+        .send_h2c(
+            &parts.method,
+            parts.uri.path_and_query(),
+            &lines,
+            body.clone(),
+        )
+        .await
+    {
+        Some(answered) => {
+            answered.map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
+        }
+        None => exchange_h1(cluster, &parts, &lines, host_kept, &body).await,
+    };
+    match answered {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             // A chunked answer that also claims a length is framed by its chunks (RFC 9112
-            // §6.3); the claim would cut the body short on the client's side.
-            // A 204 or 304 has no body, whatever length it claims: a client must not wait
-            // for one.
+            // §6.3); the claim would cut the body short on the client's side. A 204 or 304
+            // has no body, whatever length it claims: a client must not wait for one.
             if parts.headers.contains_key(header::TRANSFER_ENCODING)
                 || matches!(parts.status.as_u16(), 204 | 304)
             {
@@ -117,13 +116,52 @@ async fn forward(
             // The downstream connection decides its own version (an HTTP/1.0 leaf must not
             // downgrade an HTTP/1.1 client).
             parts.version = http::Version::default();
-            Ok(Response::from_parts(parts, body.boxed()))
+            Ok(Response::from_parts(parts, body))
         }
         Err(e) => {
-            tracing::warn!(error = %e, path = parts.uri.path(), "upstream request failed");
+            tracing::warn!(error = %e, path, "upstream request failed");
             Err(SyntheticError::upstream(&e).response())
         }
     }
+}
+
+/// Sends a request to an HTTP/1.1 cluster with the lean client (one pool per endpoint for
+/// both transports) and streams the answer back as hyper frames from a task of its own, which
+/// returns the connection to its pool once the body ended exactly at its framing.
+async fn exchange_h1(
+    cluster: &Cluster,
+    parts: &http::request::Parts,
+    lines: &[u8],
+    host_kept: bool,
+    body: &[u8],
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let outgoing = Outgoing {
+        method: parts.method.as_str(),
+        target,
+        host_kept,
+        lines,
+        body,
+        bodiless_answer: parts.method == http::Method::HEAD,
+    };
+    let mut buf = Vec::with_capacity(READ_SIZE);
+    let (head, mut leaf) = cluster.exchange(&outgoing, &mut buf).await?;
+    let response = h1::response_parts(&head).map_err(|e| {
+        let endpoint = leaf.stream.peer_addr().map(|a| a.to_string());
+        cluster.malformed(&endpoint.unwrap_or_default(), e.to_string())
+    })?;
+    let (mut frames, body) = Channel::<Bytes, BoxError>::new(4);
+    tokio::spawn(async move {
+        match h1::relay_frames(&head, &mut buf, &mut leaf.stream, &mut frames).await {
+            Ok(true) if head.reusable => leaf.release(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "relaying the upstream response failed");
+                frames.abort(e.into());
+            }
+        }
+    });
+    Ok(Response::from_parts(response, body.boxed()))
 }
 
 /// The whole request body, refused with 413 as soon as it is known to exceed the limit
@@ -185,4 +223,3 @@ fn content_encoding(headers: &HeaderMap) -> Option<&[u8]> {
         .map(HeaderValue::as_bytes)
         .filter(|v| !v.eq_ignore_ascii_case(b"identity"))
 }
-

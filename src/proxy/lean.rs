@@ -11,19 +11,16 @@
 //! connection: the socket and the bytes already read go to hyper ([`Rewind`]), which serves
 //! the rest of the connection as before and answers errors as before.
 
-use std::io::Write as _;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::answer::SyntheticError;
 use super::io::{ClientStream, Rewind};
-use super::{trim_request, TrimHeaders};
-use crate::classify::classify;
-use crate::headers::{is_hop_by_hop, push_header, INFERENCE_HEADER_LENGTH};
+use super::{forwards_header, own_lines, prepare, route, RequestHead};
+use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, Outgoing};
 
 /// Headers per head; more go to hyper.
 const MAX_HEADERS: usize = 100;
@@ -164,9 +161,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
         return Parsed::Hyper("target");
     }
     let path = &target[..target.find('?').unwrap_or(target.len())];
-    let cluster = shared
-        .upstreams
-        .route(classify(path).as_ref().map(|t| t.model.as_ref()));
+    let (_, cluster) = route(shared, path);
     if !cluster.lean() {
         return Parsed::Hyper("cluster");
     }
@@ -205,12 +200,9 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
             || is("trailer")
         {
             return Parsed::Hyper("framing");
-        } else if is_hop_by_hop(name) || (is("host") && !cluster.preserve_host) {
-            // Hop-by-hop (those not sent to hyper above), or replaced by the endpoint's
-            // authority.
         } else if is(INFERENCE_HEADER_LENGTH.as_str()) {
             binary_json_len = Some(header.value.to_vec());
-        } else {
+        } else if forwards_header(name, header.value, cluster.preserve_host) {
             host_kept |= is("host");
             push_header(&mut lines, name.as_bytes(), header.value);
         }
@@ -231,50 +223,43 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
     }
 }
 
-/// Trims, forwards and relays the answer; `false` when the connection must close.
+/// Runs the lifecycle for a request read whole, relays the answer; `false` when the
+/// connection must close.
 async fn forward(
     shared: &Shared,
     stream: &mut ClientStream,
     mut request: LeanRequest<'_>,
-    mut body: Vec<u8>,
+    body: Vec<u8>,
     answer: &mut Vec<u8>,
 ) -> bool {
     let path = &request.target[..request.path_len];
-    let mut json_len = None;
-    if let Some(target) = classify(path).filter(|t| t.verb.is_some()) {
-        let headers = TrimHeaders {
-            encoded: false,
-            binary_json_len: request.binary_json_len.as_deref(),
-        };
-        let trimmed = trim_request(shared, &target, headers, &body);
-        if let Some(trimmed) = trimmed.body {
-            body = trimmed;
-        }
-        json_len = trimmed.json_len;
-    }
-    match (json_len, &request.binary_json_len) {
-        (Some(len), _) => {
-            let _ = write!(request.lines, "{INFERENCE_HEADER_LENGTH}: {len}\r\n");
-        }
-        (None, Some(value)) => push_header(
-            &mut request.lines,
-            INFERENCE_HEADER_LENGTH.as_str().as_bytes(),
-            value,
-        ),
-        (None, None) => {}
-    }
-    let _ = write!(request.lines, "content-length: {}\r\n\r\n", body.len());
+    let head = RequestHead {
+        post: true,
+        path,
+        encoding: None,
+        binary_json_len: request.binary_json_len.as_deref(),
+    };
     let cluster = request.cluster;
-    let (head, mut leaf) = match cluster
-        .exchange(
-            &request.target,
-            request.host_kept,
-            &request.lines,
-            &body,
-            answer,
-        )
-        .await
-    {
+    let (target, _) = route(shared, path);
+    let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
+    let body = prepared.body.take().unwrap_or(body);
+    own_lines(
+        &mut request.lines,
+        &prepared,
+        head.binary_json_len,
+        Some(body.len()),
+    );
+    let outgoing = Outgoing {
+        method: "POST",
+        target: &request.target,
+        host_kept: request.host_kept,
+        lines: &request.lines,
+        body: &body,
+        bodiless_answer: false,
+    };
+    let exchanged = cluster.exchange(&outgoing, answer).await;
+    drop(body);
+    let (head, mut leaf) = match exchanged {
         Ok(exchange) => exchange,
         Err(e) => {
             tracing::warn!(error = %e, path, "upstream request failed");
@@ -282,11 +267,10 @@ async fn forward(
             return stream.write_all(&answer).await.is_ok();
         }
     };
-    drop(body);
     match relay(&head, answer, &mut leaf.stream, stream).await {
         Ok(clean) => {
             if clean && head.reusable {
-                cluster.release(leaf);
+                leaf.release();
             }
             true
         }

@@ -10,15 +10,19 @@ pub mod general;
 pub mod io;
 pub mod lean;
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use crate::bundle::snapshot::Lookup;
-use crate::classify::{Protocol, Target, Verb};
-use crate::config::Mode;
+use crate::classify::{classify, Protocol, Target, Verb};
+use crate::compression;
+use crate::config::{Compression, Mode};
+use crate::headers::{is_hop_by_hop, push_header, INFERENCE_HEADER_LENGTH};
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
+use crate::upstream::Cluster;
 
 /// What the trim step decided for one score request.
 struct Decision<'a> {
@@ -50,26 +54,144 @@ impl std::ops::Deref for ModelHandle<'_> {
     }
 }
 
-/// What `decide` needs of the request's headers.
-pub struct TrimHeaders<'h> {
-    /// Whether the body carries a `Content-Encoding` other than `identity`.
-    pub encoded: bool,
+/// What the lifecycle needs of a request's head, whatever transport parsed it.
+pub struct RequestHead<'h> {
+    /// The method is `POST` (only those are score requests).
+    pub post: bool,
+    /// Path, without the query.
+    pub path: &'h str,
+    /// The body's `Content-Encoding` (not `identity`), if any, after the transport decoded
+    /// what it accepts.
+    pub encoding: Option<&'h [u8]>,
     /// `Inference-Header-Content-Length` (Triton's binary extension), if present.
     pub binary_json_len: Option<&'h [u8]>,
 }
 
-/// What trimming did to one score request: the body to forward instead of the original and
-/// the new `Inference-Header-Content-Length`, when features were removed.
-pub struct Trimmed {
-    /// The trimmed body (`None`: forward the original).
+/// The body and head additions the lifecycle decided for one request.
+pub struct Prepared {
+    /// The body to send instead of the one received (trimmed and/or encoded), if any.
     pub body: Option<Vec<u8>>,
     /// New `Inference-Header-Content-Length` of a trimmed Triton binary body.
     pub json_len: Option<usize>,
+    /// `Content-Encoding` the lifecycle applied towards the cluster (`lz4`).
+    pub encoding: Option<&'static str>,
+}
+
+/// classify → route: the score target a path names, if any, and the cluster that serves its
+/// model (unclaimed models and non-score paths go to the default cluster).
+pub fn route<'s, 'p>(shared: &'s Shared, path: &'p str) -> (Option<Target<'p>>, &'s Cluster) {
+    let target = classify(path);
+    let cluster = shared
+        .upstreams
+        .route(target.as_ref().map(|t| t.model.as_ref()));
+    (target, cluster)
+}
+
+/// decide → prepare: trims a score request (one snapshot load, metrics recorded) and applies
+/// the cluster's body encoding. Anything else passes as it came.
+pub fn prepare(
+    shared: &Shared,
+    cluster: &Cluster,
+    target: Option<&Target<'_>>,
+    head: &RequestHead<'_>,
+    body: &[u8],
+) -> Prepared {
+    let mut prepared = Prepared {
+        body: None,
+        json_len: None,
+        encoding: None,
+    };
+    if let Some(target) = target.filter(|t| t.verb.is_some() && head.post) {
+        let headers = TrimHeaders {
+            encoded: head.encoding.is_some(),
+            binary_json_len: head.binary_json_len,
+        };
+        let trimmed = trim_request(shared, target, headers, body);
+        prepared.body = trimmed.body;
+        prepared.json_len = trimmed.json_len;
+    }
+    if cluster.compression == Compression::Lz4 && head.encoding.is_none() {
+        let plain = prepared.body.as_deref().unwrap_or(body);
+        if !plain.is_empty() {
+            match compression::encode(plain) {
+                Ok(encoded) => {
+                    prepared.body = Some(encoded);
+                    prepared.encoding = Some("lz4");
+                }
+                // Encoding into memory cannot fail in practice; the plain body is correct.
+                Err(e) => {
+                    tracing::warn!(error = %e, "lz4 encoding failed; sending the body unencoded")
+                }
+            }
+        }
+    }
+    prepared
+}
+
+/// Whether a header the client sent goes on to the leaf as it is, on every transport:
+/// hop-by-hop headers stop here, `Content-Length` and Triton's length are rewritten by
+/// [`own_lines`], `Expect` was answered by the sidecar, and `Host` is the endpoint's unless the
+/// cluster keeps the client's. `TE: trailers` goes on (a leaf sends HTTP/1.1 trailers only to
+/// a client that accepts them). (Headers a `Connection` header names are removed before.)
+pub fn forwards_header(name: &str, value: &[u8], preserve_host: bool) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    if is("te") {
+        return value.eq_ignore_ascii_case(b"trailers");
+    }
+    !(is_hop_by_hop(name)
+        || is("content-length")
+        || is("expect")
+        || is(INFERENCE_HEADER_LENGTH.as_str())
+        || (is("host") && !preserve_host))
+}
+
+/// Appends the lifecycle's own header lines after the client's and ends the head: Triton's
+/// length (rewritten after a trim, else as sent), the encoding applied, `Content-Length`
+/// (when the request had a body or framing), and the empty line.
+pub fn own_lines(
+    lines: &mut Vec<u8>,
+    prepared: &Prepared,
+    sent_json_len: Option<&[u8]>,
+    body_len: Option<usize>,
+) {
+    match (prepared.json_len, sent_json_len) {
+        (Some(len), _) => {
+            let _ = write!(lines, "{INFERENCE_HEADER_LENGTH}: {len}\r\n");
+        }
+        (None, Some(value)) => {
+            push_header(lines, INFERENCE_HEADER_LENGTH.as_str().as_bytes(), value)
+        }
+        (None, None) => {}
+    }
+    if let Some(encoding) = prepared.encoding {
+        push_header(lines, b"content-encoding", encoding.as_bytes());
+    }
+    if let Some(len) = body_len {
+        let _ = write!(lines, "content-length: {len}\r\n");
+    }
+    lines.extend_from_slice(b"\r\n");
+}
+
+/// What `decide` needs of the request's headers.
+struct TrimHeaders<'h> {
+    /// Whether the body carries a `Content-Encoding` other than `identity`.
+    encoded: bool,
+    /// `Inference-Header-Content-Length` (Triton's binary extension), if present.
+    binary_json_len: Option<&'h [u8]>,
+}
+
+/// What trimming did to one score request: the body to forward instead of the original and
+/// the new `Inference-Header-Content-Length`, when features were removed.
+struct Trimmed {
+    /// The trimmed body (`None`: forward the original).
+    body: Option<Vec<u8>>,
+    /// New `Inference-Header-Content-Length` of a trimmed Triton binary body.
+    json_len: Option<usize>,
 }
 
 /// Trims a score request (`target` has a verb and the method is POST) and records it in the
 /// model's metrics.
-pub fn trim_request(
+fn trim_request(
     shared: &Shared,
     target: &Target<'_>,
     headers: TrimHeaders<'_>,
@@ -183,4 +305,3 @@ fn decide<'a>(
         }
     }
 }
-

@@ -19,7 +19,10 @@ const MAX_HEADERS: usize = 100;
 pub const READ_SIZE: usize = 16 * 1024;
 
 /// Reads what is there (up to `READ_SIZE` more bytes) onto the end of `buf`.
-pub async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
     buf.reserve(READ_SIZE);
     stream.read_buf(buf).await
 }
@@ -110,15 +113,17 @@ pub enum BadResponse {
 }
 
 /// Reads from the leaf until `buf` holds a complete final (non-1xx) response head; 1xx
-/// interim responses are dropped, as hyper's client does.
+/// interim responses are dropped, as hyper's client does. `bodiless`: the request was `HEAD`,
+/// so the answer has no body whatever its head says.
 pub async fn read_response_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    bodiless: bool,
 ) -> Result<ResponseHead, BadResponse> {
     let mut answered = !buf.is_empty();
     loop {
         if !buf.is_empty() {
-            match parse_response(buf)? {
+            match parse_response(buf, bodiless)? {
                 Some(head) if (100..200).contains(&head.status) => {
                     buf.drain(..head.head_len);
                     continue;
@@ -138,7 +143,7 @@ pub async fn read_response_head(
     }
 }
 
-fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
+fn parse_response(buf: &[u8], bodiless: bool) -> Result<Option<ResponseHead>, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -187,7 +192,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, BadResponse> {
             }
         }
     }
-    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+    let framing = if bodiless || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
     } else if !codings.is_empty() {
         if chunked {
@@ -327,6 +332,140 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The leaf's status and end-to-end headers, for a transport that frames the body itself
+/// (hyper): `client_head` without the `Transfer-Encoding` the lean relay adds.
+pub fn response_parts(head: &ResponseHead) -> Result<http::response::Parts, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    parsed
+        .parse(&head.client_head)
+        .map_err(|e| BadResponse::Malformed(e.to_string()))?;
+    let mut builder = http::Response::builder().status(head.status);
+    for header in parsed.headers.iter() {
+        if !header.name.eq_ignore_ascii_case("transfer-encoding") {
+            builder = builder.header(header.name, header.value);
+        }
+    }
+    builder
+        .body(())
+        .map(|response| response.into_parts().0)
+        .map_err(|e| BadResponse::Malformed(e.to_string()))
+}
+
+/// Where a body relayed as frames goes (hyper's response body).
+pub type FrameSender = http_body_util::channel::Sender<bytes::Bytes, BoxError>;
+
+/// Any error, for bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sends the leaf's body to `frames` as data frames and trailers as they arrive, decoding its
+/// framing. `buf` holds the head and whatever body bytes came with it. `Ok(true)` when the
+/// body ended exactly at its framing (the connection may be reused); `Ok(false)` when the
+/// leaf sent more, or when the client went away (nothing reads the frames).
+pub async fn relay_frames(
+    head: &ResponseHead,
+    buf: &mut Vec<u8>,
+    leaf: &mut TcpStream,
+    frames: &mut FrameSender,
+) -> io::Result<bool> {
+    use bytes::Bytes;
+    buf.drain(..head.head_len);
+    let gone = |_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
+    match head.framing {
+        Framing::Empty => Ok(buf.is_empty()),
+        Framing::Length(len) => {
+            let mut left = len;
+            let first = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let clean = buf.len() == first;
+            left -= first as u64;
+            if first > 0 {
+                frames
+                    .send_data(Bytes::copy_from_slice(&buf[..first]))
+                    .await
+                    .map_err(gone)?;
+            }
+            while left > 0 {
+                buf.clear();
+                let n = leaf.take(left).read_buf(buf).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the leaf closed the connection before the end of the body",
+                    ));
+                }
+                left -= n as u64;
+                frames
+                    .send_data(Bytes::copy_from_slice(buf))
+                    .await
+                    .map_err(gone)?;
+            }
+            Ok(clean)
+        }
+        Framing::Chunked => {
+            let mut chunks = ChunkedEnd::default();
+            let mut trailers = Vec::new();
+            loop {
+                let mut data = Vec::new();
+                let end = chunks.scan(buf, |run| data.extend_from_slice(run), &mut trailers);
+                if !data.is_empty() {
+                    frames.send_data(Bytes::from(data)).await.map_err(gone)?;
+                }
+                if let Some(end) = end {
+                    if !trailers.is_empty() {
+                        frames
+                            .send_trailers(parse_trailers(&trailers)?)
+                            .await
+                            .map_err(gone)?;
+                    }
+                    return Ok(end == buf.len());
+                }
+                buf.clear();
+                if read_more(leaf, buf).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the leaf closed the connection inside a chunked body",
+                    ));
+                }
+            }
+        }
+        Framing::Close => loop {
+            if !buf.is_empty() {
+                frames
+                    .send_data(Bytes::copy_from_slice(buf))
+                    .await
+                    .map_err(gone)?;
+            }
+            buf.clear();
+            if read_more(leaf, buf).await? == 0 {
+                return Ok(false);
+            }
+        },
+    }
+}
+
+/// Trailer lines (each with its CRLF) as a header map.
+fn parse_trailers(lines: &[u8]) -> io::Result<http::HeaderMap> {
+    let mut block = lines.to_vec();
+    block.extend_from_slice(b"\r\n");
+    header_map(&block)
+}
+
+/// Header lines ending with the empty line as a header map (for hyper's side).
+pub fn header_map(block: &[u8]) -> io::Result<http::HeaderMap> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    httparse::parse_headers(block, &mut headers).map_err(|e| invalid(e.to_string()))?;
+    let mut map = http::HeaderMap::new();
+    for header in headers.iter().take_while(|h| !h.name.is_empty()) {
+        let name = http::HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|e| invalid(e.to_string()))?;
+        let value =
+            http::HeaderValue::from_bytes(header.value).map_err(|e| invalid(e.to_string()))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
 /// Finds where a chunked body ends, fed the bytes as they arrive (chunk extensions and
 /// trailers are passed over, not interpreted).
 #[derive(Debug, Default)]
@@ -366,6 +505,17 @@ enum Chunk {
 impl ChunkedEnd {
     /// Consumes `bytes`; the offset just past the body's end, if it is in them.
     fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        self.scan(bytes, |_| {}, &mut Vec::new())
+    }
+
+    /// As [`ChunkedEnd::feed`], handing each run of chunk data to `data` and appending the
+    /// trailer lines' bytes (each line with its CRLF) to `trailers`.
+    fn scan(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+        trailers: &mut Vec<u8>,
+    ) -> Option<usize> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -387,6 +537,7 @@ impl ChunkedEnd {
                     let take =
                         (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
+                    data(&bytes[i..i + take]);
                     i += take;
                     if self.size == 0 {
                         self.state = Chunk::DataCr;
@@ -396,9 +547,18 @@ impl ChunkedEnd {
                 Chunk::DataCr if b == b'\r' => Chunk::DataLf,
                 Chunk::DataLf if b == b'\n' => Chunk::Size,
                 Chunk::TrailerStart if b == b'\r' => Chunk::EndLf,
-                Chunk::TrailerStart | Chunk::Trailer if b != b'\r' => Chunk::Trailer,
-                Chunk::Trailer => Chunk::TrailerLf,
-                Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+                Chunk::TrailerStart | Chunk::Trailer if b != b'\r' => {
+                    trailers.push(b);
+                    Chunk::Trailer
+                }
+                Chunk::Trailer => {
+                    trailers.push(b);
+                    Chunk::TrailerLf
+                }
+                Chunk::TrailerLf if b == b'\n' => {
+                    trailers.push(b);
+                    Chunk::TrailerStart
+                }
                 Chunk::EndLf if b == b'\n' => return Some(i + 1),
                 _ => Chunk::Broken,
             };
@@ -500,10 +660,10 @@ mod tests {
         /// Arbitrary bytes never panic the response parser or the chunk scanner.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
-            let _ = parse_response(&bytes);
+            let _ = parse_response(&bytes, false);
             let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
             head.extend_from_slice(&bytes);
-            let _ = parse_response(&head);
+            let _ = parse_response(&head, false);
             let _ = ChunkedEnd::default().feed(&bytes);
         }
     }
@@ -572,7 +732,7 @@ mod tests {
             ),
         ];
         for &(raw, framing, reusable, client_head) in cases {
-            let head = parse_response(raw).unwrap().unwrap();
+            let head = parse_response(raw, false).unwrap().unwrap();
             let raw = String::from_utf8_lossy(raw);
             assert_eq!(head.framing, framing, "{raw:?}");
             assert_eq!(head.reusable, reusable, "{raw:?}");
@@ -583,11 +743,12 @@ mod tests {
             );
         }
         assert!(parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
         )
         .is_err());
-        assert!(parse_response(b"HTTP/1.1 abc what\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-")
+        assert!(parse_response(b"HTTP/1.1 abc what\r\n\r\n", false).is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", false)
             .unwrap()
             .is_none());
     }

@@ -1,15 +1,18 @@
-//! Upstream clusters of leaf model servers: routing by model name, pooled clients, endpoint
-//! selection, short ejection of endpoints that refuse connections, and timeouts.
+//! Upstream clusters of leaf model servers: routing by model name, endpoint selection, short
+//! ejection of endpoints that refuse connections, timeouts, and the one attempt loop every
+//! request goes through. HTTP/1.1 clusters are served by the lean client ([`h1`]) on one pool
+//! per endpoint, whatever transport the client came in on; h2c clusters by hyper's client
+//! (one multiplexed connection per endpoint).
 
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -167,15 +170,50 @@ struct Endpoint {
     outstanding: AtomicUsize,
     /// Milliseconds since `Cluster::epoch` before which the endpoint is skipped.
     ejected_until_ms: AtomicU64,
-    /// The lean path's idle connections, most recently used last, with when they went idle.
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Idle HTTP/1.1 connections to this endpoint.
+    pool: Arc<Pool>,
 }
 
-/// A connection to one endpoint, lent to the lean path for one exchange.
+/// One endpoint's idle HTTP/1.1 connections, most recently used last, with when they went
+/// idle. A connection goes back only when its last answer ended exactly at its framing.
+struct Pool {
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// `max_idle_per_endpoint`.
+    max_idle: usize,
+}
+
+/// A connection to one endpoint, lent for one exchange.
 pub struct LeafConnection {
     /// The socket, after the response head (and maybe some of the body) was read.
     pub stream: TcpStream,
-    endpoint: usize,
+    /// Where it goes back once its answer was read cleanly.
+    pool: Arc<Pool>,
+}
+
+impl LeafConnection {
+    /// Returns a connection whose answer was read completely and exactly to its pool.
+    pub fn release(self) {
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.pool.max_idle {
+            idle.push((self.stream, Instant::now()));
+        }
+    }
+}
+
+/// A request for the lean HTTP/1.1 client, its head already planned by the lifecycle.
+pub struct Outgoing<'a> {
+    /// Method token.
+    pub method: &'a str,
+    /// Origin-form target, query included.
+    pub target: &'a str,
+    /// `lines` holds the client's `Host` (`preserve_host`); otherwise the endpoint's is sent.
+    pub host_kept: bool,
+    /// Header lines, each ending in CRLF, with the final empty line.
+    pub lines: &'a [u8],
+    /// The body.
+    pub body: &'a [u8],
+    /// The answer has no body whatever its head says (a `HEAD` request).
+    pub bodiless_answer: bool,
 }
 
 /// Idle pooled connections older than this are closed rather than used (as hyper's pool).
@@ -191,8 +229,8 @@ pub struct Cluster {
     balance: Balance,
     /// Round-robin cursor.
     next: AtomicUsize,
-    /// Pooled client (HTTP/1.1 or h2c per configuration).
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// hyper's client, for h2c clusters only.
+    h2c: Option<Client<HttpConnector, Full<Bytes>>>,
     /// Time allowed until response headers.
     request_timeout: Duration,
     /// How long a refusing endpoint is skipped.
@@ -203,10 +241,8 @@ pub struct Cluster {
     pub compression: Compression,
     /// Wire protocol towards the leaves.
     protocol: UpstreamProtocol,
-    /// Time allowed to open a connection (lean path).
+    /// Time allowed to open a connection.
     connect_timeout: Duration,
-    /// Idle connections kept per endpoint (lean path).
-    max_idle: usize,
     /// Reference point for ejection deadlines.
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
@@ -245,16 +281,18 @@ pub struct EndpointStatus {
 
 impl Cluster {
     fn new(config: &ClusterConfig, metrics: &Metrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(ms(config.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .http2_only(config.protocol == UpstreamProtocol::H2c)
-            .build(connector);
+        let h2c = (config.protocol == UpstreamProtocol::H2c).then(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(ms(config.connect_timeout_ms)));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(config.max_idle_per_endpoint)
+                .http2_only(true)
+                .build(connector)
+        });
         let endpoints = config
             .endpoints
             .iter()
@@ -263,7 +301,10 @@ impl Cluster {
                 authority,
                 outstanding: AtomicUsize::new(0),
                 ejected_until_ms: AtomicU64::new(0),
-                idle: Mutex::new(Vec::new()),
+                pool: Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                    max_idle: config.max_idle_per_endpoint,
+                }),
             })
             .collect();
         let name = config.name.clone();
@@ -297,14 +338,13 @@ impl Cluster {
             endpoints,
             balance: config.balance,
             next: AtomicUsize::new(0),
-            client,
+            h2c,
             request_timeout: ms(config.request_timeout_ms),
             eject: ms(config.eject_ms),
             preserve_host: config.preserve_host,
             compression: config.compression,
             protocol: config.protocol,
             connect_timeout: ms(config.connect_timeout_ms),
-            max_idle: config.max_idle_per_endpoint,
             epoch: Instant::now(),
             stats,
         }
@@ -316,7 +356,7 @@ impl Cluster {
 
     /// Endpoint indices in the order to try: healthy ones from the balancer's choice onwards,
     /// then ejected ones (better a refused connection than a 502 without trying).
-    fn attempt_order(&self) -> Vec<usize> {
+    fn attempt_order(&self) -> impl Iterator<Item = &Endpoint> {
         let n = self.endpoints.len();
         let start = match self.balance {
             Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
@@ -333,43 +373,92 @@ impl Cluster {
             .map(|k| (start + k) % n)
             .partition(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now);
         healthy.extend(ejected);
-        healthy
+        healthy.into_iter().map(|i| &self.endpoints[i])
     }
 
-    /// Sends one request, trying further endpoints only when a connection could not be opened
-    /// (the request was then never sent, so trying again is safe for any method).
-    pub async fn send(
+    /// One attempt against `endpoint`, with the rules every attempt follows: counted as
+    /// outstanding, bounded by `request_timeout_ms`, recorded in the metrics. Only a connection
+    /// that could not be opened lets the caller go on to the next endpoint of
+    /// [`Cluster::attempt_order`] (the request was then never sent, so trying again is safe for
+    /// any method); any other failure, and a timeout, is the answer.
+    async fn attempt<T>(
         &self,
-        parts: &http::request::Parts,
+        endpoint: &Endpoint,
+        work: impl std::future::Future<Output = Result<(T, u16), Attempt>>,
+    ) -> Step<T> {
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.request_timeout, work).await;
+        endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok((answer, status))) => {
+                self.answered(started, status);
+                Step::Done(Ok(answer))
+            }
+            Ok(Err(Attempt::Connect(cause))) => Step::Next(self.connect_failed(endpoint, cause)),
+            Ok(Err(Attempt::Failed(cause))) => {
+                Step::Done(Err(self.transport_failed(endpoint, cause)))
+            }
+            Err(_elapsed) => Step::Done(Err(self.timed_out(endpoint))),
+        }
+    }
+
+    /// Sends a request to an h2c cluster with hyper's client, its head being the same header
+    /// `lines` the lean client would send; `None` for HTTP/1.1 clusters, which
+    /// [`Cluster::exchange`] serves.
+    pub async fn send_h2c(
+        &self,
+        method: &http::Method,
+        target: Option<&PathAndQuery>,
+        lines: &[u8],
         body: Bytes,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let path = parts
-            .uri
-            .path_and_query()
+    ) -> Option<Result<Response<Incoming>, UpstreamError>> {
+        let client = self.h2c.as_ref()?;
+        let path = target
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut last_failure = None;
-        for index in self.attempt_order() {
-            let endpoint = &self.endpoints[index];
-            let request = self.build_request(parts, &path, &endpoint.authority, body.clone());
-            endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let result =
-                tokio::time::timeout(self.request_timeout, self.client.request(request)).await;
-            endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
-            match result {
-                Ok(Ok(response)) => {
-                    self.answered(started, response.status().as_u16());
-                    return Ok(response);
+        let headers = match h1::header_map(lines) {
+            Ok(headers) => headers,
+            Err(e) => return Some(Err(self.malformed("-", e.to_string()))),
+        };
+        let mut refused = None;
+        for endpoint in self.attempt_order() {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            // Built from parts that were already valid; cannot fail.
+            *request.uri_mut() = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(endpoint.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .unwrap_or_default();
+            *request.headers_mut() = headers.clone();
+            let work = async {
+                match client.request(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        Ok((response, status))
+                    }
+                    Err(e) if e.is_connect() => Err(Attempt::Connect(error_chain(&e))),
+                    Err(e) => Err(Attempt::Failed(error_chain(&e))),
                 }
-                Ok(Err(e)) if e.is_connect() => {
-                    last_failure = Some(self.connect_failed(endpoint, error_chain(&e)));
-                }
-                Ok(Err(e)) => return Err(self.transport_failed(endpoint, error_chain(&e))),
-                Err(_elapsed) => return Err(self.timed_out(endpoint)),
+            };
+            match self.attempt(endpoint, work).await {
+                Step::Done(result) => return Some(result),
+                Step::Next(failure) => refused = Some(failure),
             }
         }
-        Err(self.unreachable(last_failure))
+        Some(Err(self.unreachable(refused)))
+    }
+
+    /// An answer that arrived but cannot be passed on.
+    pub fn malformed(&self, endpoint: &str, cause: String) -> UpstreamError {
+        self.stats.transport_errors.inc();
+        UpstreamError::Transport {
+            upstream: self.name.clone(),
+            endpoint: endpoint.to_owned(),
+            cause,
+        }
     }
 
     /// Counts an answer (response headers arrived) in the cluster's metrics.
@@ -416,62 +505,51 @@ impl Cluster {
         }
     }
 
-    /// Whether the lean HTTP/1.1 path (`h1`) may send this cluster's requests: plain HTTP/1.1
+    /// Whether the lean HTTP/1.1 transport may take this cluster's requests: plain HTTP/1.1
     /// towards the leaves, no body encoding.
     pub fn lean(&self) -> bool {
         self.protocol == UpstreamProtocol::Http1 && self.compression == Compression::None
     }
 
-    /// The lean path's exchange: sends `POST target` with the header `lines` (complete, with
-    /// the final empty line) and `body` on a pooled or new connection, and reads the response
-    /// head into `buf`. `Host` is the endpoint's unless `host_kept` (the client's is in
-    /// `lines`). Endpoints are tried as in `send`; a pooled connection the leaf had closed is
-    /// replaced by a new one.
+    /// Sends `request` to an HTTP/1.1 cluster on a pooled or new connection and reads the
+    /// response head into `buf` (the body follows on the returned connection).
     pub async fn exchange(
         &self,
-        target: &str,
-        host_kept: bool,
-        lines: &[u8],
-        body: &[u8],
+        request: &Outgoing<'_>,
         buf: &mut Vec<u8>,
     ) -> Result<(ResponseHead, LeafConnection), UpstreamError> {
-        let mut last_failure = None;
-        for index in self.attempt_order() {
-            let endpoint = &self.endpoints[index];
-            let mut start = format!("POST {target} HTTP/1.1\r\n");
-            if !host_kept {
+        // The request line and `Host` are the only per-endpoint bytes.
+        let mut start = String::with_capacity(request.target.len() + 64);
+        let mut refused = None;
+        for endpoint in self.attempt_order() {
+            start.clear();
+            start.push_str(request.method);
+            start.push(' ');
+            start.push_str(request.target);
+            start.push_str(" HTTP/1.1\r\n");
+            if !request.host_kept {
                 start.push_str("host: ");
                 start.push_str(endpoint.authority.as_str());
                 start.push_str("\r\n");
             }
-            let message = [start.as_bytes(), lines, body];
-            endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let result = tokio::time::timeout(
-                self.request_timeout,
-                self.exchange_with(endpoint, &message, buf),
-            )
-            .await;
-            endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
-            match result {
-                Ok(Ok((head, stream))) => {
-                    self.answered(started, head.status);
-                    let connection = LeafConnection {
-                        stream,
-                        endpoint: index,
-                    };
-                    return Ok((head, connection));
-                }
-                Ok(Err(Exchange::Connect(cause))) => {
-                    last_failure = Some(self.connect_failed(endpoint, cause));
-                }
-                Ok(Err(Exchange::Failed(cause))) => {
-                    return Err(self.transport_failed(endpoint, cause))
-                }
-                Err(_elapsed) => return Err(self.timed_out(endpoint)),
+            let message = [start.as_bytes(), request.lines, request.body];
+            let work = async {
+                let (head, stream) = self
+                    .exchange_with(endpoint, &message, request.bodiless_answer, buf)
+                    .await?;
+                let status = head.status;
+                let connection = LeafConnection {
+                    stream,
+                    pool: endpoint.pool.clone(),
+                };
+                Ok(((head, connection), status))
+            };
+            match self.attempt(endpoint, work).await {
+                Step::Done(result) => return result,
+                Step::Next(failure) => refused = Some(failure),
             }
         }
-        Err(self.unreachable(last_failure))
+        Err(self.unreachable(refused))
     }
 
     /// One endpoint: a pooled connection known to be clean, else a new one. The request is
@@ -483,9 +561,10 @@ impl Cluster {
         &self,
         endpoint: &Endpoint,
         message: &[&[u8]; 3],
+        bodiless_answer: bool,
         buf: &mut Vec<u8>,
-    ) -> Result<(ResponseHead, TcpStream), Exchange> {
-        let mut pooled = self.checkout(endpoint);
+    ) -> Result<(ResponseHead, TcpStream), Attempt> {
+        let mut pooled = endpoint.pool.checkout();
         loop {
             let reused = pooled.is_some();
             let mut stream = match pooled.take() {
@@ -506,7 +585,7 @@ impl Cluster {
                 Err(h1::WriteError { error, .. }) => Err(error),
             };
             let result = match sent {
-                Ok(()) => h1::read_response_head(&mut stream, buf).await,
+                Ok(()) => h1::read_response_head(&mut stream, buf, bodiless_answer).await,
                 Err(error) => Err(BadResponse::Io {
                     error,
                     answered: false,
@@ -514,79 +593,24 @@ impl Cluster {
             };
             return match result {
                 Ok(head) => Ok((head, stream)),
-                Err(e) => Err(Exchange::Failed(e.to_string())),
+                Err(e) => Err(Attempt::Failed(e.to_string())),
             };
         }
     }
 
-    /// The most recently used idle connection that is not too old and is clean: nothing to
-    /// read and not closed by the leaf. Bytes waiting on an idle connection are a stray answer
-    /// (a late second response, bytes past a short `Content-Length`, a `408` before closing):
-    /// sent on to the next client they would answer the wrong request, so the connection goes.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<TcpStream> {
-        let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE && idle_and_open(&stream) {
-                return Some(stream);
-            }
-        }
-        None
-    }
-
-    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, Exchange> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, Attempt> {
         let address = endpoint.authority.as_str();
         match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
             }
-            Ok(Err(e)) => Err(Exchange::Connect(e.to_string())),
-            Err(_) => Err(Exchange::Connect(format!(
+            Ok(Err(e)) => Err(Attempt::Connect(e.to_string())),
+            Err(_) => Err(Attempt::Connect(format!(
                 "no connection within {} ms",
                 self.connect_timeout.as_millis()
             ))),
         }
-    }
-
-    /// Returns a connection whose response was read completely to the pool.
-    pub fn release(&self, connection: LeafConnection) {
-        let endpoint = &self.endpoints[connection.endpoint];
-        let mut idle = endpoint.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push((connection.stream, Instant::now()));
-        }
-    }
-
-    fn build_request(
-        &self,
-        parts: &http::request::Parts,
-        path: &PathAndQuery,
-        authority: &Authority,
-        body: Bytes,
-    ) -> Request<Full<Bytes>> {
-        let mut uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority.clone());
-        uri = uri.path_and_query(path.clone());
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method.clone();
-        // Built from parts that were already valid; cannot fail.
-        *request.uri_mut() = uri.build().unwrap_or_default();
-        *request.headers_mut() = parts.headers.clone();
-        let headers = request.headers_mut();
-        if !self.preserve_host {
-            // The client sets `Host` (HTTP/1.1) or `:authority` (h2) from the URI.
-            headers.remove(http::header::HOST);
-        } else if !headers.contains_key(http::header::HOST) {
-            if let Some(host) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(http::header::HOST, host);
-            }
-        }
-        request
     }
 
     fn status(&self) -> ClusterStatus {
@@ -616,8 +640,32 @@ fn idle_and_open(stream: &TcpStream) -> bool {
     )
 }
 
-/// How one attempt of the lean path failed.
-enum Exchange {
+impl Pool {
+    /// The most recently used idle connection that is not too old and is clean: nothing to
+    /// read and not closed by the leaf. Bytes waiting on an idle connection are a stray answer
+    /// (a late second response, bytes past a short `Content-Length`, a `408` before closing):
+    /// sent on to the next client they would answer the wrong request, so the connection goes.
+    fn checkout(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE && idle_and_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+}
+
+/// What the attempt loop does after one attempt.
+enum Step<T> {
+    /// The answer, or the error the client gets.
+    Done(Result<T, UpstreamError>),
+    /// The connection was refused (endpoint, cause): try the next endpoint.
+    Next((String, String)),
+}
+
+/// How one attempt failed.
+enum Attempt {
     /// No connection could be opened (the next endpoint is tried).
     Connect(String),
     /// The connection failed after the request was sent, or the response was malformed.
