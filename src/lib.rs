@@ -14,8 +14,10 @@
 //! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
 //! - [`check`]: offline validation of a configuration and its bundles.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
-//! - [`loadtest`]: the checking leaf and workload files for the e2e harness in `benches/e2e/`.
-//! - [`workload`]: the reference workloads shared by benches, tests and the e2e harness.
+//! - `loadtest` (feature `testkit`): the checking leaf and workload files for the e2e harness
+//!   in `benches/e2e/` (binary `trimmer-e2e`).
+//! - `workload` (feature `testkit`): the reference workloads shared by benches, tests and the
+//!   e2e harness.
 //! - [`metrics`]: the Prometheus families.
 //! - [`server`]: listeners, connection tasks, graceful shutdown.
 //! - [`state`]: what the listeners share.
@@ -28,6 +30,7 @@ pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod headers;
+#[cfg(feature = "testkit")]
 pub mod loadtest;
 pub mod metrics;
 pub mod proxy;
@@ -36,4 +39,5 @@ pub mod server;
 pub mod state;
 pub mod trim;
 pub mod upstream;
+#[cfg(feature = "testkit")]
 pub mod workload;

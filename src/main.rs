@@ -46,29 +46,9 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
-    /// Support for the end-to-end harness in benches/e2e/ (not for production use).
-    #[command(subcommand, hide = true)]
-    Bench(BenchCommand),
     /// Work with allowlist bundle artefacts.
     #[command(subcommand)]
     Bundle(BundleCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// A leaf that parses every body and counts full, correctly trimmed and wrong ones.
-    Leaf {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        workload: String,
-    },
-    /// Write a workload's body, allowlist and bundle into a directory.
-    Workload {
-        name: String,
-        #[arg(long)]
-        dir: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -196,7 +176,6 @@ fn main() -> ExitCode {
         },
         Command::Demo { keep_running } => demo(keep_running),
         Command::Bundle(command) => bundle(command),
-        Command::Bench(command) => bench(command),
     }
 }
 
@@ -250,35 +229,6 @@ fn demo(keep_running: bool) -> ExitCode {
     }
 }
 
-fn bench(command: BenchCommand) -> ExitCode {
-    use feature_trimmer::loadtest;
-    let name = match &command {
-        BenchCommand::Leaf { workload, .. } => workload,
-        BenchCommand::Workload { name, .. } => name,
-    };
-    let Some(workload) = loadtest::by_name(name) else {
-        eprintln!(
-            "trimmer: no workload named {name} (tfs-rows, kserve-json, kserve-binary, small)"
-        );
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let result = match command {
-        BenchCommand::Workload { dir, .. } => loadtest::write_workload(&workload, &dir),
-        BenchCommand::Leaf { listen, .. } => match runtime() {
-            Some(runtime) => runtime.block_on(loadtest::serve_leaf(listen, workload)),
-            None => return ExitCode::FAILURE,
-        },
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("trimmer: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Exit status for a bundle that fails its checks.
 const EXIT_INVALID: u8 = 1;
 
 fn bundle(command: BundleCommand) -> ExitCode {

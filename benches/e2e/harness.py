@@ -204,11 +204,11 @@ def settled_leaf_stats(port):
 
 def run_workload(args, workload, work):
     wdir = os.path.join(work, workload)
-    subprocess.run([args.trimmer, "bench", "workload", workload, "--dir", wdir], check=True)
+    subprocess.run([args.e2e, "workload", workload, "--dir", wdir], check=True)
     path = open(os.path.join(wdir, "path")).read().strip()
     body_file = os.path.join(wdir, "body")
     leaf_port = free_port()
-    leaf = start([args.trimmer, "bench", "leaf", "--listen", f"127.0.0.1:{leaf_port}", "--workload", workload])
+    leaf = start([args.e2e, "leaf", "--listen", f"127.0.0.1:{leaf_port}", "--workload", workload])
     wait_port(leaf_port)
     targets = [Target("direct", leaf_port, None, lambda: [])]
     procs = [leaf]
@@ -309,6 +309,7 @@ def median(values):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trimmer", required=True)
+    parser.add_argument("--e2e", required=True, help="the trimmer-e2e binary (leaf, workloads)")
     parser.add_argument("--workloads", default="small,tfs-rows")
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)

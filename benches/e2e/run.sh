@@ -14,4 +14,5 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
 fi
 command -v oha >/dev/null || cargo install --locked oha
 cargo build --release --locked --bin trimmer
-exec python3 benches/e2e/harness.py --trimmer target/release/trimmer "$@"
+cargo build --release --locked --features testkit --bin trimmer-e2e
+exec python3 benches/e2e/harness.py --trimmer target/release/trimmer --e2e target/release/trimmer-e2e "$@"
