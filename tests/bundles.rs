@@ -7,7 +7,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use feature_trimmer::bundle::BundleStore;
@@ -472,6 +471,5 @@ async fn post_reload_reports_what_it_did() {
             .status,
         405
     );
-    tokio::time::sleep(Duration::from_millis(1)).await;
     sidecar.stop().await;
 }

@@ -326,7 +326,10 @@ async fn least_outstanding_avoids_a_busy_endpoint() {
         let client = client.clone();
         async move { send(&client, "POST", &slow_url, "slow").await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    eventually("the slow request to reach a leaf", || async {
+        a.count() + b.count() == 1
+    })
+    .await;
     let busy = if a.count() == 1 { &a } else { &b };
     for _ in 0..10 {
         let r = send(&client, "POST", &sidecar.url("/fast"), "x").await;

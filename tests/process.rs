@@ -96,9 +96,11 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ready = send(&client, "GET", &format!("http://{admin}/readyz"), "").await;
-    assert_eq!(ready.status, 503, "readiness must fail while draining");
+    let readyz = format!("http://{admin}/readyz");
+    eventually("readiness to fail while draining", || async {
+        send(&client, "GET", &readyz, "").await.status == 503
+    })
+    .await;
     for (i, request) in in_flight.into_iter().enumerate() {
         let a = request.await.unwrap();
         assert_eq!(a.status, 200, "request {i}");
@@ -194,7 +196,8 @@ async fn sigterm_under_load_drops_nothing_already_accepted() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Load is flowing: the leaf has answered a few requests from each client.
+    eventually("requests to flow", || async { leaf.count() >= 16 }).await;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
