@@ -2,25 +2,30 @@
 //! target model version does not use, and forwards the smaller request to leaf model servers.
 //!
 //! # Layout
-//! - [`config`]: the TOML file, defaults, command-line overrides, validation of every problem.
+//! In reading order: the request path, then the allowlists it reads, then what runs around them.
+//! - [`server`]: listeners, a task per connection, graceful shutdown.
+//! - [`proxy`]: the request lifecycle, written once: route, the trim decision, the forwarded
+//!   head, the answer; its transports ([`proxy::lean`] for HTTP/1.1 parsed in place,
+//!   [`proxy::general`] for everything hyper serves), the sidecar's own answers
+//!   ([`proxy::answer`]) and client connections ([`proxy::io`]).
 //! - [`classify`]: what a URL addresses (protocol, model, version or label, score verb).
-//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
-//!   the directory watcher.
-//! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
+//! - [`upstream`]: clusters of leaves, routing by model, the attempt rules, ejection, timeouts,
+//!   and the lean HTTP/1.1 client with its pool ([`upstream::h1`]).
+//! - [`headers`]: header rules both directions share (hop-by-hop, Triton's length header).
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
-//! - [`upstream`]: clusters of leaves, routing by model, pooled clients, ejection, timeouts.
-//! - [`proxy`]: the request path, from downstream body to upstream response.
-//! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
-//! - [`check`]: offline validation of a configuration and its bundles.
-//! - [`admin`]: health, readiness, metrics and status on a separate port.
-//! - `loadtest` (feature `testkit`): the checking leaf and workload files for the e2e harness
-//!   in `benches/e2e/` (binary `trimmer-e2e`).
-//! - `workload` (feature `testkit`): the reference workloads shared by benches, tests and the
-//!   e2e harness.
+//! - [`state`]: what the listeners share for the life of the process.
+//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
+//!   the directory watcher, and the offline pipeline (build, validate, diff, publish).
+//! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`metrics`]: the Prometheus families.
-//! - [`server`]: listeners, connection tasks, graceful shutdown.
-//! - [`state`]: what the listeners share.
+//! - [`admin`]: health, readiness, metrics and status on a separate port.
+//! - [`config`]: the TOML file, defaults, command-line overrides, validation of every problem.
+//! - [`check`]: offline validation of a configuration and its bundles.
+//! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
+//! - `workload` and `loadtest` (feature `testkit`, never in the `trimmer` binary): the
+//!   reference workloads shared by benches and tests, and the checking leaf of the e2e harness
+//!   in `benches/e2e/` (binary `trimmer-e2e`).
 
 pub mod admin;
 pub mod bundle;
