@@ -394,3 +394,57 @@ async fn trailers_and_lz4_are_the_same_on_every_transport_that_carries_them() {
     assert_eq!(got.body, plain);
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_head_answer_keeps_its_length_and_the_connection() {
+    // A raw leaf: HEAD gets a head announcing 5 bytes and no body; anything else gets "fine".
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = buf.starts_with(b"HEAD");
+                    buf.drain(..end);
+                    let answer: &[u8] = if head {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let sidecar = sidecar(vec![url], |_| {}).await;
+    for client in [h1_client(), h2_client()] {
+        let request = http::Request::head(sidecar.url("/v1/models/m"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .expect("a HEAD answer")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-length"], "5");
+        let got = send(&client, "GET", &sidecar.url("/v1/models/m"), "").await;
+        assert_eq!(&got.body[..], b"fine");
+    }
+    // The HEAD answer ended at its head: the pooled connection served what followed.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    sidecar.stop().await;
+}

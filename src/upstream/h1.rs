@@ -192,7 +192,8 @@ fn parse_response(buf: &[u8], bodiless: bool) -> Result<Option<ResponseHead>, Ba
             }
         }
     }
-    let framing = if bodiless || (100..200).contains(&status) || status == 204 || status == 304 {
+    let no_body_status = (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless || no_body_status {
         Framing::Empty
     } else if !codings.is_empty() {
         if chunked {
@@ -215,9 +216,10 @@ fn parse_response(buf: &[u8], bodiless: bool) -> Result<Option<ResponseHead>, Ba
     for header in response.headers.iter() {
         let name = header.name;
         // `Content-Length` is framing, never hop-by-hop, whatever `Connection` names: it goes
-        // on exactly when it frames the body (not for 204/304, whose client waits for none).
+        // on when it frames the body, or tells a `HEAD` the size (not for 204/304, whose
+        // client waits for no body).
         let hop = if name.eq_ignore_ascii_case("content-length") {
-            !matches!(framing, Framing::Length(_))
+            !(matches!(framing, Framing::Length(_)) || (bodiless && !no_body_status))
         } else {
             is_hop_by_hop(name)
                 || named
