@@ -275,15 +275,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             let mut slices = [IoSlice::new(&head.client_head), IoSlice::new(&buf[..first])];
             write_all_vectored(client, &mut slices).await?;
             while left > 0 {
-                buf.clear();
-                let n = leaf.take(left).read_buf(buf).await?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the leaf closed the connection before the end of the body",
-                    ));
-                }
-                left -= n as u64;
+                left -= read_length_part(leaf, buf, left).await?;
                 client.write_all(buf).await?;
             }
             Ok(clean)
@@ -300,13 +292,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 if let Some(end) = end {
                     return Ok(end == buf.len());
                 }
-                buf.clear();
-                if read_more(leaf, buf).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the leaf closed the connection inside a chunked body",
-                    ));
-                }
+                read_chunked_part(leaf, buf).await?;
             }
         }
         Framing::Close => {
@@ -331,6 +317,32 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 }
             }
         }
+    }
+}
+
+/// Reads the next bytes of a body of known length, at most `left`, into `buf` (cleared
+/// first); the leaf closing before the end is an error.
+async fn read_length_part(leaf: &mut TcpStream, buf: &mut Vec<u8>, left: u64) -> io::Result<u64> {
+    buf.clear();
+    match leaf.take(left).read_buf(buf).await? {
+        0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the leaf closed the connection before the end of the body",
+        )),
+        n => Ok(n as u64),
+    }
+}
+
+/// Reads the next bytes of a chunked body into `buf` (cleared first); the leaf closing before
+/// the last chunk is an error.
+async fn read_chunked_part(leaf: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    match read_more(leaf, buf).await? {
+        0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the leaf closed the connection inside a chunked body",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -387,15 +399,7 @@ pub async fn relay_frames(
                     .map_err(gone)?;
             }
             while left > 0 {
-                buf.clear();
-                let n = leaf.take(left).read_buf(buf).await?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the leaf closed the connection before the end of the body",
-                    ));
-                }
-                left -= n as u64;
+                left -= read_length_part(leaf, buf, left).await?;
                 frames
                     .send_data(Bytes::copy_from_slice(buf))
                     .await
@@ -421,13 +425,7 @@ pub async fn relay_frames(
                     }
                     return Ok(end == buf.len());
                 }
-                buf.clear();
-                if read_more(leaf, buf).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the leaf closed the connection inside a chunked body",
-                    ));
-                }
+                read_chunked_part(leaf, buf).await?;
             }
         }
         Framing::Close => loop {
