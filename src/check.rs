@@ -11,7 +11,7 @@ pub fn check(path: &Path) -> Result<Vec<String>, Vec<String>> {
     let config = Config::load(Some(path), &Overrides::default()).map_err(|e| e.problems)?;
     let mut ok = vec![format!("{}: configuration ok", path.display())];
     let mut problems = Vec::new();
-    let Some(dir) = config.bundles.dir.clone() else {
+    let Some(dir) = config.bundles.watched_dir() else {
         ok.push("no bundle directory configured: nothing will be trimmed".to_owned());
         return Ok(ok);
     };

@@ -54,6 +54,12 @@ pub struct BundlesConfig {
     pub rescan_interval_ms: u64,
     /// Quiet time after a file event before the directory is rescanned.
     pub debounce_ms: u64,
+    /// `s3://BUCKET/PREFIX` polled for bundles (see `objstore`); exclusive with `dir`.
+    pub source: Option<String>,
+    /// Period of the conditional GET of each pointer (±10 % jitter).
+    pub poll_interval_ms: u64,
+    /// Where bundles fetched from `source` are installed and loaded from.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Trimming policy.
@@ -194,6 +200,9 @@ impl Default for BundlesConfig {
             dir: None,
             rescan_interval_ms: 30_000,
             debounce_ms: 200,
+            source: None,
+            poll_interval_ms: 30_000,
+            cache_dir: None,
         }
     }
 }
@@ -338,6 +347,7 @@ impl Config {
             self.bundles.rescan_interval_ms,
         );
         positive("trim.miss_rate_window_ms", self.trim.miss_rate_window_ms);
+        problems.extend(self.bundles.source_problems());
         if self.listen == self.admin.listen && self.listen.port() != 0 {
             problems.push(format!(
                 "`listen` and `admin.listen` are both {}: the admin port never shares the proxy port",

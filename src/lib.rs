@@ -6,6 +6,8 @@
 //! - [`classify`]: what a URL addresses (protocol, model, version or label, score verb).
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
 //!   the directory watcher.
+//! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
+//!   that fills the cache directory the reloader loads.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
@@ -30,6 +32,7 @@ pub mod demo;
 pub mod h1;
 pub mod loadtest;
 pub mod metrics;
+pub mod objstore;
 pub mod proxy;
 pub mod reload;
 pub mod server;
