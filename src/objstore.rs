@@ -167,7 +167,7 @@ pub struct PointerWrite {
 }
 
 /// The live pointer of `name` with its ETag, or `None` when there is none.
-async fn live_pointer(
+pub async fn live_pointer(
     store: &dyn ObjectStore,
     url: &StoreUrl,
     name: &str,
@@ -197,7 +197,7 @@ async fn live_pointer(
 /// Swaps the pointer of `name` to `pointer` only if it is still at `expected` (or still absent
 /// when `expected` is `None`), then reads it back: a store that ignored the precondition and
 /// let another writer in after us is caught here rather than trusted.
-async fn swap_pointer(
+pub async fn swap_pointer(
     store: &dyn ObjectStore,
     url: &StoreUrl,
     name: &str,
@@ -490,7 +490,7 @@ struct Known {
 
 /// How one pointer poll ended.
 enum PollResult {
-    /// 304: nothing changed.
+    /// 304 (or 404 for a name with nothing cached): nothing changed.
     NotModified,
     /// The pointer changed (or was seen for the first time) and the cache now matches it;
     /// `true` when a file was written or removed.
@@ -730,10 +730,12 @@ impl SourcePoller {
                         return PollResult::Error;
                     }
                 };
-                if removed {
-                    tracing::info!(bundle = %name, "pointer gone from the store; bundle removed from the cache");
+                if !removed {
+                    // A folder without a pointer (listed again every LIST_EVERY rounds).
+                    return PollResult::NotModified;
                 }
-                return PollResult::Updated(removed);
+                tracing::info!(bundle = %name, "pointer gone from the store; bundle removed from the cache");
+                return PollResult::Updated(true);
             }
             Err(e) => {
                 tracing::warn!(bundle = %name, error = %e, "bundle store poll failed; serving the local cache");
