@@ -15,6 +15,16 @@ pub fn check(path: &Path) -> Result<Vec<String>, Vec<String>> {
         ok.push("no bundle directory configured: nothing will be trimmed".to_owned());
         return Ok(ok);
     };
+    if let Some(source) = &config.bundles.source {
+        ok.push(format!(
+            "bundles come from {source}, cached in {}",
+            dir.display()
+        ));
+        if !dir.exists() {
+            ok.push("the cache directory does not exist yet: the sidecar creates it".to_owned());
+            return Ok(ok);
+        }
+    }
     let mut store = BundleStore::new(Some(dir));
     let report = store.scan();
     problems.extend(report.dir_error);

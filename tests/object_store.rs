@@ -185,7 +185,9 @@ async fn try_status(client: &common::TestClient, method: &str, url: &str) -> Opt
     let request = http::Request::builder()
         .method(method)
         .uri(url)
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"probe")))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"probe",
+        )))
         .ok()?;
     let response = client.request(request).await.ok()?;
     Some(common::answer(response).await.status.as_u16())
