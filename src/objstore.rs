@@ -225,6 +225,11 @@ pub async fn swap_pointer(
                 "the pointer {key} in {url} changed while this command ran (another publish or rollback won); nothing was changed: read the live generation and retry"
             ))
         }
+        Err(e @ object_store::Error::NotImplemented { .. }) => {
+            return Err(format!(
+                "cannot swap the pointer {key} in {url} safely: {e} (publishing needs conditional PUT; unset AWS_CONDITIONAL_PUT=disabled or use a store that supports If-Match)"
+            ))
+        }
         Err(e) => return Err(format!("cannot write pointer {key} in {url}: {e}")),
     }
     let back = store
@@ -276,20 +281,22 @@ pub async fn publish(file: &Path, url: &StoreUrl, force: bool) -> Result<Pointer
     }
     let sha256 = sha256_hex(&bytes);
     let key = url.object_key(&name, bundle.generation, &sha256);
+    let path = ObjectPath::from(key.as_str());
+    let payload = PutPayload::from(Bytes::from(bytes));
     let create = PutOptions {
         mode: PutMode::Create,
         ..PutOptions::default()
     };
-    match store
-        .put_opts(
-            &ObjectPath::from(key.as_str()),
-            PutPayload::from(bytes),
-            create,
-        )
-        .await
-    {
+    match store.put_opts(&path, payload.clone(), create).await {
         // The key names the bytes' digest: an existing object is the same artefact.
         Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+        // Without conditional PUT, overwriting a content-addressed key rewrites the same bytes.
+        Err(object_store::Error::NotImplemented { .. }) => {
+            store
+                .put(&path, payload)
+                .await
+                .map_err(|e| format!("cannot write {key} in {url}: {e}"))?;
+        }
         Err(e) => return Err(format!("cannot write {key} in {url}: {e}")),
     }
     let pointer = Pointer {
@@ -860,6 +867,41 @@ mod tests {
         assert!(StoreUrl::parse("https://x/y").is_err());
         assert!(StoreUrl::parse("s3:///y").is_err());
         assert!(StoreUrl::parse("s3://b/a/../c").is_err());
+    }
+
+    #[test]
+    fn fetched_bytes_must_match_the_pointer_and_the_bundle() {
+        let url = StoreUrl::parse("s3://b/p").unwrap();
+        let mut bundle = Bundle::parse_document(
+            br#"{"format": "trimmer.bundle/v1", "bundle": "home", "generation": 3, "models": [{"model": "m", "version": "1", "features": ["a"]}]}"#,
+        )
+        .unwrap();
+        bundle.seal();
+        let bytes = serde_json::to_vec(&bundle).unwrap();
+        let sha256 = sha256_hex(&bytes);
+        let pointer = Pointer {
+            generation: 3,
+            key: url.object_key("home", 3, &sha256),
+            sha256: sha256.clone(),
+        };
+        assert!(verify_object("home", &bytes, &pointer, &url).is_ok());
+        let mut tampered = bytes.clone();
+        tampered.push(b' ');
+        assert!(verify_object("home", &tampered, &pointer, &url)
+            .is_err_and(|e| e.contains("the pointer says")));
+        let elsewhere = Pointer {
+            key: "other/home/3-x.json".into(),
+            ..pointer.clone()
+        };
+        assert!(verify_object("home", &bytes, &elsewhere, &url).is_err());
+        let other_generation = Pointer {
+            generation: 4,
+            key: url.object_key("home", 4, &sha256),
+            ..pointer.clone()
+        };
+        assert!(verify_object("home", &bytes, &other_generation, &url)
+            .is_err_and(|e| e.contains("generation 3")));
+        assert!(verify_object("ads", &bytes, &pointer, &url).is_err());
     }
 
     #[test]

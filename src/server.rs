@@ -151,6 +151,9 @@ impl Server {
         let _ = stop_reloader.send(true);
         let _ = reloader.await;
         if let Some(poller) = poller {
+            // A round may be waiting on a slow store; installs are temp + rename, so stopping
+            // mid-round leaves the cache whole.
+            poller.abort();
             let _ = poller.await;
         }
         tracing::info!("stopped");

@@ -608,7 +608,7 @@ async fn a_fleet_follows_the_store_and_survives_it() {
     );
     let requests = polls0 + lists0;
     eprintln!(
-        "idle poll cost, sidecar 0 over {idle:?}: {polls0} pointer GETs (304) + {lists0} LISTs, \
+        "idle poll cost, sidecar 0 over {idle:?}: {polls0} conditional pointer GETs (304, or 404 for the deleted one) + {lists0} LISTs, \
          {up} bytes up and {down} bytes down on {} new connections: {:.0} B up and {:.0} B down per request",
         relay.connections.load(Ordering::Relaxed) - conns,
         up as f64 / requests,
@@ -639,6 +639,7 @@ async fn a_fleet_follows_the_store_and_survives_it() {
         "{results:?}"
     );
     let (_, loser) = results.iter().find(|(code, _)| *code != 0).unwrap();
+    eprintln!("racing publishers: the loser said {}", loser.trim());
     assert!(
         loser.contains("changed while this command ran") || loser.contains("is not newer"),
         "{loser}"
