@@ -518,6 +518,10 @@ pub struct SourcePoller {
     known: BTreeMap<String, Known>,
     /// xorshift state for the jitter.
     rng: u64,
+    /// The last round could not reach the store (logged once per outage, not per poll).
+    down: bool,
+    /// The last store error this round, for that log line.
+    last_error: Option<String>,
 }
 
 /// Poll rounds between two listings of the prefix (new bundle names appear this often).
@@ -547,6 +551,8 @@ impl SourcePoller {
             store: None,
             known: BTreeMap::new(),
             rng: seed | 1,
+            down: false,
+            last_error: None,
         };
         Some(tokio::spawn(poller.run(stop)))
     }
@@ -637,6 +643,7 @@ impl SourcePoller {
             },
         };
         let mut reached = true;
+        let contacted = list || !self.known.is_empty();
         if list {
             match self.list_names(store.as_ref()).await {
                 Ok(names) => {
@@ -651,7 +658,8 @@ impl SourcePoller {
                 Err(why) => {
                     reached = false;
                     metrics.lists.with_label_values(&["error"]).inc();
-                    tracing::warn!(%why, "cannot list the bundle store; serving the local cache");
+                    tracing::debug!(%why, "cannot list the bundle store");
+                    self.last_error = Some(why);
                 }
             }
         }
@@ -677,7 +685,14 @@ impl SourcePoller {
                 .with_label_values(&[label])
                 .inc();
         }
-        if reached {
+        if !reached && !self.down {
+            let why = self.last_error.take().unwrap_or_default();
+            tracing::warn!(%why, "bundle store unreachable; serving the local cache");
+        } else if reached && self.down {
+            tracing::info!("bundle store reachable again");
+        }
+        self.down = !reached;
+        if reached && contacted {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -745,7 +760,8 @@ impl SourcePoller {
                 return PollResult::Updated(true);
             }
             Err(e) => {
-                tracing::warn!(bundle = %name, error = %e, "bundle store poll failed; serving the local cache");
+                tracing::debug!(bundle = %name, error = %e, "bundle store poll failed");
+                self.last_error = Some(e.to_string());
                 return PollResult::Error;
             }
         };
@@ -753,7 +769,8 @@ impl SourcePoller {
         let bytes = match result.bytes().await {
             Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(bundle = %name, error = %e, "bundle store poll failed; serving the local cache");
+                tracing::debug!(bundle = %name, error = %e, "bundle store poll failed");
+                self.last_error = Some(e.to_string());
                 return PollResult::Error;
             }
         };
@@ -797,7 +814,8 @@ impl SourcePoller {
             }
             Err(why) if why.starts_with("fetch:") => {
                 known.etag = None;
-                tracing::warn!(bundle = %name, %why, "bundle object fetch failed; serving the local cache");
+                tracing::debug!(bundle = %name, %why, "bundle object fetch failed");
+                self.last_error = Some(why);
                 PollResult::Error
             }
             Err(why) => {
