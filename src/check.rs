@@ -11,10 +11,20 @@ pub fn check(path: &Path) -> Result<Vec<String>, Vec<String>> {
     let config = Config::load(Some(path), &Overrides::default()).map_err(|e| e.problems)?;
     let mut ok = vec![format!("{}: configuration ok", path.display())];
     let mut problems = Vec::new();
-    let Some(dir) = config.bundles.dir.clone() else {
+    let Some(dir) = config.bundles.watched_dir() else {
         ok.push("no bundle directory configured: nothing will be trimmed".to_owned());
         return Ok(ok);
     };
+    if let Some(source) = &config.bundles.source {
+        ok.push(format!(
+            "bundles come from {source}, cached in {}",
+            dir.display()
+        ));
+        if !dir.exists() {
+            ok.push("the cache directory does not exist yet: the sidecar creates it".to_owned());
+            return Ok(ok);
+        }
+    }
     let mut store = BundleStore::new(Some(dir), config.bundles.max_file_bytes);
     let report = store.scan();
     problems.extend(report.dir_error);

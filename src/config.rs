@@ -65,6 +65,12 @@ pub struct BundlesConfig {
     pub max_file_bytes: u64,
     /// Time a scan may take; a scan still running then is abandoned and reported.
     pub scan_timeout_ms: u64,
+    /// `s3://BUCKET/PREFIX` polled for bundles (see `objstore`); exclusive with `dir`.
+    pub source: Option<String>,
+    /// Period of the conditional GET of each pointer (±10 % jitter).
+    pub poll_interval_ms: u64,
+    /// Where bundles fetched from `source` are installed and loaded from.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Trimming policy.
@@ -210,6 +216,9 @@ impl Default for BundlesConfig {
             debounce_ms: 200,
             max_file_bytes: 64 * 1024 * 1024,
             scan_timeout_ms: 10_000,
+            source: None,
+            poll_interval_ms: 30_000,
+            cache_dir: None,
         }
     }
 }
@@ -358,6 +367,7 @@ impl Config {
             self.bundles.rescan_interval_ms,
         );
         positive("trim.miss_rate_window_ms", self.trim.miss_rate_window_ms);
+        problems.extend(self.bundles.source_problems());
         if self.listen == self.admin.listen && self.listen.port() != 0 {
             problems.push(format!(
                 "`listen` and `admin.listen` are both {}: the admin port never shares the proxy port",

@@ -17,6 +17,8 @@
 //! - [`state`]: what the listeners share for the life of the process.
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
 //!   the directory watcher, and the offline pipeline (build, validate, diff, publish).
+//! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
+//!   that fills the cache directory the reloader loads.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`metrics`]: the Prometheus families.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
@@ -38,6 +40,7 @@ pub mod headers;
 #[cfg(feature = "testkit")]
 pub mod loadtest;
 pub mod metrics;
+pub mod objstore;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use feature_trimmer::bundle::pipeline::{self, VersionRef};
 use feature_trimmer::bundle::{publish, Bundle};
 use feature_trimmer::config::{Config, LogFormat, Overrides};
+use feature_trimmer::objstore;
 use feature_trimmer::server::Server;
 
 /// EX_USAGE from sysexits.h: the configuration or command line is wrong.
@@ -113,24 +114,34 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Install a bundle into a watched directory atomically, keeping history.
+    /// Install a bundle into a watched directory atomically, keeping history, or publish it to
+    /// an object store (immutable object, then a conditional swap of the pointer).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["dir", "store"])))]
     Publish {
         /// Bundle file.
         file: PathBuf,
         /// The sidecar's bundle directory.
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
+        /// The fleet's bundle store, s3://BUCKET/PREFIX (endpoint and credentials from AWS_*).
+        #[arg(long)]
+        store: Option<String>,
         /// Publish even if the generation is not newer than the live one.
         #[arg(long)]
         force: bool,
     },
-    /// Restore an earlier generation from the directory's history.
+    /// Restore an earlier generation from the directory's history, or point the store's
+    /// pointer back at an earlier object.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["dir", "store"])))]
     Rollback {
         /// Bundle name.
         name: String,
         /// The sidecar's bundle directory.
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
+        /// The fleet's bundle store, s3://BUCKET/PREFIX (endpoint and credentials from AWS_*).
+        #[arg(long)]
+        store: Option<String>,
         /// Generation to restore (default: the one before the live one).
         #[arg(long)]
         to: Option<u64>,
@@ -348,24 +359,61 @@ fn bundle(command: BundleCommand) -> ExitCode {
             let _ = std::io::stdout().write_all(text.as_bytes());
             Ok(())
         })(),
-        BundleCommand::Publish { file, dir, force } => publish::publish(&file, &dir, force)
-            .map(|(path, bundle)| {
+        BundleCommand::Publish {
+            file,
+            dir,
+            store,
+            force,
+        } => match (dir, store) {
+            (Some(dir), _) => publish::publish(&file, &dir, force)
+                .map(|(path, bundle)| {
+                    println!(
+                        "published {} generation {} as {}",
+                        bundle.bundle,
+                        bundle.generation,
+                        path.display()
+                    )
+                })
+                .map_err(|e| vec![e]),
+            (None, store) => on_store(store, |url| async move {
+                let written = objstore::publish(&file, &url, force).await?;
                 println!(
-                    "published {} generation {} as {}",
-                    bundle.bundle,
-                    bundle.generation,
-                    path.display()
-                )
-            })
-            .map_err(|e| vec![e]),
-        BundleCommand::Rollback { name, dir, to } => publish::rollback(&name, &dir, to)
-            .map(|generation| {
+                    "published {} generation {} to {url} as {} (pointer was {})",
+                    written.bundle,
+                    written.pointer.generation,
+                    written.pointer.key,
+                    written
+                        .previous
+                        .map_or("absent".to_owned(), |g| format!("generation {g}"))
+                );
+                Ok(())
+            }),
+        },
+        BundleCommand::Rollback {
+            name,
+            dir,
+            store,
+            to,
+        } => match (dir, store) {
+            (Some(dir), _) => publish::rollback(&name, &dir, to)
+                .map(|generation| {
+                    println!(
+                        "restored {name} generation {generation} in {}",
+                        dir.display()
+                    )
+                })
+                .map_err(|e| vec![e]),
+            (None, store) => on_store(store, |url| async move {
+                let written = objstore::rollback(&name, &url, to).await?;
                 println!(
-                    "restored {name} generation {generation} in {}",
-                    dir.display()
-                )
-            })
-            .map_err(|e| vec![e]),
+                    "pointed {name} in {url} at generation {} ({}), was {}",
+                    written.pointer.generation,
+                    written.pointer.key,
+                    written.previous.unwrap_or_default()
+                );
+                Ok(())
+            }),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -374,6 +422,18 @@ fn bundle(command: BundleCommand) -> ExitCode {
             ExitCode::from(EXIT_INVALID)
         }
     }
+}
+
+/// Parses `--store` and runs `command` against it on a runtime.
+fn on_store<F, Fut>(store: Option<String>, command: F) -> Result<(), Vec<String>>
+where
+    F: FnOnce(objstore::StoreUrl) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let url =
+        objstore::StoreUrl::parse(store.as_deref().unwrap_or_default()).map_err(|e| vec![e])?;
+    let runtime = runtime().ok_or_else(|| vec!["no runtime".to_owned()])?;
+    runtime.block_on(command(url)).map_err(|e| vec![e])
 }
 
 /// Reads and checks a bundle file (schema and checksum; any file name).

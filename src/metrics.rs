@@ -224,6 +224,8 @@ pub struct Metrics {
     miss_rate: GaugeVec,
     /// 1 while trimming is disabled by the kill switch (admin call or file).
     pub trimming_disabled: IntGauge,
+    /// The object-store poller's families.
+    pub source: SourceMetrics,
 }
 
 impl Metrics {
@@ -384,6 +386,7 @@ impl Metrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(rejected_requests.clone()))?;
         registry.register(Box::new(hyper_handoffs.clone()))?;
+        let source = SourceMetrics::new(&registry)?;
         Ok(Self {
             registry,
             upstream_requests,
@@ -406,6 +409,7 @@ impl Metrics {
             trim_duration,
             miss_rate,
             trimming_disabled,
+            source,
         })
     }
 
@@ -443,6 +447,74 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// What the object-store poller (`bundles.source`) exports.
+pub struct SourceMetrics {
+    /// Conditional GETs of pointers by result (`not_modified`, `updated`, `error`).
+    pub polls: IntCounterVec,
+    /// Listings of the prefix (new bundle names) by result (`ok`, `error`).
+    pub lists: IntCounterVec,
+    /// Unix time of the last poll round that reached the store (the start time until one does).
+    pub last_success: GaugeVec,
+    /// Bundle objects fetched.
+    pub objects: IntCounter,
+    /// Body bytes received from the store (pointers and objects).
+    pub bytes: IntCounter,
+    /// Pointers or objects refused (digest, key, checksum or schema mismatch).
+    pub rejected: IntCounter,
+}
+
+impl SourceMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let polls = IntCounterVec::new(
+            Opts::new(
+                "trimmer_bundle_source_polls_total",
+                "Conditional GETs of bundle pointers in the object store, by result.",
+            ),
+            &["result"],
+        )?;
+        let lists = IntCounterVec::new(
+            Opts::new(
+                "trimmer_bundle_source_lists_total",
+                "Listings of the object-store prefix for new bundle names, by result.",
+            ),
+            &["result"],
+        )?;
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "trimmer_bundle_source_last_success_timestamp_seconds",
+                "Unix time of the last poll round that reached the bundle store (process start until one does).",
+            ),
+            &["source"],
+        )?;
+        let objects = IntCounter::new(
+            "trimmer_bundle_source_objects_fetched_total",
+            "Bundle objects fetched from the object store.",
+        )?;
+        let bytes = IntCounter::new(
+            "trimmer_bundle_source_bytes_fetched_total",
+            "Body bytes received from the object store (pointers and objects).",
+        )?;
+        let rejected = IntCounter::new(
+            "trimmer_bundle_source_rejected_total",
+            "Pointers or objects from the store refused (digest, key, checksum or schema); last-known-good kept.",
+        )?;
+        registry.register(Box::new(polls.clone()))?;
+        registry.register(Box::new(lists.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(objects.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        Ok(Self {
+            polls,
+            lists,
+            last_success,
+            objects,
+            bytes,
+            rejected,
+        })
     }
 }
 

@@ -106,7 +106,7 @@ impl Reloader {
     /// A reloader for `shared`'s bundle directory, answering forced reloads from `requests`.
     pub fn new(shared: Arc<Shared>, requests: mpsc::Receiver<ReloadRequest>) -> Self {
         let store = BundleStore::new(
-            shared.config.bundles.dir.clone(),
+            shared.config.bundles.watched_dir(),
             shared.config.bundles.max_file_bytes,
         );
         let (hints_tx, hints) = mpsc::channel(1);
@@ -170,7 +170,7 @@ impl Reloader {
 
     /// (Re)arms the watcher when there is none or it can no longer be trusted.
     fn ensure_watcher(&mut self) {
-        let Some(dir) = self.shared.config.bundles.dir.clone() else {
+        let Some(dir) = self.shared.config.bundles.watched_dir() else {
             return;
         };
         if self.watcher.as_ref().is_some_and(BundleWatcher::is_healthy) {

@@ -107,6 +107,7 @@ impl Server {
             reload_requests,
         } = self;
         let (stop_reloader, reloader_stopped) = watch::channel(false);
+        let poller = crate::objstore::SourcePoller::spawn(shared.clone(), reloader_stopped.clone());
         let reloader =
             tokio::spawn(Reloader::new(shared.clone(), reload_requests).run(reloader_stopped));
         let sighup = tokio::spawn(reload_on_sighup(shared.clone()));
@@ -146,6 +147,12 @@ impl Server {
         sighup.abort();
         let _ = stop_reloader.send(true);
         let _ = reloader.await;
+        if let Some(poller) = poller {
+            // A round may be waiting on a slow store; installs are temp + rename, so stopping
+            // mid-round leaves the cache whole.
+            poller.abort();
+            let _ = poller.await;
+        }
         tracing::info!("stopped");
     }
 }
