@@ -20,6 +20,10 @@
 //! - [`server`]: listeners, connection tasks, graceful shutdown.
 //! - [`state`]: what the listeners share.
 
+// Every `unsafe` operation is in a block of its own, with the reason it is sound beside it.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod bundle;
 pub mod check;
