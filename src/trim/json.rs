@@ -613,6 +613,8 @@ impl<M: Bits> Prev<M> {
 
 /// The bytes of one mask that numbers are made of, outside strings.
 pub(super) struct NumberBytes<M> {
+    /// Any of the five below: each caller has it already, for its own rules.
+    pub(super) token: M,
     pub(super) digit: M,
     pub(super) zero: M,
     pub(super) dot: M,
@@ -624,8 +626,6 @@ pub(super) struct NumberBytes<M> {
 
 /// The tokens of one mask, for the grammar around them (separators, what may follow).
 pub(super) struct Tokens<M> {
-    /// The bytes of tokens: runs of number bytes.
-    pub(super) token: M,
     /// The first byte of each token.
     pub(super) starts: M,
     /// The bytes after a byte of a token.
@@ -674,6 +674,7 @@ impl<M: Bits> NumberGrammar<M> {
     #[inline(always)]
     pub(super) fn step(&mut self, n: NumberBytes<M>) -> Tokens<M> {
         let NumberBytes {
+            token,
             digit,
             zero,
             dot,
@@ -681,7 +682,6 @@ impl<M: Bits> NumberGrammar<M> {
             minus,
             plus,
         } = n;
-        let token = digit.or(dot).or(exp).or(minus).or(plus);
         let sign = minus.or(plus);
         let prev_token = self.token.of(token);
         let starts = token.but(prev_token);
@@ -705,7 +705,6 @@ impl<M: Bits> NumberGrammar<M> {
             .or(dot.and(past_dot))
             .or(prev_token.but(token).but(prev_digit));
         Tokens {
-            token,
             starts,
             prev_token,
             wrong,
@@ -739,13 +738,16 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
     loop {
         let block: &[u8; 64] = bytes.get(at..at + 64)?.try_into().ok()?;
         let k = classify(block);
-        let other = !(k.digit | k.dot | k.exp | k.minus | k.plus | k.comma | k.space);
+        let token = k.digit | k.dot | k.exp | k.minus | k.plus;
+        let other = !(token | k.comma | k.space);
         let (end, within) = match other.trailing_zeros() {
             64 => (0, !0u64),
             o if block[o as usize] == b']' => (1u64 << o, (1u64 << o) - 1),
             _ => return None,
         };
+        let token = token & within;
         let t = numbers.step(NumberBytes {
+            token,
             digit: k.digit & within,
             zero: k.zero & within,
             dot: k.dot & within,
@@ -756,7 +758,7 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
         let (comma, space) = (k.comma & within, k.space & within);
         // The first byte past each run of spaces that follows a comma (or the start) or a token.
         let after_comma = comma.later(last_comma) | start_seed;
-        let after_token = t.prev_token & !t.token;
+        let after_token = t.prev_token & !token;
         let next_after_comma = space.add_carried(after_comma, &mut after_comma_carry) & !space;
         let next_after_token = space.add_carried(after_token, &mut after_token_carry) & !space;
         let wrong = t.wrong | (next_after_comma & !t.starts) | (next_after_token & !(comma | end));

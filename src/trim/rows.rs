@@ -439,15 +439,21 @@ impl<L: Lanes> State<L> {
         let live = ends.through().keep(live_lanes);
         let comma = k.comma.but(string_or_quote);
         let colon = k.colon.but(string_or_quote);
+        let digit = k.digit.but(string_or_quote);
+        let dot = k.dot.but(string_or_quote);
+        let exp = k.exp.but(string_or_quote);
+        let minus = k.minus.but(string_or_quote);
+        let plus = k.plus.but(string_or_quote);
+        let token = digit.or(dot).or(exp).or(minus).or(plus);
         let numbers = self.numbers.step(NumberBytes {
-            digit: k.digit.but(string_or_quote),
+            token,
+            digit,
             zero: k.zero.but(string_or_quote),
-            dot: k.dot.but(string_or_quote),
-            exp: k.exp.but(string_or_quote),
-            minus: k.minus.but(string_or_quote),
-            plus: k.plus.but(string_or_quote),
+            dot,
+            exp,
+            minus,
+            plus,
         });
-        let token = numbers.token;
         let structure = space
             .or(comma)
             .or(colon)
