@@ -2,6 +2,8 @@
 //! goes and reports byte offsets, so engines copy kept bytes instead of re-serialising them.
 //! Nesting is tracked on an explicit stack, never by recursion, so a deeply nested value cannot
 //! overflow the thread's stack. Accepts TF Serving's `NaN`, `Infinity` and `-Infinity` tokens.
+//! Also the bit-parallel grammar of JSON numbers, shared by the cursor's number-array validator
+//! and the map index in `rows.rs`.
 
 /// Why a body is not JSON the trimmer understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
