@@ -142,7 +142,7 @@ pub(super) fn runs() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::Avx512;
+use avx512::Avx512;
 
 /// The scan over chunks of eight blocks; `L` does the classifying and the lane arithmetic, on
 /// the CPU `cpu` vouches for.
@@ -662,14 +662,14 @@ mod avx512 {
     /// [`Avx512::detect`] the only way to make one, so every [`Zmm`] (which holds one) and every
     /// call that takes one may run them.
     #[derive(Debug, Clone, Copy)]
-    pub(in crate::trim) struct Avx512 {
+    pub(super) struct Avx512 {
         _detected: (),
     }
 
     impl Avx512 {
         /// The proof, if this process has it; detected once.
         #[inline]
-        pub(in crate::trim) fn get() -> Option<Avx512> {
+        pub(super) fn get() -> Option<Avx512> {
             static DETECTED: LazyLock<Option<Avx512>> = LazyLock::new(Avx512::detect);
             *DETECTED
         }
@@ -684,7 +684,7 @@ mod avx512 {
 
         /// [`super::index`] on AVX-512.
         #[inline]
-        pub(in crate::trim) fn index(
+        pub(super) fn index(
             self,
             bytes: &[u8],
             open: usize,
