@@ -29,6 +29,10 @@
 //!   reference workloads shared by benches and tests, and the checking leaf of the e2e harness
 //!   in `benches/e2e/` (binary `trimmer-e2e`).
 
+// Every `unsafe` operation is in a block of its own, with the reason it is sound beside it.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod bundle;
 pub mod check;

@@ -165,6 +165,16 @@ fn golden_kserve() {
 /// and then the non-ASCII bytes arrive as they were sent.
 #[test]
 fn utf8_is_checked_wherever_a_byte_above_0x7f_sits() {
+    let vector = feature_trimmer::trim::vector_path();
+    if vector != "avx512" {
+        // Past the harness's output capture: the cases still pass, through the cursor only.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "PARTLY SKIPPED in utf8_is_checked_wherever_a_byte_above_0x7f_sits: the {vector} \
+             path has no map index, so the \"indexed map\" cases run through the cursor only"
+        );
+    }
     let valid: [&[u8]; 4] = [
         b"\xc3\xa9",
         b"\xe2\x82\xac",

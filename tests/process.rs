@@ -365,5 +365,15 @@ async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
             w.name
         );
     }
-    println!("this process: {}", vector_path());
+    let vector = vector_path();
+    if vector != "avx512" {
+        // Past the harness's output capture: on this path the comparison is portable against
+        // portable, which checks the switch but not that the two paths agree.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "PARTLY SKIPPED in with_avx512_off_the_portable_engine_trims_the_same_bytes: this \
+             process runs the {vector} path too, so no AVX-512 output was compared"
+        );
+    }
 }

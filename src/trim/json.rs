@@ -2,6 +2,8 @@
 //! goes and reports byte offsets, so engines copy kept bytes instead of re-serialising them.
 //! Nesting is tracked on an explicit stack, never by recursion, so a deeply nested value cannot
 //! overflow the thread's stack. Accepts TF Serving's `NaN`, `Infinity` and `-Infinity` tokens.
+//! Also the bit-parallel grammar of JSON numbers, shared by the cursor's number-array validator
+//! and the map index in `rows.rs`.
 
 /// Why a body is not JSON the trimmer understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -547,14 +549,178 @@ fn classify(block: &[u8; 64]) -> Classes {
     classify_bytewise(block)
 }
 
-/// `run + seeds` with a carry in and out across blocks: within each run of set bits of `run`,
-/// the carry from a seed clears the run from the seed to its end and sets the first bit past it.
+/// A mask of one bit per byte: one 64-byte block (`u64`, for the number arrays here) or a
+/// chunk of eight blocks (the lanes of the map index in `rows.rs`), so that the number grammar
+/// below is written once for both.
+pub(super) trait Bits: Copy {
+    /// What an addition carries into the next mask.
+    type Carry: Copy + Default;
+    fn and(self, o: Self) -> Self;
+    fn or(self, o: Self) -> Self;
+    fn xor(self, o: Self) -> Self;
+    /// `self & !o`.
+    fn but(self, o: Self) -> Self;
+    /// Each bit moved to the next byte; the first byte's bit from the last byte of `before`,
+    /// the previous mask.
+    fn later(self, before: Self) -> Self;
+    /// `self + seeds` with carries from the previous mask and into the next: within each run of
+    /// set bits of `self`, the carry from a seed clears the run from the seed to its end and
+    /// sets the first bit past it.
+    fn add_carried(self, seeds: Self, carry: &mut Self::Carry) -> Self;
+}
+
+impl Bits for u64 {
+    type Carry = bool;
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        self & o
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        self | o
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        self ^ o
+    }
+    #[inline(always)]
+    fn but(self, o: Self) -> Self {
+        self & !o
+    }
+    #[inline(always)]
+    fn later(self, before: Self) -> Self {
+        (self << 1) | (before >> 63)
+    }
+    #[inline(always)]
+    fn add_carried(self, seeds: Self, carry: &mut bool) -> Self {
+        let (sum, c1) = self.overflowing_add(seeds);
+        let (sum, c2) = sum.overflowing_add(u64::from(*carry));
+        *carry = c1 | c2;
+        sum
+    }
+}
+
+/// `x` one byte later (see [`Bits::later`]), keeping `x` for the next mask.
+#[derive(Clone, Copy)]
+pub(super) struct Prev<M>(pub(super) M);
+
+impl<M: Bits> Prev<M> {
+    #[inline(always)]
+    pub(super) fn of(&mut self, x: M) -> M {
+        let shifted = x.later(self.0);
+        self.0 = x;
+        shifted
+    }
+}
+
+/// The bytes of one mask that numbers are made of, outside strings.
+pub(super) struct NumberBytes<M> {
+    /// Any of the five below: each caller has it already, for its own rules.
+    pub(super) token: M,
+    pub(super) digit: M,
+    pub(super) zero: M,
+    pub(super) dot: M,
+    /// `e` or `E`.
+    pub(super) exp: M,
+    pub(super) minus: M,
+    pub(super) plus: M,
+}
+
+/// The tokens of one mask, for the grammar around them (separators, what may follow).
+pub(super) struct Tokens<M> {
+    /// The first byte of each token.
+    pub(super) starts: M,
+    /// The bytes after a byte of a token.
+    pub(super) prev_token: M,
+    /// Bytes where a token breaks the number grammar.
+    pub(super) wrong: M,
+}
+
+/// The grammar of a JSON number, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, as
+/// conditions on the masks of its bytes, for the number arrays here and the map index in
+/// `rows.rs` alike. Tokens are runs of number bytes; each starts with a digit or `-`; `-` leads
+/// a token or follows `e`; `+` follows `e`; a sign, `e` or `.` is followed by a digit (`e` also
+/// by a sign); `e` and `.` follow a digit; a token ends with a digit; no leading zero; at most
+/// one `.` and one `e` per token, `.` first. Holds what carries from one mask to the next.
+pub(super) struct NumberGrammar<M: Bits> {
+    token: Prev<M>,
+    digit: Prev<M>,
+    exp: Prev<M>,
+    dot: Prev<M>,
+    sign: Prev<M>,
+    minus_start: Prev<M>,
+    lead: Prev<M>,
+    past_exp: M::Carry,
+    past_dot: M::Carry,
+}
+
+impl<M: Bits> NumberGrammar<M> {
+    /// Before the first mask; `zero` is the empty mask.
+    #[inline(always)]
+    pub(super) fn new(zero: M) -> Self {
+        let prev = Prev(zero);
+        NumberGrammar {
+            token: prev,
+            digit: prev,
+            exp: prev,
+            dot: prev,
+            sign: prev,
+            minus_start: prev,
+            lead: prev,
+            past_exp: M::Carry::default(),
+            past_dot: M::Carry::default(),
+        }
+    }
+
+    /// Checks the next mask's number bytes.
+    #[inline(always)]
+    pub(super) fn step(&mut self, n: NumberBytes<M>) -> Tokens<M> {
+        let NumberBytes {
+            token,
+            digit,
+            zero,
+            dot,
+            exp,
+            minus,
+            plus,
+        } = n;
+        let sign = minus.or(plus);
+        let prev_token = self.token.of(token);
+        let starts = token.but(prev_token);
+        let prev_digit = self.digit.of(digit);
+        let prev_exp = self.exp.of(exp);
+        let prev_dot = self.dot.of(dot);
+        let minus_start = minus.and(starts);
+        let lead = zero.and(starts.or(self.minus_start.of(minus_start)));
+        let past_exp = past(token, prev_exp, &mut self.past_exp);
+        let past_dot = past(token, prev_dot, &mut self.past_dot);
+        let wrong = starts
+            .but(digit.or(minus))
+            .or(minus.but(starts.or(prev_exp)))
+            .or(plus.but(prev_exp))
+            .or(self.sign.of(sign).but(digit))
+            .or(prev_exp.but(digit.or(sign)))
+            .or(exp.or(dot).but(prev_digit))
+            .or(prev_dot.but(digit))
+            .or(self.lead.of(lead).and(digit))
+            .or(dot.or(exp).and(past_exp))
+            .or(dot.and(past_dot))
+            .or(prev_token.but(token).but(prev_digit));
+        Tokens {
+            starts,
+            prev_token,
+            wrong,
+        }
+    }
+}
+
+/// The bytes of each run of `token` from its first byte after a byte of `after` to its end.
 #[inline(always)]
-fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
-    let (sum, c1) = run.overflowing_add(seeds);
-    let (sum, c2) = sum.overflowing_add(u64::from(*carry));
-    *carry = c1 | c2;
-    sum
+fn past<M: Bits>(token: M, after: M, carry: &mut M::Carry) -> M {
+    token
+        .add_carried(after.and(token), carry)
+        .xor(token)
+        .and(token)
 }
 
 /// Validates the rest of an array of numbers from `pos` (where an element must start: just
@@ -562,28 +728,12 @@ fn add_carried(run: u64, seeds: u64, carry: &mut bool) -> u64 {
 /// the offset just past the closing `]`; `None` when the array holds anything but numbers, is
 /// not valid, or ends within 64 bytes of the input's end: the bytewise path decides those.
 ///
-/// The grammar, as conditions on masks (`prev(x)`: the byte before is in `x`, carried across
-/// blocks): tokens are runs of number characters; each starts with a digit or `-`; `-` leads
-/// a token or follows `e`; `+` follows `e`; a sign, `e` or `.` is followed by a digit (`e` also
-/// by a sign); `e` and `.` follow a digit; a token ends with a digit; no leading zero; at most
-/// one `.` and one `e` per token, `.` first; between tokens exactly one comma, with spaces.
+/// Each token must be a number (see [`NumberGrammar`]); between tokens exactly one comma, with
+/// spaces.
 fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
-    #[derive(Default)]
-    struct Carried {
-        token: u64,
-        digit: u64,
-        exp: u64,
-        dot: u64,
-        sign: u64,
-        minus_start: u64,
-        lead: u64,
-        comma: u64,
-        after_comma: bool,
-        after_token: bool,
-        after_exp: bool,
-        after_dot: bool,
-    }
-    let mut last = Carried::default();
+    let mut numbers = NumberGrammar::new(0u64);
+    let mut last_comma = 0u64;
+    let (mut after_comma_carry, mut after_token_carry) = (false, false);
     let mut at = pos;
     // The first byte is where an element may start, as after a comma.
     let mut start_seed = 1u64;
@@ -597,63 +747,30 @@ fn number_array_rest(bytes: &[u8], pos: usize) -> Option<usize> {
             o if block[o as usize] == b']' => (1u64 << o, (1u64 << o) - 1),
             _ => return None,
         };
-        let prev = |x: u64, carried: u64| (x << 1) | (carried >> 63);
-        let [token, digit, zero, dot, exp, minus, plus, comma, space] = [
-            token, k.digit, k.zero, k.dot, k.exp, k.minus, k.plus, k.comma, k.space,
-        ]
-        .map(|x| x & within);
-        let sign = minus | plus;
-        let prev_token = prev(token, last.token);
-        let prev_digit = prev(digit, last.digit);
-        let prev_exp = prev(exp, last.exp);
-        let prev_dot = prev(dot, last.dot);
-        let starts = token & !prev_token;
-        let minus_start = minus & starts;
-        let lead = zero & (starts | prev(minus_start, last.minus_start));
+        let token = token & within;
+        let t = numbers.step(NumberBytes {
+            token,
+            digit: k.digit & within,
+            zero: k.zero & within,
+            dot: k.dot & within,
+            exp: k.exp & within,
+            minus: k.minus & within,
+            plus: k.plus & within,
+        });
+        let (comma, space) = (k.comma & within, k.space & within);
         // The first byte past each run of spaces that follows a comma (or the start) or a token.
-        let after_comma = prev(comma, last.comma) | start_seed;
-        let after_token = prev_token & !token;
-        let next_after_comma = add_carried(space, after_comma, &mut last.after_comma) & !space;
-        let next_after_token = add_carried(space, after_token, &mut last.after_token) & !space;
-        // Bytes of a token after an `e`, and after a `.`.
-        let past_exp = {
-            let sum = add_carried(token, prev_exp & token, &mut last.after_exp);
-            (sum ^ token) & token
-        };
-        let past_dot = {
-            let sum = add_carried(token, prev_dot & token, &mut last.after_dot);
-            (sum ^ token) & token
-        };
-        let wrong = (starts & !(digit | minus))
-            | (minus & !(starts | prev_exp))
-            | (plus & !prev_exp)
-            | (prev(sign, last.sign) & !digit)
-            | (prev_exp & !(digit | sign))
-            | ((exp | dot) & !prev_digit)
-            | (prev_dot & !digit)
-            | (prev(lead, last.lead) & digit)
-            | ((dot | exp) & past_exp)
-            | (dot & past_dot)
-            | (after_token & !prev_digit)
-            | (next_after_comma & !starts)
-            | (next_after_token & !(comma | end));
+        let after_comma = comma.later(last_comma) | start_seed;
+        let after_token = t.prev_token & !token;
+        let next_after_comma = space.add_carried(after_comma, &mut after_comma_carry) & !space;
+        let next_after_token = space.add_carried(after_token, &mut after_token_carry) & !space;
+        let wrong = t.wrong | (next_after_comma & !t.starts) | (next_after_token & !(comma | end));
         if wrong & (within | end) != 0 {
             return None;
         }
         if end != 0 {
             return Some(at + end.trailing_zeros() as usize + 1);
         }
-        last = Carried {
-            token,
-            digit,
-            exp,
-            dot,
-            sign,
-            minus_start,
-            lead,
-            comma,
-            ..last
-        };
+        last_comma = comma;
         start_seed = 0;
         at += 64;
     }

@@ -8,34 +8,18 @@ mod rows;
 pub mod tf_serving;
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
 
 use json::{Cursor, SyntaxError};
 
 /// Which vector code the engines run: `"avx512"` (the map index of `rows.rs`) when the CPU
-/// has AVX-512BW and the environment does not set `TRIMMER_AVX512=off`, else `"portable"`
-/// (the cursor alone). Decided once per process.
+/// has AVX-512BW, POPCNT and BMI1 and the environment does not set `TRIMMER_AVX512=off`, else
+/// `"portable"` (the cursor alone). Decided once per process.
 pub fn vector_path() -> &'static str {
-    if avx512() {
+    if rows::runs() {
         "avx512"
     } else {
         "portable"
     }
-}
-
-/// See [`vector_path`]: the CPU has AVX-512BW, POPCNT and BMI1, and they are not turned off.
-fn avx512() -> bool {
-    static AVX512: LazyLock<bool> = LazyLock::new(|| {
-        let allowed = std::env::var("TRIMMER_AVX512").map_or(true, |v| v != "off");
-        #[cfg(target_arch = "x86_64")]
-        let present = std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("popcnt")
-            && std::arch::is_x86_feature_detected!("bmi1");
-        #[cfg(not(target_arch = "x86_64"))]
-        let present = false;
-        allowed && present
-    });
-    *AVX512
 }
 
 /// A trimmed body.
