@@ -141,7 +141,7 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
             "models": allowlists.model_names().count(),
             "distinct_features": allowlists.distinct_features(),
             "conflicts": allowlists.conflicts(),
-            "last_reload": state.last_reload.map(|(at, _)| crate::reload::rfc3339(at)),
+            "last_reload": state.last_reload.map(|(at, _)| crate::bundle::format::rfc3339(at)),
             "last_reload_ms": state.last_reload.map(|(_, took)| took.as_secs_f64() * 1e3),
         },
         "kill_switch": {

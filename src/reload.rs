@@ -3,89 +3,16 @@
 //! records metrics; swaps one `TrimState` whole. No request ever waits on a reload.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::bundle::store::BundleState;
 use crate::bundle::watch::BundleWatcher;
 use crate::bundle::{AllowlistSnapshot, BundleStore, ScanReport};
 use crate::config::ms;
 use crate::metrics::ModelMetrics;
-use crate::state::Shared;
-
-/// Everything a request reads about allowlists, swapped whole after every scan that changed
-/// something.
-#[derive(Default)]
-pub struct TrimState {
-    /// The merged allowlists.
-    pub allowlists: Arc<AllowlistSnapshot>,
-    /// Per-bundle status, for `/status`.
-    pub bundles: Vec<BundleStatus>,
-    /// The kill-switch file is present in the bundle directory.
-    pub kill_switch_file: bool,
-    /// Why the directory could not be listed at the last scan.
-    pub directory_error: Option<String>,
-    /// When the allowlists were last rebuilt, and how long that scan took.
-    pub last_reload: Option<(SystemTime, Duration)>,
-    /// Metric handles per model, indexed like the snapshot's models.
-    pub models: Vec<Arc<ModelMetrics>>,
-}
-
-/// What `/status` shows of a bundle.
-#[derive(Debug, Clone, Serialize)]
-pub struct BundleStatus {
-    /// Bundle name (file name without `.json`).
-    pub name: String,
-    /// File it is read from.
-    pub file: String,
-    /// Generation of the content being served (`None` if nothing ever loaded).
-    pub generation: Option<u64>,
-    /// The served content's `sha256` member, if it had one.
-    pub sha256: Option<String>,
-    /// SHA-256 of the served file's bytes.
-    pub file_sha256: Option<String>,
-    /// Provenance of the served content.
-    pub source: Option<String>,
-    /// When the served content was loaded (RFC 3339, UTC).
-    pub loaded_at: Option<String>,
-    /// The current file fails; the previous content is served.
-    pub stale: bool,
-    /// Why the current file fails.
-    pub last_error: Option<String>,
-    /// Model versions the served content lists.
-    pub model_versions: usize,
-}
-
-/// Sent to the reloader to force a scan; the reply carries its summary.
-pub type ReloadRequest = oneshot::Sender<ReloadSummary>;
-
-/// The outcome of one scan, as `POST /reload` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadSummary {
-    /// The allowlists were rebuilt.
-    pub changed: bool,
-    /// Bundles whose new content loaded.
-    pub loaded: Vec<String>,
-    /// Bundles whose file failed, with the reason (their last-known-good stays).
-    pub failed: Vec<FailedLoad>,
-    /// Bundles whose file is gone.
-    pub removed: Vec<String>,
-    /// Why the directory could not be listed.
-    pub directory_error: Option<String>,
-    /// Model-version allowlists now served.
-    pub allowlists: usize,
-}
-
-/// A bundle file that failed to load.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedLoad {
-    /// Bundle name.
-    pub bundle: String,
-    /// File and reason.
-    pub error: String,
-}
+use crate::state::{BundleStatus, ReloadRequest, ReloadSummary, Shared, TrimState};
 
 /// Owns the bundle store and the watcher; runs as one task.
 pub struct Reloader {
@@ -368,29 +295,6 @@ impl Reloader {
     }
 }
 
-impl ReloadSummary {
-    fn from_report(report: &ScanReport, allowlists: usize) -> Self {
-        let mut summary = ReloadSummary {
-            changed: report.changed,
-            loaded: Vec::new(),
-            failed: Vec::new(),
-            removed: report.removed.clone(),
-            directory_error: report.dir_error.clone(),
-            allowlists,
-        };
-        for load in &report.loads {
-            match &load.result {
-                Ok(()) => summary.loaded.push(load.bundle.clone()),
-                Err(e) => summary.failed.push(FailedLoad {
-                    bundle: load.bundle.clone(),
-                    error: e.clone(),
-                }),
-            }
-        }
-        summary
-    }
-}
-
 fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
     let good = entry.good.as_deref();
     BundleStatus {
@@ -400,53 +304,9 @@ fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
         sha256: good.and_then(|b| b.sha256.clone()),
         file_sha256: entry.good_digest.clone(),
         source: good.and_then(|b| b.source.clone()),
-        loaded_at: entry.loaded_at.map(rfc3339),
+        loaded_at: entry.loaded_at.map(crate::bundle::format::rfc3339),
         stale: entry.stale,
         last_error: entry.last_error.clone(),
         model_versions: good.map_or(0, |b| b.models.len()),
-    }
-}
-
-/// `2026-11-22T01:02:03Z` for a system time (UTC, whole seconds).
-pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn formats_utc_timestamps() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_305_600)),
-            "2026-11-22T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_786_061)),
-            "2000-02-29T01:01:01Z"
-        );
     }
 }

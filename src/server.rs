@@ -21,7 +21,8 @@ use crate::config::{ms, Config};
 use crate::metrics::{Metrics, UNKNOWN_MODEL};
 use crate::proxy::answer::ProxyBody;
 use crate::proxy::io::Peer;
-use crate::reload::{ReloadRequest, Reloader};
+use crate::reload::Reloader;
+use crate::state::ReloadRequest;
 use crate::state::Shared;
 use crate::upstream::Upstreams;
 

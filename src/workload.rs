@@ -27,20 +27,6 @@ pub const MODEL: &str = "ranker";
 /// Model version used by every workload.
 pub const VERSION: &str = "1";
 
-/// A tiny deterministic generator (64-bit LCG) so no randomness crate is needed; also drives
-/// the engine's randomised unit tests.
-pub(crate) struct Lcg(pub(crate) u64);
-
-impl Lcg {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 fn names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("feature_{i:04}")).collect()
 }
@@ -82,7 +68,7 @@ const TEXT: [&str; 8] = [
 
 fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize, text: bool) -> Workload {
     let features = names(n);
-    let mut rng = Lcg(42);
+    let mut rng = crate::trim::Lcg(42);
     let mut body = String::with_capacity(rows * n * 26);
     body.push_str(r#"{"signature_name":"serving_default","instances":["#);
     for r in 0..rows {
@@ -129,14 +115,14 @@ fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize, text: bool) -
     }
 }
 
-fn fp32(rng: &mut Lcg) -> f32 {
+fn fp32(rng: &mut crate::trim::Lcg) -> f32 {
     (rng.next() % 2_000_000) as f32 / 1_000_000.0 - 1.0
 }
 
 /// `kserve-json`: KServe V2, 1,000 input tensors of 64 FP32 values each, allowlist 100.
 pub fn kserve_json() -> Workload {
     let features = names(1000);
-    let mut rng = Lcg(7);
+    let mut rng = crate::trim::Lcg(7);
     let mut body = String::from(r#"{"id":"bench","inputs":["#);
     for (i, f) in features.iter().enumerate() {
         if i > 0 {
@@ -168,7 +154,7 @@ pub fn kserve_json() -> Workload {
 /// `kserve-binary`: the same inputs as Triton binary tensors.
 pub fn kserve_binary() -> Workload {
     let features = names(1000);
-    let mut rng = Lcg(7);
+    let mut rng = crate::trim::Lcg(7);
     let mut json = String::from(r#"{"id":"bench","inputs":["#);
     for (i, f) in features.iter().enumerate() {
         if i > 0 {

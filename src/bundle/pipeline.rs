@@ -335,7 +335,7 @@ pub fn created_at(explicit: Option<String>) -> Result<Option<String>, String> {
                 .trim()
                 .parse()
                 .map_err(|_| format!("SOURCE_DATE_EPOCH `{epoch}` is not a number"))?;
-            Ok(Some(crate::reload::rfc3339(
+            Ok(Some(crate::bundle::format::rfc3339(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
             )))
         }

@@ -854,7 +854,7 @@ fn unescape(raw: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Lcg;
+    use crate::trim::Lcg;
 
     fn valid(text: &str) -> bool {
         let mut c = Cursor::new(text.as_bytes());

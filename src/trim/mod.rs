@@ -421,6 +421,22 @@ fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usi
     o.removed += m.len() as u64 - kept;
 }
 
+/// A tiny deterministic generator (64-bit LCG) so no randomness crate is needed: drives the
+/// engines' randomised unit tests and the reference workloads.
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) struct Lcg(pub(crate) u64);
+
+#[cfg(any(test, feature = "testkit"))]
+impl Lcg {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1149,7 +1149,7 @@ mod tests {
         let Some(cpu) = avx512_or_say_why() else {
             return;
         };
-        let mut rng = crate::workload::Lcg(3);
+        let mut rng = crate::trim::Lcg(3);
         let mut block = [0u8; 64];
         for round in 0..20_000 {
             for b in block.iter_mut() {
@@ -1168,13 +1168,23 @@ mod tests {
     }
 
     #[test]
-    fn indexes_every_row_of_the_reference_workload() {
-        let w = crate::workload::tfs_rows();
+    fn indexes_every_row_of_a_workload_shaped_body() {
+        // tfs-rows' shape: 64 rows of 1,000 features (numbers, strings, short lists).
+        let row: Vec<String> = (0..1000)
+            .map(|i| match i % 3 {
+                0 => format!("\"feature_{i:04}\": {}.5", i),
+                1 => format!("\"feature_{i:04}\": \"v{i}\""),
+                _ => format!("\"feature_{i:04}\": [1, 2, {i}]"),
+            })
+            .collect();
+        let row = format!("{{{}}}", row.join(", "));
+        let body = format!("{{\"instances\": [{}]}}", vec![row; 64].join(","));
+        let body = body.as_bytes();
         let mut m = Members::default();
-        let mut pos = w.body.iter().position(|&b| b == b'[').unwrap() + 1;
+        let mut pos = body.iter().position(|&b| b == b'[').unwrap() + 1;
         let mut rows = 0;
-        while w.body[pos] == b'{' {
-            let end = index_bytewise(&w.body, pos, &mut m).expect("row indexed");
+        while body[pos] == b'{' {
+            let end = index_bytewise(body, pos, &mut m).expect("row indexed");
             assert_eq!(m.len(), 1000);
             rows += 1;
             pos = end + 1;
