@@ -60,22 +60,19 @@ impl Reloader {
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let period = ms(self.shared.config.bundles.rescan_interval_ms);
-        let quiet = ms(self.shared.config.bundles.debounce_ms);
         let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        // (first hint, scan due) while hints are pending.
-        let mut pending: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+        let mut debounce = Debounce::new(ms(self.shared.config.bundles.debounce_ms));
         loop {
+            let due = debounce.due();
             let due = async {
-                match pending {
-                    Some((_, due)) => tokio::time::sleep_until(due).await,
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 Some(()) = self.hints.recv() => {
-                    let now = tokio::time::Instant::now();
-                    let first = pending.map_or(now, |(first, _)| first);
-                    pending = Some((first, (now + quiet).min(first + quiet * 20)));
+                    debounce.hint(tokio::time::Instant::now());
                     continue;
                 }
                 _ = due => {
@@ -90,7 +87,7 @@ impl Reloader {
                 }
                 _ = stop.changed() => break,
             }
-            pending = None;
+            debounce.clear();
             self.ensure_watcher();
         }
     }
@@ -295,6 +292,40 @@ impl Reloader {
     }
 }
 
+/// When a rescan is due after watcher hints: once events have been quiet for `quiet`, but at
+/// most 20 × `quiet` after the first, so a directory that never goes quiet is still rescanned.
+struct Debounce {
+    /// `bundles.debounce_ms`.
+    quiet: std::time::Duration,
+    /// (first hint, scan due) while hints are pending.
+    pending: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+impl Debounce {
+    fn new(quiet: std::time::Duration) -> Self {
+        Self {
+            quiet,
+            pending: None,
+        }
+    }
+
+    /// A hint arrived at `now`.
+    fn hint(&mut self, now: tokio::time::Instant) {
+        let first = self.pending.map_or(now, |(first, _)| first);
+        self.pending = Some((first, (now + self.quiet).min(first + self.quiet * 20)));
+    }
+
+    /// A scan ran: nothing is pending.
+    fn clear(&mut self) {
+        self.pending = None;
+    }
+
+    /// When the pending hints are due for a scan.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.pending.map(|(_, due)| due)
+    }
+}
+
 fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
     let good = entry.good.as_deref();
     BundleStatus {
@@ -308,5 +339,39 @@ fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
         stale: entry.stale,
         last_error: entry.last_error.clone(),
         model_versions: good.map_or(0, |b| b.models.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{advance, sleep_until, Instant};
+
+    use super::Debounce;
+
+    /// On tokio's paused clock: hints in a burst move the scan to `quiet` after the last one;
+    /// a directory that never goes quiet is scanned 20 × `quiet` after the first hint.
+    #[tokio::test(start_paused = true)]
+    async fn hints_are_debounced_on_virtual_time() {
+        let quiet = Duration::from_millis(200);
+        let mut debounce = Debounce::new(quiet);
+        assert_eq!(debounce.due(), None);
+        let first = Instant::now();
+        debounce.hint(first);
+        advance(Duration::from_millis(150)).await;
+        debounce.hint(Instant::now());
+        let due = debounce.due().unwrap();
+        assert_eq!(due - first, Duration::from_millis(350));
+        sleep_until(due).await;
+        assert_eq!(Instant::now() - first, Duration::from_millis(350));
+
+        let mut storm = Debounce::new(quiet);
+        let first = Instant::now();
+        for _ in 0..100 {
+            storm.hint(Instant::now());
+            advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(storm.due().unwrap() - first, quiet * 20);
     }
 }
