@@ -16,7 +16,7 @@
 //! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
 //! - [`state`]: what the listeners share for the life of the process.
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
-//!   the directory watcher, and the offline pipeline (build, validate, diff, publish).
+//!   the directory watcher.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
 //!   that fills the cache directory the reloader loads.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
@@ -24,6 +24,8 @@
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
 //! - [`config`]: the TOML file, defaults, command-line overrides, validation of every problem.
 //! - [`check`]: offline validation of a configuration and its bundles.
+//! - [`pipeline`]: the offline pipeline and `trimmer bundle`: build, validate, diff, publish,
+//!   roll back.
 //! - [`demo`]: the end-to-end demo on loopback (`trimmer demo`).
 //! - `workload` and `loadtest` (feature `testkit`, never in the `trimmer` binary): the
 //!   reference workloads shared by benches and tests, and the checking leaf of the e2e harness
@@ -45,6 +47,7 @@ pub mod headers;
 pub mod loadtest;
 pub mod metrics;
 pub mod objstore;
+pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 
 use crate::bundle::checksum::hex;
-use crate::bundle::publish::write_atomically;
+use crate::bundle::store::write_atomically;
 use crate::bundle::Bundle;
 use crate::config::BundlesConfig;
 use crate::state::Shared;
@@ -250,13 +250,15 @@ pub async fn swap_pointer(
 
 /// `trimmer bundle publish FILE --store URL`: writes the immutable object, then swaps the
 /// pointer conditionally. Refuses a generation not newer than the live one unless `force`.
-pub async fn publish(file: &Path, url: &StoreUrl, force: bool) -> Result<PointerWrite, String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let bundle = Bundle::parse_document(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    let problems = crate::bundle::pipeline::invariants(&bundle, None, &[], false);
-    if !problems.is_empty() {
-        return Err(format!("{}: {}", file.display(), problems.join("; ")));
-    }
+/// `bytes` and `bundle` come from [`crate::pipeline::publish::publishable`] (`file` names them
+/// in messages).
+pub async fn publish(
+    file: &Path,
+    bytes: Vec<u8>,
+    bundle: Bundle,
+    url: &StoreUrl,
+    force: bool,
+) -> Result<PointerWrite, String> {
     if bundle.sha256.is_none() {
         return Err(format!(
             "{}: has no `sha256`; a store is shared by a fleet, so only sealed bundles (`trimmer bundle build`) are published there",

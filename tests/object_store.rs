@@ -590,12 +590,21 @@ async fn a_fleet_follows_the_store_and_survives_it() {
         assert_eq!(sidecar.polls("error").await, *err);
         not_modified += delta;
     }
-    let answered_304 =
-        store.requests("GET", "304").await + store.requests("GET", "404").await - store_304;
-    assert!(
-        answered_304 >= not_modified,
-        "the store answered {answered_304} × 304 for {not_modified} not_modified polls"
-    );
+    // The store's own request metrics are updated a moment after it answers: wait for them to
+    // account for every poll the sidecars counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answered_304 =
+            store.requests("GET", "304").await + store.requests("GET", "404").await - store_304;
+        if answered_304 >= not_modified {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store answered {answered_304} × 304 for {not_modified} not_modified polls"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let polls0 = sidecars[0].polls("not_modified").await - before[0].0;
     let lists0 = sidecars[0]
         .value(r#"trimmer_bundle_source_lists_total{result="ok"}"#)

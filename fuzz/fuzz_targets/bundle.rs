@@ -2,8 +2,8 @@
 //! that parses to the same bundle and passes its own checksum once sealed.
 #![no_main]
 
-use feature_trimmer::bundle::pbtxt;
 use feature_trimmer::bundle::Bundle;
+use feature_trimmer::pipeline::pbtxt;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,14 +1,9 @@
-//! Allowlist bundles: the v1 artefact format and its checksum, loading a directory with
-//! per-bundle last-known-good, the consolidated snapshot, and the directory watcher.
-//! Knows nothing of HTTP.
+//! Allowlist bundles at run time: the v1 artefact format and its checksum, loading a directory
+//! with per-bundle last-known-good, the consolidated snapshot, and the directory watcher. The
+//! offline side (build, validate, diff, publish) is [`crate::pipeline`]. Knows nothing of HTTP.
 
 pub mod checksum;
-pub mod diff;
 pub mod format;
-pub mod pbtxt;
-pub mod pipeline;
-pub mod publish;
-pub mod signature;
 pub mod snapshot;
 pub mod store;
 pub mod watch;

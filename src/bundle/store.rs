@@ -211,6 +211,28 @@ impl BundleStore {
     }
 }
 
+/// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot install {}: {e}", path.display())
+    })
+}
+
 /// Reads a bundle file of at most `max` bytes. The file is opened without blocking and the
 /// opened handle must be a regular file: a FIFO swapped in after the listing would block a
 /// plain `open` forever, and a device or `/proc` file (size 0, endless content) is not a

@@ -3,20 +3,27 @@
 //! is a metadata operation. The sidecar ignores dot-files, so neither temp files nor history
 //! are ever loaded.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::format::Bundle;
+use crate::bundle::format::Bundle;
+use crate::bundle::store::write_atomically;
+
+/// Reads a bundle file for publishing (to a directory or a store): it must parse, match its
+/// checksum and hold the safety invariants.
+pub fn publishable(file: &Path) -> Result<(Vec<u8>, Bundle), String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let bundle = Bundle::parse_document(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let problems = super::build::invariants(&bundle, None, &[], false);
+    if !problems.is_empty() {
+        return Err(format!("{}: {}", file.display(), problems.join("; ")));
+    }
+    Ok((bytes, bundle))
+}
 
 /// Publishes the bundle file at `file` as `dir/<bundle>.json`; returns the installed path.
 /// Refuses a generation not newer than the live one unless `force`.
 pub fn publish(file: &Path, dir: &Path, force: bool) -> Result<(PathBuf, Bundle), String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let bundle = Bundle::parse_document(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    let problems = super::pipeline::invariants(&bundle, None, &[], false);
-    if !problems.is_empty() {
-        return Err(format!("{}: {}", file.display(), problems.join("; ")));
-    }
+    let (bytes, bundle) = publishable(file)?;
     let target = dir.join(format!("{}.json", bundle.bundle));
     let history = history_dir(dir, &bundle.bundle);
     if let Some((live_bytes, live)) = live(&target) {
@@ -98,26 +105,4 @@ fn live(target: &Path) -> Option<(Vec<u8>, Bundle)> {
     let bytes = std::fs::read(target).ok()?;
     let bundle = Bundle::parse_document(&bytes).ok()?;
     Some((bytes, bundle))
-}
-
-/// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot install {}: {e}", path.display())
-    })
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::format::{Bundle, ModelEntry, Stage};
+use crate::bundle::format::{Bundle, ModelEntry, Stage};
 use crate::config::Mode;
 
 /// Differences between two bundles.

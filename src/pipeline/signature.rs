@@ -146,8 +146,7 @@ fn read(file: &Path, relative: &[String], tf_signature: &str) -> Result<Option<S
     let path_model = relative.first().cloned();
     let path_version = relative.get(1).cloned();
     let (form, model, version, inputs) = if file.extension().is_some_and(|e| e == "pbtxt") {
-        let config =
-            crate::bundle::pbtxt::parse(&text).map_err(|e| format!("not protobuf text: {e}"))?;
+        let config = super::pbtxt::parse(&text).map_err(|e| format!("not protobuf text: {e}"))?;
         let model = config.scalar("name").map(str::to_owned);
         let inputs: Vec<String> = config
             .messages("input")

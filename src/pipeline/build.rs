@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::format::{Bundle, ModelEntry, Stage, FORMAT_V1};
 use super::signature::{self, Signature};
+use crate::bundle::format::{Bundle, ModelEntry, Stage, FORMAT_V1};
 use crate::config::Mode;
 
 /// The policy file: rollout stage, mode and labels per model version. Configuration as code,
