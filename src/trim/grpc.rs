@@ -10,7 +10,9 @@
 //! the UTF-8 of every name it reads. Tensor values, `Feature`s and unknown fields are opaque
 //! byte ranges, copied as they are.
 
-use super::{Allowed, TrimResult, Trimmed, Untrimmable};
+use std::cell::RefCell;
+
+use super::{ends_of, Allowed, AllowlistId, TrimResult, Trimmed, Untrimmable};
 
 /// Which request message a gRPC method carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +41,9 @@ pub fn trim(msg: &[u8], body: GrpcBody, allowed: impl Allowed) -> TrimResult {
 /// `NotTrimmable` when the request has no `inputs` entry at all.
 pub fn trim_predict(msg: &[u8], allowed: impl Allowed) -> TrimResult {
     let mut plan = Plan::new(msg);
+    let mut answers = Answers::new(&allowed);
     let mut copied = 0;
-    let mut entries = 0u64;
+    let mut entries = 0usize;
     let mut fields = Fields::new(msg, 0, msg.len());
     while let Some(f) = fields.next()? {
         if f.number != 2 {
@@ -48,7 +51,7 @@ pub fn trim_predict(msg: &[u8], allowed: impl Allowed) -> TrimResult {
         }
         f.expect_len()?;
         entries += 1;
-        if allowed.allows(map_key(msg, &f)?) {
+        if answers.keep(entries - 1, map_key(msg, &f)?) {
             plan.kept += 1;
         } else {
             plan.removed += 1;
@@ -165,19 +168,82 @@ fn example(
 /// numbers differ nothing is trimmed (a `Parse` error). `NotTrimmable` when the request has no
 /// input.
 pub fn trim_infer(msg: &[u8], allowed: impl Allowed) -> TrimResult {
+    let mut inputs = InputReader::new(&allowed);
+    match infer_in_order(msg, &mut inputs)? {
+        Some(trimmed) => Ok(trimmed),
+        None => infer_any_order(msg, &mut inputs),
+    }
+}
+
+/// The error for raw entries that do not pair up with their inputs.
+const MISALIGNED: Untrimmable = Untrimmable::Parse {
+    offset: 0,
+    reason: "one raw_input_contents entry per input without contents or shared memory",
+};
+
+/// [`trim_infer`] in one pass, for requests in which every raw entry comes after the input
+/// that owns it (as protobuf encoders write fields: in field-number order); `None` at the
+/// first raw entry that comes before its input.
+fn infer_in_order(
+    msg: &[u8],
+    inputs: &mut InputReader<'_, impl Allowed>,
+) -> Result<Option<Trimmed>, Untrimmable> {
+    let mut plan = Plan::new(msg);
+    let mut owned: Vec<bool> = Vec::new();
+    let (mut raws, mut copied) = (0usize, 0usize);
+    let mut fields = Fields::new(msg, 0, msg.len());
+    while let Some(f) = fields.next()? {
+        let keep = match f.number {
+            5 => {
+                let (keep, owns_raw) = inputs.decide(msg, &f)?;
+                if owns_raw {
+                    owned.push(keep);
+                }
+                if keep {
+                    plan.kept += 1;
+                } else {
+                    plan.removed += 1;
+                }
+                keep
+            }
+            7 => {
+                f.expect_len()?;
+                let Some(&keep) = owned.get(raws) else {
+                    return Ok(None);
+                };
+                raws += 1;
+                keep
+            }
+            _ => continue,
+        };
+        if !keep {
+            plan.copy(copied, f.start);
+            copied = f.end;
+        }
+    }
+    if owned.len() != raws {
+        return Err(MISALIGNED);
+    }
+    if inputs.seen == 0 {
+        return Err(Untrimmable::NotTrimmable("the request has no inputs"));
+    }
+    plan.copy(copied, msg.len());
+    Ok(Some(plan.finish()))
+}
+
+/// [`trim_infer`] for any order of inputs and raw entries: every record is noted first, then
+/// the k-th raw entry goes with the k-th owning input, wherever either appears.
+fn infer_any_order(msg: &[u8], inputs: &mut InputReader<'_, impl Allowed>) -> TrimResult {
+    inputs.seen = 0;
     let mut records = Vec::new();
     let (mut owners, mut raws) = (0usize, 0usize);
     let mut fields = Fields::new(msg, 0, msg.len());
     while let Some(f) = fields.next()? {
         let kind = match f.number {
             5 => {
-                f.expect_len()?;
-                let tensor = infer_input(msg, f.value, f.end)?;
-                owners += usize::from(tensor.owns_raw);
-                Record::Input {
-                    keep: allowed.allows(tensor.name),
-                    owns_raw: tensor.owns_raw,
-                }
+                let (keep, owns_raw) = inputs.decide(msg, &f)?;
+                owners += usize::from(owns_raw);
+                Record::Input { keep, owns_raw }
             }
             7 => {
                 f.expect_len()?;
@@ -189,16 +255,11 @@ pub fn trim_infer(msg: &[u8], allowed: impl Allowed) -> TrimResult {
         records.push((f.start, f.end, kind));
     }
     if owners != raws {
-        return Err(Untrimmable::Parse {
-            offset: msg.len(),
-            reason: "one raw_input_contents entry per input without contents or shared memory",
-        });
+        return Err(MISALIGNED);
     }
-    if records.len() == raws {
+    if inputs.seen == 0 {
         return Err(Untrimmable::NotTrimmable("the request has no inputs"));
     }
-    // The k-th raw entry goes with the k-th owning input, wherever either appears: the owners'
-    // decisions queue up in order and each raw entry takes the next one.
     let mut owned: Vec<bool> = records
         .iter()
         .filter_map(|&(_, _, kind)| match kind {
@@ -234,6 +295,134 @@ pub fn trim_infer(msg: &[u8], allowed: impl Allowed) -> TrimResult {
     Ok(plan.finish())
 }
 
+/// Decides `inputs` records one after the other.
+struct InputReader<'a, A: Allowed> {
+    answers: Answers<'a, A>,
+    /// The last input parsed in full.
+    template: Option<Template>,
+    /// Inputs decided so far (the position of the next one).
+    seen: usize,
+}
+
+impl<'a, A: Allowed> InputReader<'a, A> {
+    fn new(allowed: &'a A) -> Self {
+        InputReader {
+            answers: Answers::new(allowed),
+            template: None,
+            seen: 0,
+        }
+    }
+
+    /// Whether the input record `f` is kept, and whether it owns a raw entry.
+    #[inline(always)]
+    fn decide(&mut self, msg: &[u8], f: &Field) -> Result<(bool, bool), Untrimmable> {
+        f.expect_len()?;
+        let (name, owns_raw) = match self.template.as_ref().and_then(|t| t.matches(msg, f)) {
+            Some(matched) => matched?,
+            None => {
+                let tensor = infer_input(msg, f.value, f.end)?;
+                self.template = Some(Template {
+                    start: f.start,
+                    end: f.end,
+                    name: tensor.name.0 - f.start..tensor.name.1 - f.start,
+                    owns_raw: tensor.owns_raw,
+                });
+                (utf8(msg, tensor.name.0, tensor.name.1)?, tensor.owns_raw)
+            }
+        };
+        let keep = self.answers.keep(self.seen, name);
+        self.seen += 1;
+        Ok((keep, owns_raw))
+    }
+}
+
+/// The allowlist's answers by feature position (the n-th map entry or input of a message),
+/// kept by the thread from one request to the next while the allowlist is the same one: a
+/// client sends one model the same features in the same order, so comparing a name with the
+/// one remembered at its position replaces most allowlist lookups. Only names of up to sixteen
+/// bytes are remembered, which the two words of a slot hold whole.
+#[derive(Default)]
+struct Memo {
+    /// The allowlist the answers are for; `None`: nothing is remembered.
+    owner: Option<AllowlistId>,
+    slots: Vec<Slot>,
+}
+
+/// A remembered name and answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    head: u64,
+    tail: u64,
+    /// The name's length plus one; 0: nothing remembered.
+    len: u8,
+    keep: bool,
+}
+
+/// The most positions a thread remembers (~400 KiB).
+const MEMO_SLOTS: usize = 16_384;
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::default();
+}
+
+/// An allowlist with the thread's [`Memo`] for it, handed back when done.
+struct Answers<'a, A: Allowed> {
+    allowed: &'a A,
+    memo: Memo,
+}
+
+impl<'a, A: Allowed> Answers<'a, A> {
+    /// Takes the thread's memo, emptied unless it is for this allowlist.
+    fn new(allowed: &'a A) -> Self {
+        let owner = allowed.identity();
+        let mut memo = MEMO.with(RefCell::take);
+        if owner.is_none() || memo.owner != owner {
+            memo.slots.clear();
+        }
+        memo.owner = owner;
+        Answers { allowed, memo }
+    }
+
+    /// Whether `name`, the feature at position `i`, is allowed.
+    #[inline(always)]
+    fn keep(&mut self, i: usize, name: &str) -> bool {
+        let memo = &mut self.memo;
+        if memo.owner.is_none() || name.len() > 16 || i >= MEMO_SLOTS {
+            return self.allowed.allows(name);
+        }
+        let (head, tail) = ends_of(name.as_bytes());
+        // At most 17: fits.
+        let len = name.len() as u8 + 1;
+        if let Some(slot) = memo.slots.get(i) {
+            if slot.len == len && slot.head == head && slot.tail == tail {
+                return slot.keep;
+            }
+        }
+        let keep = self.allowed.allows(name);
+        if memo.slots.len() <= i {
+            memo.slots.resize(i + 1, Slot::default());
+        }
+        memo.slots[i] = Slot {
+            head,
+            tail,
+            len,
+            keep,
+        };
+        keep
+    }
+}
+
+impl<A: Allowed> Drop for Answers<'_, A> {
+    /// Hands the memo back to the thread for its next request.
+    fn drop(&mut self) {
+        if self.memo.owner.is_some() {
+            let memo = std::mem::take(&mut self.memo);
+            // The thread may be exiting; then there is no next request.
+            let _ = MEMO.try_with(|m| *m.borrow_mut() = memo);
+        }
+    }
+}
+
 /// A `ModelInferRequest` field the trimmer may cut out.
 #[derive(Debug, Clone, Copy)]
 enum Record {
@@ -243,22 +432,75 @@ enum Record {
     Raw,
 }
 
+/// An input record already parsed, for the next ones to be compared with: the tensors of one
+/// request usually differ only in their name (same datatype, shape and parameters), and a
+/// record whose bytes equal the template's outside a name of the same length is parsed the
+/// same way, apart from the name.
+struct Template {
+    /// The record (tag included).
+    start: usize,
+    end: usize,
+    /// Its name's content, relative to `start`.
+    name: std::ops::Range<usize>,
+    owns_raw: bool,
+}
+
+impl Template {
+    /// The name and `owns_raw` of record `f` if it matches the template.
+    #[inline(always)]
+    fn matches<'a>(
+        &self,
+        msg: &'a [u8],
+        f: &Field,
+    ) -> Option<Result<(&'a str, bool), Untrimmable>> {
+        let (t, r) = (&msg[self.start..self.end], &msg[f.start..f.end]);
+        let same = t.len() == r.len()
+            && same_bytes(&t[..self.name.start], &r[..self.name.start])
+            && same_bytes(&t[self.name.end..], &r[self.name.end..]);
+        same.then(|| {
+            let name = f.start + self.name.start..f.start + self.name.end;
+            utf8(msg, name.start, name.end).map(|name| (name, self.owns_raw))
+        })
+    }
+}
+
+/// `a == b` for slices of equal length, eight bytes at a time: the pieces compared are a few
+/// bytes long, where a call to `memcmp` cost more than the comparison.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = (&mut a8).zip(&mut b8).all(|(x, y)| {
+        u64::from_ne_bytes(x.try_into().unwrap_or_default())
+            == u64::from_ne_bytes(y.try_into().unwrap_or_default())
+    });
+    words_equal
+        && a8
+            .remainder()
+            .iter()
+            .zip(b8.remainder())
+            .all(|(x, y)| x == y)
+}
+
 /// What the trimmer reads of an `InferInputTensor`.
-struct InferInput<'a> {
-    name: &'a str,
+struct InferInput {
+    /// The content of the last `name` field (empty, at `start`, when there is none).
+    name: (usize, usize),
     /// No `contents` (field 5) and no `shared_memory_region` parameter.
     owns_raw: bool,
 }
 
 /// `InferInputTensor { string name = 1; string datatype = 2; repeated int64 shape = 3;
 /// map<string, InferParameter> parameters = 4; InferTensorContents contents = 5; }`.
-fn infer_input(msg: &[u8], start: usize, end: usize) -> Result<InferInput<'_>, Untrimmable> {
-    let mut name = "";
+fn infer_input(msg: &[u8], start: usize, end: usize) -> Result<InferInput, Untrimmable> {
+    let mut name = (start, start);
     let (mut contents, mut shared_memory) = (false, false);
     let mut fields = Fields::new(msg, start, end);
     while let Some(f) = fields.next()? {
         match f.number {
-            1 => name = f.string(msg)?,
+            1 => {
+                f.string(msg)?;
+                name = (f.value, f.end);
+            }
             4 => {
                 f.expect_len()?;
                 shared_memory |= map_key(msg, &f)? == "shared_memory_region";
@@ -418,7 +660,7 @@ impl Field {
     #[inline]
     fn string<'a>(&self, msg: &'a [u8]) -> Result<&'a str, Untrimmable> {
         self.expect_len()?;
-        std::str::from_utf8(&msg[self.value..self.end]).map_err(|_| parse(self.value, "UTF-8"))
+        utf8(msg, self.value, self.end)
     }
 }
 
@@ -439,7 +681,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next record, `None` at the message's end.
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Result<Option<Field>, Untrimmable> {
         if self.pos >= self.end {
             return Ok(None);
@@ -491,16 +733,29 @@ impl<'a> Fields<'a> {
 }
 
 /// Reads a varint at `*pos` (before `end`) and moves past it.
-#[inline]
+#[inline(always)]
 fn varint(msg: &[u8], pos: &mut usize, end: usize) -> Result<u64, Untrimmable> {
     let start = *pos;
     let bytes = &msg[start..end];
-    if let Some(&b) = bytes.first() {
-        if b < 0x80 {
-            *pos += 1;
-            return Ok(u64::from(b));
+    // Tags and lengths up to 16 KiB: one or two bytes.
+    match *bytes {
+        [b, ..] if b < 0x80 => {
+            *pos = start + 1;
+            Ok(u64::from(b))
         }
+        [b0, b1, ..] if b1 < 0x80 => {
+            *pos = start + 2;
+            Ok(u64::from(b0 & 0x7f) | u64::from(b1) << 7)
+        }
+        _ => varint_long(bytes, pos),
     }
+}
+
+/// [`varint`] past its first two bytes.
+#[cold]
+#[inline(never)]
+fn varint_long(bytes: &[u8], pos: &mut usize) -> Result<u64, Untrimmable> {
+    let start = *pos;
     let mut value = 0u64;
     for (i, &b) in bytes.iter().take(10).enumerate() {
         // The tenth byte holds bit 63 only.
@@ -514,6 +769,18 @@ fn varint(msg: &[u8], pos: &mut usize, end: usize) -> Result<u64, Untrimmable> {
         }
     }
     Err(parse(start, "a complete varint"))
+}
+
+/// `msg[start..end]` as a `str`. Names are short and nearly always ASCII, for which a quick
+/// loop replaces a call to `from_utf8`.
+#[inline(always)]
+fn utf8(msg: &[u8], start: usize, end: usize) -> Result<&str, Untrimmable> {
+    let bytes = &msg[start..end];
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).map_err(|_| parse(start, "UTF-8"))
 }
 
 /// Bytes of `v` as a varint.
@@ -1144,6 +1411,70 @@ mod tests {
         );
         assert_eq!(infer_target(&[]), Ok(InferTarget::default()));
         assert!(infer_target(&m().bytes(2, &[0xfe]).0).is_err());
+    }
+
+    /// An allowlist with an identity, counting the names it is asked about.
+    struct Counted<'a> {
+        names: &'a [&'a str],
+        id: usize,
+        asked: std::cell::Cell<usize>,
+    }
+
+    impl Allowed for &Counted<'_> {
+        fn allows(&self, name: &str) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            self.names.contains(&name)
+        }
+        fn identity(&self) -> Option<AllowlistId> {
+            Some(AllowlistId {
+                set: u64::MAX - 7,
+                member: self.id,
+            })
+        }
+    }
+
+    #[test]
+    fn remembered_answers_are_used_only_for_the_same_name_and_allowlist() {
+        let long = "a_feature_name_longer_than_16";
+        let infer = |names: &[&str]| {
+            let mut msg = m();
+            for n in names {
+                msg = msg.msg(5, &infer_input(n, ""));
+            }
+            for _ in names {
+                msg = msg.bytes(7, b"r");
+            }
+            msg.0
+        };
+        let first = infer(&["a", "b", "feature_0123456", long]);
+        let list = Counted {
+            names: &["a", "feature_0123456", "feature_0123457", long],
+            id: 1,
+            asked: Default::default(),
+        };
+        let out = trim_infer(&first, &list).unwrap();
+        assert_eq!((out.kept, list.asked.get()), (3, 4));
+        // The same names: only the long one is asked again.
+        trim_infer(&first, &list).unwrap();
+        assert_eq!(list.asked.get(), 5);
+        // A name that differs in one byte at the same position is asked.
+        let second = infer(&["a", "b", "feature_0123457", long]);
+        let out = trim_infer(&second, &list).unwrap();
+        assert_eq!((out.kept, list.asked.get()), (3, 7));
+        // Another allowlist with the same names answers for itself.
+        let other = Counted {
+            names: &["b"],
+            id: 2,
+            asked: Default::default(),
+        };
+        let out = trim_infer(&second, &other).unwrap();
+        assert_eq!((out.kept, other.asked.get()), (1, 4));
+        // Predict entries share the memo by position.
+        let predict = m().msg(2, &entry("b", b"")).msg(2, &entry("a", b"")).0;
+        let out = trim_predict(&predict, &list).unwrap();
+        assert_eq!((out.kept, list.asked.get()), (1, 9));
+        let out = trim_predict(&predict, &list).unwrap();
+        assert_eq!((out.kept, list.asked.get()), (1, 9));
     }
 
     #[test]
