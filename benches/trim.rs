@@ -232,7 +232,57 @@ fn bench_grpc(c: &mut Criterion) {
             b.iter(|| prost_round_trip(black_box(&w), &snapshot))
         });
         group.bench_function("memcpy", |b| b.iter(|| black_box(&w.body).to_vec()));
+        group.bench_function("closure", |b| {
+            b.iter(|| {
+                w.trim(|k: &str| k.len() == 12 && k.as_bytes()[11] == b'0')
+                    .unwrap()
+                    .body
+                    .len()
+            })
+        });
         group.finish();
+    }
+}
+
+/// With `TRIM_ALTERNATE=N`: the gRPC groups' three functions called in turn N times, median
+/// times and the ratios the targets are stated in.
+fn alternating_grpc(rounds: usize) {
+    use std::time::Instant;
+    for w in workload::grpc_all() {
+        let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
+        let time = |f: &dyn Fn()| {
+            let start = Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            start.elapsed().as_secs_f64() / 20.0
+        };
+        let (mut trimmer, mut prost, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            trimmer.push(time(&|| {
+                black_box(engine(black_box(&w), &snapshot));
+            }));
+            prost.push(time(&|| {
+                black_box(prost_round_trip(black_box(&w), &snapshot));
+            }));
+            memcpy.push(time(&|| {
+                black_box(black_box(&w.body).to_vec());
+            }));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (t, p, m) = (median(trimmer), median(prost), median(memcpy));
+        println!(
+            "alternating {}: trimmer {:.1} us, prost_round_trip {:.1} us ({:.1}x), memcpy {:.1} us (trimmer at {:.2}x memcpy's throughput) ({rounds} rounds)",
+            w.name,
+            t * 1e6,
+            p * 1e6,
+            p / t,
+            m * 1e6,
+            m / t
+        );
     }
 }
 
@@ -246,5 +296,6 @@ fn main() {
         .and_then(|n| n.parse().ok())
     {
         alternating(rounds);
+        alternating_grpc(rounds);
     }
 }
