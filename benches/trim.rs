@@ -232,14 +232,6 @@ fn bench_grpc(c: &mut Criterion) {
             b.iter(|| prost_round_trip(black_box(&w), &snapshot))
         });
         group.bench_function("memcpy", |b| b.iter(|| black_box(&w.body).to_vec()));
-        group.bench_function("closure", |b| {
-            b.iter(|| {
-                w.trim(|k: &str| k.len() == 12 && k.as_bytes()[11] == b'0')
-                    .unwrap()
-                    .body
-                    .len()
-            })
-        });
         group.finish();
     }
 }
