@@ -3,12 +3,15 @@
 //! `trimmer` vs `serde_json_validate` (parse to IgnoredAny), `serde_json_value` (parse to a
 //! Value, filter, serialise) and `memcpy` (copy the bytes). `lz4_encode` / `lz4_decode` give
 //! the link compression's cost on the same body; the compressed size is printed per workload.
+//! The gRPC groups (`tfs-grpc`, `kserve-grpc`) compare `trimmer` with `prost_round_trip`
+//! (decode with prost, filter, encode) and `memcpy`.
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use feature_trimmer::bundle::snapshot::Lookup;
 use feature_trimmer::bundle::AllowlistSnapshot;
 use feature_trimmer::classify::VersionSpec;
 use feature_trimmer::config::TrimConfig;
+use feature_trimmer::trim::Allowed;
 use feature_trimmer::workload::{self, Workload};
 
 fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
@@ -108,7 +111,174 @@ fn alternating(rounds: usize) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The prost messages of the gRPC workloads, with the fields they use (from the field numbers
+/// in PROTOCOLS.md), as generated code would declare them.
+mod pb {
+    use std::collections::HashMap;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Int64Value {
+        #[prost(int64, tag = "1")]
+        pub value: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ModelSpec {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "2")]
+        pub version: Option<Int64Value>,
+        #[prost(string, tag = "3")]
+        pub signature_name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Dim {
+        #[prost(int64, tag = "1")]
+        pub size: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TensorShape {
+        #[prost(message, repeated, tag = "2")]
+        pub dim: Vec<Dim>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TensorProto {
+        #[prost(int32, tag = "1")]
+        pub dtype: i32,
+        #[prost(message, optional, tag = "2")]
+        pub tensor_shape: Option<TensorShape>,
+        #[prost(float, repeated, tag = "5")]
+        pub float_val: Vec<f32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PredictRequest {
+        #[prost(message, optional, tag = "1")]
+        pub model_spec: Option<ModelSpec>,
+        #[prost(map = "string, message", tag = "2")]
+        pub inputs: HashMap<String, TensorProto>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InferInputTensor {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub datatype: String,
+        #[prost(int64, repeated, tag = "3")]
+        pub shape: Vec<i64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RequestedOutput {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ModelInferRequest {
+        #[prost(string, tag = "1")]
+        pub model_name: String,
+        #[prost(string, tag = "2")]
+        pub model_version: String,
+        #[prost(string, tag = "3")]
+        pub id: String,
+        #[prost(message, repeated, tag = "5")]
+        pub inputs: Vec<InferInputTensor>,
+        #[prost(message, repeated, tag = "6")]
+        pub outputs: Vec<RequestedOutput>,
+        #[prost(bytes = "vec", repeated, tag = "7")]
+        pub raw_input_contents: Vec<Vec<u8>>,
+    }
+}
+
+/// The straightforward alternative for gRPC: decode with prost, filter (asking the same
+/// allowlist as the trimmer), encode.
+fn prost_round_trip(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
+    use prost::Message;
+    let Lookup::Found { entry, .. } = snapshot.lookup(
+        workload::MODEL,
+        &VersionSpec::Version(workload::VERSION.into()),
+    ) else {
+        panic!("workload allowlist missing")
+    };
+    let list = snapshot.allowed(&entry.allowlist);
+    let allowed = |k: &str| list.allows(k);
+    if w.path == workload::TFS_PREDICT {
+        let mut req = pb::PredictRequest::decode(&w.body[..]).unwrap();
+        req.inputs.retain(|k, _| allowed(k));
+        req.encode_to_vec().len()
+    } else {
+        let mut req = pb::ModelInferRequest::decode(&w.body[..]).unwrap();
+        // Every input of the workload owns a raw entry.
+        let keep: Vec<bool> = req.inputs.iter().map(|i| allowed(&i.name)).collect();
+        let mut k = keep.iter();
+        req.raw_input_contents.retain(|_| *k.next().unwrap());
+        req.inputs.retain(|i| allowed(&i.name));
+        req.encode_to_vec().len()
+    }
+}
+
+fn bench_grpc(c: &mut Criterion) {
+    for w in workload::grpc_all() {
+        let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
+        let mut group = c.benchmark_group(w.name);
+        group.throughput(Throughput::Bytes(w.body.len() as u64));
+        group.bench_function("trimmer", |b| b.iter(|| engine(black_box(&w), &snapshot)));
+        group.bench_function("prost_round_trip", |b| {
+            b.iter(|| prost_round_trip(black_box(&w), &snapshot))
+        });
+        group.bench_function("memcpy", |b| b.iter(|| black_box(&w.body).to_vec()));
+        group.finish();
+    }
+}
+
+/// With `TRIM_ALTERNATE=N`: the gRPC groups' three functions called in turn N times, median
+/// times and the ratios the targets are stated in.
+fn alternating_grpc(rounds: usize) {
+    use std::time::Instant;
+    for w in workload::grpc_all() {
+        let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
+        let time = |f: &dyn Fn()| {
+            let start = Instant::now();
+            for _ in 0..20 {
+                f();
+            }
+            start.elapsed().as_secs_f64() / 20.0
+        };
+        let (mut trimmer, mut prost, mut memcpy) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            trimmer.push(time(&|| {
+                black_box(engine(black_box(&w), &snapshot));
+            }));
+            prost.push(time(&|| {
+                black_box(prost_round_trip(black_box(&w), &snapshot));
+            }));
+            memcpy.push(time(&|| {
+                black_box(black_box(&w.body).to_vec());
+            }));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (t, p, m) = (median(trimmer), median(prost), median(memcpy));
+        println!(
+            "alternating {}: trimmer {:.1} us, prost_round_trip {:.1} us ({:.1}x), memcpy {:.1} us (trimmer at {:.2}x memcpy's throughput) ({rounds} rounds)",
+            w.name,
+            t * 1e6,
+            p * 1e6,
+            p / t,
+            m * 1e6,
+            m / t
+        );
+    }
+}
+
+criterion_group!(benches, bench, bench_grpc);
 
 fn main() {
     benches();
@@ -118,5 +288,6 @@ fn main() {
         .and_then(|n| n.parse().ok())
     {
         alternating(rounds);
+        alternating_grpc(rounds);
     }
 }

@@ -2,17 +2,19 @@
 //! the end-to-end harness share the same bodies.
 
 use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
+use crate::trim::grpc::{self, put_bytes, put_uint};
 use crate::trim::tf_serving::{self, TfBody};
 use crate::trim::{kserve, Allowed, TrimResult};
 use serde_json::Value;
 
 /// One reference workload: a request body and the allowlist that applies to it.
 pub struct Workload {
-    /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`, `tfs-text`).
+    /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`, `tfs-text`,
+    /// `tfs-grpc`, `kserve-grpc`).
     pub name: &'static str,
-    /// Score URL path.
+    /// Score URL path (for gRPC, the method's path).
     pub path: &'static str,
-    /// Request body.
+    /// Request body (for gRPC, one protobuf message, without gRPC's 5-byte frame prefix).
     pub body: Vec<u8>,
     /// `Inference-Header-Content-Length` for Triton binary bodies.
     pub json_len: Option<usize>,
@@ -181,6 +183,110 @@ pub fn kserve_binary() -> Workload {
     }
 }
 
+/// gRPC method path of `tfs-grpc`.
+pub const TFS_PREDICT: &str = "/tensorflow.serving.PredictionService/Predict";
+/// gRPC method path of `kserve-grpc`.
+pub const KSERVE_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// `tfs-grpc`: a TF Serving gRPC `PredictRequest`, 1,000 `inputs` of 64 floats each (a
+/// `TensorProto` with `dtype` DT_FLOAT, shape [1, 64] and packed `float_val`), allowlist 100.
+pub fn tfs_grpc() -> Workload {
+    let features = names(1000);
+    let mut rng = Lcg(7);
+    let mut body = Vec::with_capacity(features.len() * 300);
+    put_bytes(&mut body, 1, &model_spec());
+    let (mut entry, mut tensor, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &features {
+        tensor.clear();
+        put_uint(&mut tensor, 1, 1);
+        put_bytes(&mut tensor, 2, &shape_proto(&[1, 64], &mut scratch));
+        scratch.clear();
+        for _ in 0..64 {
+            scratch.extend_from_slice(&fp32(&mut rng).to_le_bytes());
+        }
+        put_bytes(&mut tensor, 5, &scratch);
+        entry.clear();
+        put_bytes(&mut entry, 1, f.as_bytes());
+        put_bytes(&mut entry, 2, &tensor);
+        put_bytes(&mut body, 2, &entry);
+    }
+    let allowed = allow_every(&features, 100);
+    Workload {
+        name: "tfs-grpc",
+        path: TFS_PREDICT,
+        body,
+        json_len: None,
+        features,
+        allowed,
+    }
+}
+
+/// `ModelSpec { name: "ranker", version: { value: 1 }, signature_name: "serving_default" }`.
+fn model_spec() -> Vec<u8> {
+    let mut spec = Vec::new();
+    put_bytes(&mut spec, 1, MODEL.as_bytes());
+    let mut version = Vec::new();
+    put_uint(&mut version, 1, 1);
+    put_bytes(&mut spec, 2, &version);
+    put_bytes(&mut spec, 3, b"serving_default");
+    spec
+}
+
+/// `TensorShapeProto { repeated Dim dim = 2; }`, `Dim { int64 size = 1; }`.
+fn shape_proto(dims: &[u64], scratch: &mut Vec<u8>) -> Vec<u8> {
+    let mut shape = Vec::new();
+    for &d in dims {
+        scratch.clear();
+        put_uint(scratch, 1, d);
+        put_bytes(&mut shape, 2, scratch);
+    }
+    shape
+}
+
+/// `kserve-grpc`: a KServe gRPC `ModelInferRequest`, 1,000 FP32 [1, 64] inputs whose values
+/// are in `raw_input_contents` (as tritonclient sends them), allowlist 100.
+pub fn kserve_grpc() -> Workload {
+    let features = names(1000);
+    let mut rng = Lcg(7);
+    let mut body = Vec::with_capacity(features.len() * 300);
+    put_bytes(&mut body, 1, MODEL.as_bytes());
+    put_bytes(&mut body, 2, VERSION.as_bytes());
+    put_bytes(&mut body, 3, b"bench");
+    let mut input = Vec::new();
+    for f in &features {
+        input.clear();
+        put_bytes(&mut input, 1, f.as_bytes());
+        put_bytes(&mut input, 2, b"FP32");
+        // `repeated int64 shape = 3`, packed.
+        put_bytes(&mut input, 3, &[1, 64]);
+        put_bytes(&mut body, 5, &input);
+    }
+    input.clear();
+    put_bytes(&mut input, 1, b"score");
+    put_bytes(&mut body, 6, &input);
+    for _ in &features {
+        input.clear();
+        for _ in 0..64 {
+            input.extend_from_slice(&fp32(&mut rng).to_le_bytes());
+        }
+        put_bytes(&mut body, 7, &input);
+    }
+    let allowed = allow_every(&features, 100);
+    Workload {
+        name: "kserve-grpc",
+        path: KSERVE_INFER,
+        body,
+        json_len: None,
+        features,
+        allowed,
+    }
+}
+
+/// The gRPC workloads, kept apart from [`all`] because their bodies are not JSON.
+pub fn grpc_all() -> Vec<Workload> {
+    vec![tfs_grpc(), kserve_grpc()]
+}
+
 /// All of them, in the order benches report them.
 pub fn all() -> Vec<Workload> {
     vec![
@@ -234,6 +340,11 @@ impl Workload {
 
     /// The body through the engine the proxy picks for its path and headers.
     pub fn trim(&self, allowed: impl Allowed) -> TrimResult {
+        match self.path {
+            TFS_PREDICT => return grpc::trim_predict(&self.body, allowed),
+            KSERVE_INFER => return grpc::trim_infer(&self.body, allowed),
+            _ => {}
+        }
         match (self.json_len, self.path.starts_with("/v1/")) {
             (Some(json_len), _) => kserve::trim_binary(&self.body, json_len, allowed),
             (None, true) => tf_serving::trim(&self.body, TfBody::Predict, allowed),
@@ -267,5 +378,24 @@ mod tests {
         assert_eq!(value["inputs"].as_array().unwrap().len(), 1000);
         let binary = kserve_binary();
         assert_eq!(binary.body.len() - binary.json_len.unwrap(), 1000 * 256);
+        for w in grpc_all() {
+            let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
+            let trimmed = w.trim(allowed).unwrap();
+            assert_eq!((trimmed.kept, trimmed.removed), (100, 900), "{}", w.name);
+        }
+        let infer = kserve_grpc();
+        assert_eq!(
+            grpc::infer_target(&infer.body).unwrap(),
+            grpc::InferTarget {
+                model_name: MODEL,
+                model_version: VERSION
+            }
+        );
+        let predict = tfs_grpc();
+        let spec = grpc::model_spec(&predict.body).unwrap().unwrap();
+        assert_eq!(
+            (spec.name, spec.version, spec.signature_name),
+            (MODEL, Some(grpc::SpecVersion::Number(1)), "serving_default")
+        );
     }
 }

@@ -1,7 +1,9 @@
-//! Trimming engines, one per protocol, over one JSON scanning core. Pure: bytes and an
-//! allowlist predicate in, bytes and counts (or the reason nothing was changed) out. No HTTP,
-//! no metrics, no I/O, so the engines can be fuzzed and benchmarked alone.
+//! Trimming engines, one per protocol: the JSON ones over one scanning core, gRPC's over the
+//! protobuf wire format. Pure: bytes and an allowlist predicate in, bytes and counts (or the
+//! reason nothing was changed) out. No HTTP, no metrics, no I/O, so the engines can be fuzzed
+//! and benchmarked alone.
 
+pub mod grpc;
 pub mod json;
 pub mod kserve;
 mod rows;

@@ -1,0 +1,18 @@
+//! gRPC wire engine, KServe ModelInfer: inputs with their raw_input_contents: the checks of `grpc.rs`.
+#![no_main]
+
+use feature_trimmer::trim::grpc::GrpcBody;
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+#[path = "grpc.rs"]
+mod grpc;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&bits, msg)) = data.split_first() else {
+        return;
+    };
+    grpc::check(GrpcBody::Infer, msg, &common::allowlist(bits));
+});
