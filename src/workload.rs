@@ -192,7 +192,7 @@ pub const KSERVE_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// `TensorProto` with `dtype` DT_FLOAT, shape [1, 64] and packed `float_val`), allowlist 100.
 pub fn tfs_grpc() -> Workload {
     let features = names(1000);
-    let mut rng = Lcg(7);
+    let mut rng = crate::trim::Lcg(7);
     let mut body = Vec::with_capacity(features.len() * 300);
     put_bytes(&mut body, 1, &model_spec());
     let (mut entry, mut tensor, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
@@ -247,7 +247,7 @@ fn shape_proto(dims: &[u64], scratch: &mut Vec<u8>) -> Vec<u8> {
 /// are in `raw_input_contents` (as tritonclient sends them), allowlist 100.
 pub fn kserve_grpc() -> Workload {
     let features = names(1000);
-    let mut rng = Lcg(7);
+    let mut rng = crate::trim::Lcg(7);
     let mut body = Vec::with_capacity(features.len() * 300);
     put_bytes(&mut body, 1, MODEL.as_bytes());
     put_bytes(&mut body, 2, VERSION.as_bytes());
