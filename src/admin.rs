@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::proxy::answer::{error_response, full, json_response, ProxyBody};
+use crate::proxy::answer::{full, json_response, ProxyBody, SyntheticError};
 use crate::proxy::io::Peer;
 use crate::state::Shared;
 
@@ -43,10 +43,12 @@ pub async fn handle(
         (&Method::POST, "/reload" | "/trimming/disable" | "/trimming/enable")
             if !mutation_allowed(&shared, &request) =>
         {
-            error_response(
+            SyntheticError::new(
                 StatusCode::FORBIDDEN,
+                "forbidden",
                 "admin changes are only accepted from loopback (admin.allow_remote_changes)",
             )
+            .response()
         }
         (&Method::POST, "/reload") => reload(&shared).await,
         (&Method::POST, "/trimming/disable") => kill_switch(&shared, true),
@@ -55,11 +57,18 @@ pub async fn handle(
             _,
             "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/trimming/disable"
             | "/trimming/enable",
-        ) => error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        (_, path) => error_response(
+        ) => SyntheticError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+        .response(),
+        (_, path) => SyntheticError::new(
             StatusCode::NOT_FOUND,
-            &format!("no admin endpoint at {path}"),
-        ),
+            "not_found",
+            format!("no admin endpoint at {path}"),
+        )
+        .response(),
     };
     Ok(response)
 }
@@ -94,9 +103,14 @@ fn kill_switch(shared: &Shared, disabled: bool) -> Response<ProxyBody> {
 
 fn readiness(shared: &Shared) -> Response<ProxyBody> {
     if shared.draining.load(Ordering::Relaxed) {
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        SyntheticError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "shutting down",
+        )
+        .response()
     } else if !shared.ready.load(Ordering::Relaxed) {
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "starting")
+        SyntheticError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "starting").response()
     } else {
         json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
     }
@@ -106,20 +120,24 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
 async fn reload(shared: &Shared) -> Response<ProxyBody> {
     let (reply, summary) = tokio::sync::oneshot::channel();
     if shared.reload.send(reply).await.is_err() {
-        return error_response(
+        return SyntheticError::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "reload_failed",
             "the reloader is not running",
-        );
+        )
+        .response();
     }
     match tokio::time::timeout(std::time::Duration::from_secs(60), summary).await {
         Ok(Ok(summary)) => json_response(
             StatusCode::OK,
             serde_json::to_vec_pretty(&summary).unwrap_or_default(),
         ),
-        _ => error_response(
+        _ => SyntheticError::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "reload_failed",
             "the reload did not finish within 60 s",
-        ),
+        )
+        .response(),
     }
 }
 

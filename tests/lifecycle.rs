@@ -448,3 +448,19 @@ async fn a_head_answer_keeps_its_length_and_the_connection() {
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn admin_answers_carry_their_kind_too() {
+    let leaf = Leaf::start("leaf").await;
+    let sidecar = sidecar(vec![leaf.url()], |_| {}).await;
+    for (method, path, status, kind) in [
+        ("GET", "/nothing", 404, "not_found"),
+        ("GET", "/reload", 405, "method_not_allowed"),
+    ] {
+        let a = send(&h1_client(), method, &sidecar.admin_url(path), "").await;
+        assert_eq!(a.status, status, "{path}");
+        assert_eq!(a.headers["x-trimmer-error"], kind, "{path}");
+        assert!(a.json()["error"].is_string(), "{path}");
+    }
+    sidecar.stop().await;
+}

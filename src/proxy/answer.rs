@@ -34,6 +34,15 @@ pub struct SyntheticError {
 pub const TRIMMER_ERROR: HeaderName = HeaderName::from_static("x-trimmer-error");
 
 impl SyntheticError {
+    /// An answer of `status` and `kind` saying `message`.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
     /// The body is larger than `max_body_bytes` (declared, discovered, or decoded).
     pub fn too_large(max: u64) -> Self {
         Self {
@@ -79,7 +88,7 @@ impl SyntheticError {
 
     /// As a response for hyper (either HTTP version).
     pub fn response(&self) -> Response<ProxyBody> {
-        let mut response = error_response(self.status, &self.message);
+        let mut response = json_response(self.status, error_json(&self.message).into_bytes());
         response
             .headers_mut()
             .insert(TRIMMER_ERROR, HeaderValue::from_static(self.kind));
@@ -100,11 +109,6 @@ impl SyntheticError {
         out.extend_from_slice(body.as_bytes());
         out
     }
-}
-
-/// A response the sidecar writes itself: `{"error": message}` with the given status.
-pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    json_response(status, error_json(message).into_bytes())
 }
 
 /// The body of every error the sidecar answers itself: `{"error": message}`.
