@@ -881,9 +881,10 @@ async fn entries_that_are_not_regular_files_are_reported_and_never_hang_a_reload
     }
 }
 
-#[tokio::test]
-async fn an_oversized_bundle_is_refused_and_its_last_known_good_kept() {
-    let dir = TempDir::new("oversized");
+/// A sidecar in front of a recording leaf, with bundle `home` (generation 1: `ranker@1`
+/// keeps `a`) in its bundle directory.
+async fn ranker_sidecar(tweak: impl FnOnce(&mut Config)) -> (TempDir, Leaf, Sidecar) {
+    let dir = TempDir::new("ranker");
     std::fs::write(
         dir.path("home.json"),
         bundle_json("home", 1, &[("ranker", "1", &["a"])]),
@@ -892,9 +893,17 @@ async fn an_oversized_bundle_is_refused_and_its_last_known_good_kept() {
     let leaf = Leaf::start("leaf").await;
     let mut config = config_for(&leaf);
     config.bundles.dir = Some(dir.0.clone());
-    config.bundles.max_file_bytes = 64 * 1024;
-    config.bundles.debounce_ms = 10;
-    let sidecar = Sidecar::start(config).await;
+    tweak(&mut config);
+    (dir, leaf, Sidecar::start(config).await)
+}
+
+#[tokio::test]
+async fn an_oversized_bundle_is_refused_and_its_last_known_good_kept() {
+    let (dir, leaf, sidecar) = ranker_sidecar(|c| {
+        c.bundles.max_file_bytes = 64 * 1024;
+        c.bundles.debounce_ms = 10;
+    })
+    .await;
     let features: Vec<String> = (0..20_000).map(|i| format!("feature_{i}")).collect();
     let refs: Vec<&str> = features.iter().map(String::as_str).collect();
     let big = bundle_json("home", 2, &[("ranker", "1", &refs)]);
@@ -925,16 +934,7 @@ async fn an_oversized_bundle_is_refused_and_its_last_known_good_kept() {
 
 #[tokio::test]
 async fn lz4_bodies_pass_untouched_unless_accepted() {
-    let dir = TempDir::new("lz4-off");
-    std::fs::write(
-        dir.path("home.json"),
-        bundle_json("home", 1, &[("ranker", "1", &["a"])]),
-    )
-    .unwrap();
-    let leaf = Leaf::start("leaf").await;
-    let mut config = config_for(&leaf);
-    config.bundles.dir = Some(dir.0.clone());
-    let sidecar = Sidecar::start(config).await;
+    let (_dir, leaf, sidecar) = ranker_sidecar(|_| {}).await;
     let encoded =
         feature_trimmer::compression::encode(br#"{"instances": [{"a": 1, "b": 2}]}"#).unwrap();
     let request = http::Request::post(sidecar.url("/v1/models/ranker/versions/1:predict"))
