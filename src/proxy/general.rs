@@ -96,27 +96,23 @@ async fn forward(
         )
         .await
     {
-        Some(answered) => {
-            answered.map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
-        }
-        None => exchange_h1(cluster, &parts, &lines, host_kept, &body).await,
-    };
-    match answered {
-        Ok(response) => {
+        Some(answered) => answered.map(|response| {
             let (mut parts, body) = response.into_parts();
-            // A chunked answer that also claims a length is framed by its chunks (RFC 9112
-            // §6.3); the claim would cut the body short on the client's side. A 204 or 304
-            // has no body, whatever length it claims: a client must not wait for one.
-            if parts.headers.contains_key(header::TRANSFER_ENCODING)
-                || matches!(parts.status.as_u16(), 204 | 304)
-            {
+            // The lean client already framed HTTP/1.1 answers (`upstream::h1`); an h2 leaf's
+            // 204 or 304 has no body either, whatever length it claims.
+            if matches!(parts.status.as_u16(), 204 | 304) {
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
             strip_hop_by_hop(&mut parts.headers);
-            // The downstream connection decides its own version (an HTTP/1.0 leaf must not
-            // downgrade an HTTP/1.1 client).
-            parts.version = http::Version::default();
-            Ok(Response::from_parts(parts, body))
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        }),
+        None => exchange_h1(cluster, &parts, &lines, host_kept, &body).await,
+    };
+    match answered {
+        Ok(mut response) => {
+            // The downstream connection decides its own version.
+            *response.version_mut() = http::Version::default();
+            Ok(response)
         }
         Err(e) => {
             tracing::warn!(error = %e, path, "upstream request failed");
