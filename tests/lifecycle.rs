@@ -464,3 +464,45 @@ async fn admin_answers_carry_their_kind_too() {
     }
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_discovered_too_large_is_the_same_413_where_it_can_be() {
+    // No declared length: HTTP/1.1 chunked (hyper's path) and an h2c stream without
+    // content-length; the limit is found while reading.
+    let leaf = Leaf::start("leaf").await;
+    let sidecar = sidecar(vec![leaf.url()], |c| c.max_body_bytes = 1000).await;
+    let mut answers = Vec::new();
+    for h2 in [false, true] {
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                if tx.send_data(Bytes::from(vec![b'x'; 400])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let request = http::Request::post(sidecar.url("/v1/models/m:predict"))
+            .body(body)
+            .unwrap();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(h2)
+                .build_http();
+        let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let a = answer(response).await;
+        answers.push((
+            a.status.as_u16(),
+            a.headers["x-trimmer-error"].to_str().unwrap().to_owned(),
+            a.json()["error"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].0, 413);
+    assert_eq!(answers[0].1, "body_too_large");
+    assert_eq!(leaf.count(), 0);
+    sidecar.stop().await;
+}
