@@ -250,7 +250,7 @@ pub async fn swap_pointer(
 
 /// `trimmer bundle publish FILE --store URL`: writes the immutable object, then swaps the
 /// pointer conditionally. Refuses a generation not newer than the live one unless `force`.
-/// `bytes` and `bundle` come from [`crate::pipeline::publish::publishable`] (`file` names them
+/// `bytes` and `bundle` come from the pipeline's `publish::publishable` (`file` names them
 /// in messages).
 pub async fn publish(
     file: &Path,
