@@ -852,14 +852,17 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Appends a length-delimited field `number` holding `payload`.
+/// Appends a length-delimited field `number` holding `payload` (the reference workloads'
+/// encoder).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
     put_varint(out, u64::from(number) << 3 | u64::from(LEN));
     put_varint(out, payload.len() as u64);
     out.extend_from_slice(payload);
 }
 
-/// Appends a varint field `number` holding `v`.
+/// Appends a varint field `number` holding `v` (the reference workloads' encoder).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn put_uint(out: &mut Vec<u8>, number: u32, v: u64) {
     put_varint(out, u64::from(number) << 3 | u64::from(VARINT));
     put_varint(out, v);
