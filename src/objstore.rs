@@ -559,23 +559,28 @@ impl SourcePoller {
         Some(tokio::spawn(poller.run(stop)))
     }
 
+    /// Sets `…_last_success_timestamp_seconds{source}` to now.
+    fn stamp_last_success(&self, source: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.shared
+            .metrics
+            .source
+            .last_success
+            .with_label_values(&[source])
+            .set(now);
+    }
+
     /// Polls until `stop` fires: a round at once (the local cache is already being served), then
     /// one every `poll_interval_ms` ± 10 %.
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let interval = crate::config::ms(self.shared.config.bundles.poll_interval_ms);
         let source = self.url.to_string();
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         // Until the first success the gauge holds the start time, so a sidecar that never
         // reaches its store goes stale like one that lost it.
-        self.shared
-            .metrics
-            .source
-            .last_success
-            .with_label_values(&[source.as_str()])
-            .set(started);
+        self.stamp_last_success(&source);
         self.known_from_cache().await;
         tracing::info!(%source, cache_dir = %self.cache_dir.display(), "polling the bundle store");
         let mut round: u32 = 0;
@@ -695,16 +700,7 @@ impl SourcePoller {
         }
         self.down = !reached;
         if reached && contacted {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
-            self.shared
-                .metrics
-                .source
-                .last_success
-                .with_label_values(&[source])
-                .set(now);
+            self.stamp_last_success(source);
         }
         if changed {
             self.reload().await;
