@@ -218,6 +218,9 @@ impl Reloader {
                 }
             );
         }
+        if report.changed {
+            self.shared.verifier.snapshot_changed(&allowlists);
+        }
         let summary = ReloadSummary::from_report(&report, allowlists.allowlists());
         self.shared.trim_state.store(Arc::new(TrimState {
             allowlists,

@@ -313,6 +313,7 @@ impl Workload {
                 stage: Default::default(),
                 features: self.allowed.clone(),
                 mode: None,
+                verify: None,
             }],
             labels: Default::default(),
             sha256: None,

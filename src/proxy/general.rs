@@ -17,12 +17,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::answer::{ProxyBody, SyntheticError};
-use super::{forwards_header, own_lines, prepare, route, RequestHead};
+use super::{forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::compression;
 use crate::headers::{push_header, strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{self, BoxError, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing, UpstreamError};
+use crate::verify::capture::TeeBody;
+use crate::verify::{Shadow, Verifier};
 
 /// Handles one downstream request; never fails (errors are responses).
 pub async fn handle(
@@ -37,7 +39,7 @@ pub async fn handle(
 /// read (within the limit and time) → decode what is accepted → the lifecycle → send →
 /// the answer as a response.
 async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let (mut parts, body) = request.into_parts();
@@ -62,7 +64,8 @@ async fn forward(
             .map(HeaderValue::as_bytes),
     };
     let (target, cluster) = route(shared, path);
-    let prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
+    let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
+    let ticket = prepared.verify.take();
     let expects_body = matches!(
         parts.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
@@ -85,8 +88,37 @@ async fn forward(
             host_kept = true;
         }
     }
+    // A verified request keeps its original body and head for the shadow.
+    let original = ticket.as_ref().map(|_| {
+        let mut original_lines = lines.clone();
+        own_lines(
+            &mut original_lines,
+            &Prepared::default(),
+            head.binary_json_len,
+            Some(body.len()),
+        );
+        (original_lines, body.clone())
+    });
     own_lines(&mut lines, &prepared, head.binary_json_len, body_len);
     let body = prepared.body.map_or(body, Bytes::from);
+    let verification = match (ticket, original) {
+        (Some(ticket), Some((original_lines, original))) => {
+            let shadow = Shadow {
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                host_kept,
+                original_lines,
+                original,
+                trimmed_lines: lines.clone(),
+                trimmed: body.clone(),
+            };
+            Some(Verifier::start(shared.clone(), ticket, shadow))
+        }
+        _ => None,
+    };
     let answered = match cluster
         .send_h2c(
             &parts.method,
@@ -112,6 +144,13 @@ async fn forward(
         Ok(mut response) => {
             // The downstream connection decides its own version.
             *response.version_mut() = http::Version::default();
+            if let Some(verification) = verification {
+                // The client reads the answer as always; a copy is kept for the comparison.
+                let status = response.status().as_u16();
+                let (parts, body) = response.into_parts();
+                let body = TeeBody::new(body, status, &parts.headers, verification);
+                response = Response::from_parts(parts, body.boxed());
+            }
             Ok(response)
         }
         Err(e) => {

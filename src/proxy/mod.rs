@@ -23,6 +23,7 @@ use crate::state::Shared;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
 use crate::upstream::Cluster;
+use crate::verify::Ticket;
 
 /// What the trim step decided for one score request.
 struct Decision<'a> {
@@ -36,6 +37,8 @@ struct Decision<'a> {
     json_len: Option<usize>,
     /// Features removed (or, in mode observe, that would have been).
     removed: u64,
+    /// Shadow verification admitted for this trimmed request.
+    verify: Option<Ticket>,
 }
 
 /// Metric handles that outlive the snapshot guard: the model's (shared) or `_unknown`'s.
@@ -67,7 +70,9 @@ pub struct RequestHead<'h> {
     pub binary_json_len: Option<&'h [u8]>,
 }
 
-/// The body and head additions the lifecycle decided for one request.
+/// The body and head additions the lifecycle decided for one request (`Default`: none, the
+/// request as it came).
+#[derive(Default)]
 pub struct Prepared {
     /// The body to send instead of the one received (trimmed and/or encoded), if any.
     pub body: Option<Vec<u8>>,
@@ -75,6 +80,9 @@ pub struct Prepared {
     pub json_len: Option<usize>,
     /// `Content-Encoding` the lifecycle applied towards the cluster (`lz4`).
     pub encoding: Option<&'static str>,
+    /// Shadow verification admitted for this request: the transport keeps the original body
+    /// and starts it ([`crate::verify::Verifier::start`]).
+    pub verify: Option<Ticket>,
 }
 
 /// classify → route: the score target a path names, if any, and the cluster that serves its
@@ -100,6 +108,7 @@ pub fn prepare(
         body: None,
         json_len: None,
         encoding: None,
+        verify: None,
     };
     if let Some(target) = target.filter(|t| t.verb.is_some() && head.post) {
         let headers = TrimHeaders {
@@ -109,8 +118,13 @@ pub fn prepare(
         let trimmed = trim_request(shared, target, headers, body);
         prepared.body = trimmed.body;
         prepared.json_len = trimmed.json_len;
+        prepared.verify = trimmed.verify;
     }
     if cluster.compression == Compression::Lz4 && head.encoding.is_none() {
+        // The shadow would need the same encoding: clusters with compression are not verified.
+        if let Some(ticket) = prepared.verify.take() {
+            ticket.skip();
+        }
         let plain = prepared.body.as_deref().unwrap_or(body);
         if !plain.is_empty() {
             match compression::encode(plain) {
@@ -187,6 +201,8 @@ struct Trimmed {
     body: Option<Vec<u8>>,
     /// New `Inference-Header-Content-Length` of a trimmed Triton binary body.
     json_len: Option<usize>,
+    /// Shadow verification admitted for this request.
+    verify: Option<Ticket>,
 }
 
 /// Trims a score request (`target` has a verb and the method is POST) and records it in the
@@ -205,6 +221,7 @@ fn trim_request(
     Trimmed {
         body: decision.body,
         json_len: decision.json_len,
+        verify: decision.verify,
     }
 }
 
@@ -222,6 +239,7 @@ fn decide<'a>(
         body: None,
         json_len: None,
         removed: 0,
+        verify: None,
     };
     let (index, entry) = match state.allowlists.lookup(&target.model, &target.version) {
         Lookup::UnknownModel => {
@@ -248,7 +266,9 @@ fn decide<'a>(
         Some(None) => return untouched(Outcome::NotTrimmable, model),
         Some(Some(entry)) => entry,
     };
-    if entry.mode == Mode::Off {
+    // Shadow verification may hold the version in observe.
+    let mode = shared.verifier.mode(&target.model, entry);
+    if mode == Mode::Off {
         return untouched(Outcome::Disabled, model);
     }
     if headers.encoded {
@@ -281,15 +301,27 @@ fn decide<'a>(
         .trim_duration
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(trimmed) if entry.mode == Mode::Observe => Decision {
+        Ok(trimmed) if mode == Mode::Observe => Decision {
             outcome: Outcome::Observed,
             model,
             body: None,
             json_len: None,
             removed: trimmed.removed,
+            verify: None,
         },
         Ok(trimmed) => Decision {
             outcome: Outcome::Trimmed,
+            verify: match &model {
+                ModelHandle::Known(metrics) if trimmed.removed > 0 => shared.verifier.sample(
+                    metrics,
+                    &target.model,
+                    target.protocol,
+                    entry,
+                    body.len(),
+                    trimmed.body.len(),
+                ),
+                _ => None,
+            },
             model,
             removed: trimmed.removed,
             json_len: trimmed.json_len.filter(|_| trimmed.removed > 0),
