@@ -122,11 +122,12 @@ fn rearm(shared: &Shared, query: Option<&str>) -> Response<ProxyBody> {
             }
         }
     }
-    let rearmed = shared
-        .verifier
-        .rearm(model.as_deref(), version.as_deref());
+    let rearmed = shared.verifier.rearm(model.as_deref(), version.as_deref());
     if !rearmed.is_empty() {
-        tracing::warn!(?rearmed, "shadow verification re-armed through the admin port");
+        tracing::warn!(
+            ?rearmed,
+            "shadow verification re-armed through the admin port"
+        );
     }
     let body = serde_json::json!({ "rearmed": rearmed });
     json_response(StatusCode::OK, body.to_string().into_bytes())

@@ -115,9 +115,7 @@ pub struct VerifyConfig {
 
 /// A bundle entry's `verify` object: the `[verify]` keys a model version may set for itself.
 /// The budgets (`max_inflight`, `max_bytes_per_second`) are the process's and stay global.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyOverride {
     /// Fraction of this version's trimmed requests verified (0 = off).
@@ -184,7 +182,10 @@ impl VerifyConfig {
             ("max_inflight", self.max_inflight as u64),
             ("max_bytes_per_second", self.max_bytes_per_second),
             ("timeout_ms", self.timeout_ms),
-            ("mismatches_to_disable", u64::from(self.mismatches_to_disable)),
+            (
+                "mismatches_to_disable",
+                u64::from(self.mismatches_to_disable),
+            ),
             ("window_ms", self.window_ms),
         ] {
             if value == 0 {

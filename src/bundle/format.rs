@@ -165,10 +165,9 @@ impl Bundle {
                 ));
             }
             if let Some(verify) = &entry.verify {
-                let problems =
-                    VerifyConfig::default()
-                        .with(verify)
-                        .problems(&format!("models[{i}].verify."));
+                let problems = VerifyConfig::default()
+                    .with(verify)
+                    .problems(&format!("models[{i}].verify."));
                 if !problems.is_empty() {
                     return fail(problems.join("; "));
                 }
@@ -244,7 +243,10 @@ mod tests {
         assert_eq!(bundle.models[1].mode, Some(Mode::Observe));
         assert_eq!(bundle.models[1].stage, Stage::Pending);
         let verify = bundle.models[1].verify.unwrap();
-        assert_eq!((verify.sample, verify.abs, verify.rel), (Some(0.05), Some(0.001), None));
+        assert_eq!(
+            (verify.sample, verify.abs, verify.rel),
+            (Some(0.05), Some(0.001), None)
+        );
         assert_eq!(bundle.models[0].verify, None);
     }
 

@@ -216,13 +216,14 @@ where
             }
             Poll::Ready(None) => {
                 if let Some(done) = this.done.take() {
-                    let answer = std::mem::take(&mut this.capture)
-                        .into_bytes()
-                        .map(|body| Answer {
-                            status: this.status,
-                            json_len: this.json_len,
-                            body,
-                        });
+                    let answer =
+                        std::mem::take(&mut this.capture)
+                            .into_bytes()
+                            .map(|body| Answer {
+                                status: this.status,
+                                json_len: this.json_len,
+                                body,
+                            });
                     let _ = done.send(answer);
                 }
             }
@@ -259,7 +260,9 @@ mod tests {
             (answer.status, answer.json_len, answer.body.as_slice()),
             (200, Some(3), &b"hello"[..])
         );
-        assert!(parse_http1(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhe").is_none());
+        assert!(
+            parse_http1(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhe").is_none()
+        );
     }
 
     #[test]

@@ -421,7 +421,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(example.output, "predictions[1][1]");
-        assert_eq!((example.trimmed.as_str(), example.original.as_str()), ("3.0", "3.5"));
+        assert_eq!(
+            (example.trimmed.as_str(), example.original.as_str()),
+            ("3.0", "3.5")
+        );
         let loose = Tolerance { abs: 0.0, rel: 0.2 };
         assert_eq!(compare(Protocol::TfServing, &a, &far, loose).unwrap(), None);
         // classify/regress results; members other than the outputs are ignored.
@@ -454,8 +457,12 @@ mod tests {
         );
         let example = compare(Protocol::KServeV2, &a, &c, TIGHT).unwrap().unwrap();
         assert_eq!(example.output, "p[1]");
-        let d = json(r#"{"outputs": [{"name": "p", "datatype": "FP64", "shape": [2], "data": [0.1, 0.2]}]}"#);
-        assert!(compare(Protocol::KServeV2, &a, &d, TIGHT).unwrap().is_some());
+        let d = json(
+            r#"{"outputs": [{"name": "p", "datatype": "FP64", "shape": [2], "data": [0.1, 0.2]}]}"#,
+        );
+        assert!(compare(Protocol::KServeV2, &a, &d, TIGHT)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -485,12 +492,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            (example.output.as_str(), example.trimmed.as_str(), example.original.as_str()),
+            (
+                example.output.as_str(),
+                example.trimmed.as_str(),
+                example.original.as_str()
+            ),
             ("p[1]", "2", "2.5")
         );
         // The same tensor as JSON data compares by value.
-        let as_json = json(r#"{"outputs": [{"name": "p", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}"#);
-        assert_eq!(compare(Protocol::KServeV2, &a, &as_json, TIGHT).unwrap(), None);
+        let as_json = json(
+            r#"{"outputs": [{"name": "p", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0]}]}"#,
+        );
+        assert_eq!(
+            compare(Protocol::KServeV2, &a, &as_json, TIGHT).unwrap(),
+            None
+        );
         let mut short = binary(&[1.0, 2.0], "b");
         short.body.pop();
         assert!(compare(Protocol::KServeV2, &a, &short, TIGHT).is_err());

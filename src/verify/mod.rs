@@ -447,7 +447,12 @@ async fn verify(
 ) -> (VerifyResult, Option<Example>) {
     let deadline = tokio::time::Instant::now() + ms(ticket.settings.timeout_ms);
     let cluster = shared.upstreams.route(Some(&ticket.model));
-    let sent = shadow.original.len() + if ticket.noise { shadow.trimmed.len() } else { 0 };
+    let sent = shadow.original.len()
+        + if ticket.noise {
+            shadow.trimmed.len()
+        } else {
+            0
+        };
     ticket.metrics.shadow_sent(sent);
     let original = send(
         cluster,
@@ -493,7 +498,9 @@ async fn verify(
     let verifier = &shared.verifier;
     let spread = match noise {
         Ok(noise) if is_success(noise.status) && is_success(primary.status) => {
-            compare::spread(ticket.protocol, &primary, &noise).ok().flatten()
+            compare::spread(ticket.protocol, &primary, &noise)
+                .ok()
+                .flatten()
         }
         _ => None,
     };
@@ -656,7 +663,10 @@ mod tests {
             last: Instant::now(),
         };
         assert!(budget.take(600));
-        assert!(!budget.take(600), "only 400 left (plus what a few µs refilled)");
+        assert!(
+            !budget.take(600),
+            "only 400 left (plus what a few µs refilled)"
+        );
         assert!(!budget.take(1001), "never more than one second of burst");
         budget.last -= std::time::Duration::from_secs(5);
         assert!(budget.take(1000));
