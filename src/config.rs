@@ -614,6 +614,36 @@ mod tests {
     }
 
     #[test]
+    fn verify_keys_are_checked() {
+        let mut problems = Vec::new();
+        let config = Config::parse(
+            "[verify]\nsample = 1.5\nmax_inflight = 0\nrel = -1.0\nwindow = 5\n",
+            &mut problems,
+        )
+        .unwrap();
+        problems.extend(config.verify.problems("verify."));
+        for expected in [
+            "`verify.window`",
+            "`verify.sample` must be between 0 and 1",
+            "`verify.max_inflight` must be greater than 0",
+            "`verify.rel` must be a finite number >= 0",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
+        let o = VerifyOverride {
+            sample: Some(0.5),
+            abs: Some(0.01),
+            ..VerifyOverride::default()
+        };
+        let merged = VerifyConfig::default().with(&o);
+        assert_eq!((merged.sample, merged.abs), (0.5, 0.01));
+        assert_eq!(merged.rel, VerifyConfig::default().rel);
+    }
+
+    #[test]
     fn reports_every_problem() {
         let mut problems = Vec::new();
         let config = Config::parse(

@@ -220,6 +220,29 @@ def run_workload(args, workload, work):
               env={**os.environ, "RUST_LOG": "warn"})
     procs.append(p)
     targets.append(Target("trimmer", port, p, lambda p=p: [p.pid]))
+    admins = [admin]
+
+    if args.verify_sample is not None:
+        # The same trimmer with shadow verification on a sample of trimmed requests.
+        port, admin = free_port(), free_port()
+        conf = os.path.join(work, f"{workload}-trimmer-verify.toml")
+        open(conf, "w").write(f'''listen = "127.0.0.1:{port}"
+default_cluster = "default"
+[admin]
+listen = "127.0.0.1:{admin}"
+[bundles]
+dir = "{os.path.join(wdir, 'bundles')}"
+[verify]
+sample = {args.verify_sample}
+[[clusters]]
+name = "default"
+endpoints = ["http://127.0.0.1:{leaf_port}"]
+''')
+        p = start([args.trimmer, "serve", "--config", conf], env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(p)
+        targets.append(Target("trimmer+verify", port, p, lambda p=p: [p.pid]))
+        admins.append(admin)
+        verify_admin[workload] = admin
 
     for name, lua in (("nginx", None), ("nginx+lua", os.path.join(wdir, "allowlist.txt"))):
         port = free_port()
@@ -235,9 +258,13 @@ def run_workload(args, workload, work):
     p = start(["haproxy", "-f", conf, "-db"])
     procs.append(p)
     targets.append(Target("haproxy", port, p, lambda p=p: [p.pid]))
+    if args.targets:
+        keep = args.targets.split(",")
+        targets = [t for t in targets if t.name in keep]
     for t in targets:
         wait_port(t.port)
-    wait_ready(admin)
+    for a in admins:
+        wait_ready(a)
     time.sleep(0.5)
 
     headers = []
@@ -288,7 +315,11 @@ def run_workload(args, workload, work):
         return best
 
     max_rate = {t.name: [] for t in targets}
-    for _ in range(args.repeats):
+    if workload in verify_admin:
+        with urllib.request.urlopen(f"http://127.0.0.1:{verify_admin[workload]}/metrics", timeout=5) as r:
+            lines = r.read().decode().splitlines()
+        verify_totals[workload] = [l for l in lines if l.startswith("trimmer_verify_total") and not l.endswith(" 0")]
+    for _ in range(args.max_rate_rounds if args.max_rate_rounds is not None else args.repeats):
         for t in targets:
             max_rate[t.name].append(max_sustained(t))
     for p in procs:
@@ -299,6 +330,12 @@ def run_workload(args, workload, work):
         except subprocess.TimeoutExpired:
             p.kill()
     return targets, results, checks, max_rate, rate
+
+
+# Admin port of the trimmer+verify target per workload, and its trimmer_verify_total lines
+# after the fixed-rate runs.
+verify_admin = {}
+verify_totals = {}
 
 
 def median(values):
@@ -315,6 +352,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate-small", type=int, default=2000)
     parser.add_argument("--rate-tfs-rows", type=int, default=20)
+    parser.add_argument("--verify-sample", type=float, default=None,
+                        help="add a target 'trimmer+verify': the trimmer with [verify] sample = this")
+    parser.add_argument("--targets", default=None,
+                        help="only these targets, comma-separated (direct,trimmer,trimmer+verify,nginx,nginx+lua,haproxy)")
+    parser.add_argument("--max-rate-rounds", type=int, default=None,
+                        help="rounds of the maximum-rate search (default: --repeats; 0 skips it)")
     args = parser.parse_args()
     args.rate = {"small": args.rate_small, "tfs-rows": args.rate_tfs_rows}
     args.max_rate = {"small": 60000, "tfs-rows": 2000}
@@ -326,14 +369,16 @@ def main():
         for workload in args.workloads.split(","):
             targets, results, checks, max_rate, rate = run_workload(args, workload, work)
             print(f"\n## {workload}: {rate} req/s fixed rate, {args.duration} s x {args.repeats} runs (medians)")
-            print(f"{'target':<11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'achieved':>9} {'max rate':>9} {'CPU s/1k':>9}   leaf saw")
+            print(f"{'target':<14} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'achieved':>9} {'max rate':>9} {'CPU s/1k':>9}   leaf saw")
             for t in targets:
                 rs = results[t.name]
                 c = checks[t.name]
-                print(f"{t.name:<11} {median([r['p50'] for r in rs]):>8.2f} {median([r['p90'] for r in rs]):>8.2f} "
+                print(f"{t.name:<14} {median([r['p50'] for r in rs]):>8.2f} {median([r['p90'] for r in rs]):>8.2f} "
                       f"{median([r['p99'] for r in rs]):>8.2f} {median([r['rps'] for r in rs]):>9.1f} {median(max_rate[t.name]):>9.0f} "
                       f"{median([r['cpu_per_1k'] for r in rs]):>9.3f}   full {c['full']}, trimmed {c['trimmed']}, wrong {c['wrong']}, unparsable {c['unparsable']}")
             print("max rate per round: " + ", ".join(f"{t.name} {max_rate[t.name]}" for t in targets))
+            for line in verify_totals.get(workload, []):
+                print(f"trimmer+verify: {line}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

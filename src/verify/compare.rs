@@ -186,7 +186,7 @@ fn outputs(protocol: Protocol, answer: &Answer) -> Result<Vec<Output>, Unreadabl
 /// A Triton binary tensor as numbers (little-endian, row-major), or raw bytes for `BYTES`.
 fn decode_binary(datatype: &str, bytes: &[u8]) -> Option<Data> {
     fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f64) -> Option<Data> {
-        if bytes.len() % N != 0 {
+        if !bytes.len().is_multiple_of(N) {
             return None;
         }
         let values = bytes
