@@ -6,6 +6,7 @@
 //! buffered whole. Every other method passes untouched, unary or streaming. Answers stream
 //! back unchanged with their trailers; the sidecar's own failures are gRPC statuses.
 
+use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -199,8 +200,8 @@ fn trimmed_frame(
     verb: Verb,
     message: &Message,
     plain: Result<&Bytes, Outcome>,
-) -> Bytes {
-    let untouched = || frame(message.compressed, &message.payload);
+) -> Framed {
+    let untouched = || frame(message.compressed, message.payload.clone());
     let plain = match plain {
         Ok(plain) => plain,
         Err(outcome) => {
@@ -216,26 +217,27 @@ fn trimmed_frame(
         return untouched();
     };
     if !message.compressed {
-        return frame(false, &trimmed);
+        return frame(false, trimmed.into());
     }
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(trimmed.len() / 2),
         flate2::Compression::fast(),
     );
     match encoder.write_all(&trimmed).and_then(|()| encoder.finish()) {
-        Ok(encoded) => frame(true, &encoded),
+        Ok(encoded) => frame(true, encoded.into()),
         // Encoding into memory cannot fail in practice; the original is correct.
         Err(_) => untouched(),
     }
 }
 
-/// A message with its 5-byte prefix.
-fn frame(compressed: bool, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + payload.len());
-    out.extend_from_slice(&[u8::from(compressed)]);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.freeze()
+/// A message as its 5-byte prefix and its payload, sent as two chunks (the payload is never
+/// copied to sit behind its prefix).
+type Framed = [Bytes; 2];
+
+fn frame(compressed: bool, payload: Bytes) -> Framed {
+    let mut prefix = [u8::from(compressed), 0, 0, 0, 0];
+    prefix[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    [Bytes::copy_from_slice(&prefix), payload]
 }
 
 /// `grpc-timeout` (`1..=8` digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`) as a duration.
@@ -261,7 +263,7 @@ fn grpc_timeout(value: &HeaderValue) -> Option<Duration> {
 /// before routing) and then whatever the pump task passes on. An attempt that could not
 /// connect never polled it, so the next attempt's body starts from the same place.
 struct Upload {
-    first: Option<Bytes>,
+    first: VecDeque<Bytes>,
     rest: Option<Arc<Mutex<Pumped>>>,
 }
 
@@ -276,8 +278,8 @@ impl Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
+        if let Some(chunk) = self.first.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(rest) = &self.rest else {
             return Poll::Ready(None);
@@ -290,14 +292,13 @@ impl Body for Upload {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_none()
+        self.first.is_empty() && self.rest.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.first, &self.rest) {
-            (Some(first), None) => SizeHint::with_exact(first.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match &self.rest {
+            None => SizeHint::with_exact(self.first.iter().map(|c| c.len() as u64).sum()),
+            Some(_) => SizeHint::default(),
         }
     }
 }
@@ -313,36 +314,35 @@ fn pump(
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
-            let next = match verb {
+            let chunks: Vec<Result<Bytes, BoxError>> = match verb {
                 Some(verb) => match messages.next().await {
                     Ok(Some(message)) => {
                         let max = shared.config.max_body_bytes;
                         let plain = readable(&message, encoding, max);
-                        Ok(trimmed_frame(
-                            &shared,
-                            verb,
-                            &message,
-                            plain.as_ref().map_err(|o| *o),
-                        ))
+                        let plain = plain.as_ref().map_err(|o| *o);
+                        let framed = trimmed_frame(&shared, verb, &message, plain);
+                        framed.into_iter().map(Ok).collect()
                     }
                     Ok(None) => break,
                     Err(e) => {
                         shared.metrics.rejected(e.kind).inc();
-                        Err(BoxError::from(e.message))
+                        vec![Err(BoxError::from(e.message))]
                     }
                 },
                 None => match messages.body.frame().await {
                     Some(Ok(frame)) => match frame.into_data() {
-                        Ok(data) => Ok(data),
+                        Ok(data) => vec![Ok(data)],
                         Err(_) => continue,
                     },
-                    Some(Err(e)) => Err(e.into()),
+                    Some(Err(e)) => vec![Err(e.into())],
                     None => break,
                 },
             };
-            let failed = next.is_err();
-            if tx.send(next).await.is_err() || failed {
-                break;
+            for chunk in chunks {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
             }
         }
     });
@@ -377,7 +377,7 @@ async fn exchange(
     let deadline = parts.headers.get("grpc-timeout").and_then(grpc_timeout);
     let max = shared.config.max_body_bytes;
     let mut messages = Messages::new(body, max);
-    let mut first = None;
+    let mut first = VecDeque::new();
     let mut model = None;
     if let Some(verb) = verb {
         let limit = crate::config::ms(shared.config.body_read_timeout_ms);
@@ -394,12 +394,8 @@ async fn exchange(
             if let Ok(plain) = &plain {
                 model = target_of(verb, plain).ok().map(|t| t.model.into_owned());
             }
-            first = Some(trimmed_frame(
-                &shared,
-                verb,
-                &message,
-                plain.as_ref().map_err(|o| *o),
-            ));
+            let plain = plain.as_ref().map_err(|o| *o);
+            first = VecDeque::from(trimmed_frame(&shared, verb, &message, plain));
         }
     }
     let cluster = shared.upstreams.route(model.as_deref());
