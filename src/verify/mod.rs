@@ -581,7 +581,13 @@ async fn send(
 ) -> Result<Answer, Failed> {
     let path = http::uri::PathAndQuery::try_from(target).ok();
     if let Some(answered) = cluster
-        .send_h2c(&http::Method::POST, path.as_ref(), lines, body.clone())
+        .send_h2c(
+            &http::Method::POST,
+            path.as_ref(),
+            lines,
+            &|| crate::proxy::answer::full(body.clone()),
+            None,
+        )
         .await
     {
         let response = answered.map_err(|_| Failed::Upstream)?;
