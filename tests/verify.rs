@@ -304,11 +304,12 @@ async fn a_noisy_leaf_with_a_correct_allowlist_never_mismatches() {
     };
     let sidecar = start_sidecar(&mlserver, &dir, "noisy", verify).await;
     let url = sidecar.url("/v2/models/noisy/versions/1/infer");
+    // Two workers on HTTP/1.1 (the lean path), two on h2c (hyper's path).
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let url = url.clone();
             tokio::spawn(async move {
-                let client = h1_client();
+                let client = if w % 2 == 0 { h1_client() } else { h2_client() };
                 for i in 0..250 {
                     let x = f64::from(w * 1000 + i);
                     let (status, answer) = infer(&client, &url, request(x, 5.0, 1.0)).await;
@@ -335,6 +336,11 @@ async fn a_noisy_leaf_with_a_correct_allowlist_never_mismatches() {
         )
         .await,
         1000.0
+    );
+    let handoffs = metric_value(&sidecar, r#"trimmer_hyper_handoffs_total{reason="head"}"#).await;
+    assert!(
+        handoffs >= 2.0,
+        "the h2c connections went to hyper: {handoffs}"
     );
     sidecar.stop().await;
 }
