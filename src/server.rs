@@ -112,6 +112,7 @@ impl Server {
         let reloader =
             tokio::spawn(Reloader::new(shared.clone(), reload_requests).run(reloader_stopped));
         let sighup = tokio::spawn(reload_on_sighup(shared.clone()));
+        let signature_tasks = crate::signatures::worker::spawn(&shared);
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let proxy_task = tokio::spawn(accept_loop(
@@ -146,6 +147,9 @@ impl Server {
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
         sighup.abort();
+        for task in signature_tasks {
+            task.abort();
+        }
         let _ = stop_reloader.send(true);
         let _ = reloader.await;
         if let Some(poller) = poller {
