@@ -166,10 +166,12 @@ impl Allowed for LiveAllowlist<'_> {
         self.inputs.contains(name)
     }
 
+    /// The signature never changes once built and its id is never reused; the set's address
+    /// tells its TF Serving signatures apart.
     fn identity(&self) -> Option<AllowlistId> {
         Some(AllowlistId {
             set: self.id,
-            member: 0,
+            member: std::ptr::from_ref(self.inputs) as usize,
         })
     }
 }
