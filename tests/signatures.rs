@@ -331,7 +331,46 @@ async fn mlserver_signatures_discovered_and_drift_contained() {
         "{:?}",
         answer.body
     );
+    // A bundle built from the leaf itself fixes it: published into the watched directory, the
+    // drift clears and the bundle trims to exactly the 30.
+    let built = build_bundle(&[
+        "--bundle",
+        "wide",
+        "--signatures-from",
+        &mlserver.url,
+        "--model",
+        "wide@1",
+        "--out",
+        dir.path("wide.json").to_str().unwrap(),
+    ])
+    .await;
+    assert!(built.status.success(), "{built:?}");
+    let bundle: Value =
+        serde_json::from_slice(&std::fs::read(dir.path("wide.json")).unwrap()).unwrap();
+    assert_eq!(bundle["models"][0]["features"], json!(declared()));
+    eventually("the drift to clear", || async {
+        metric(&get_text(&admin).await, missing) == Some(0.0)
+    })
+    .await;
+    let answer = send(&client, "POST", &sidecar.url(infer), body.clone()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(wide_answer(&answer), (30, 30.0));
     sidecar.stop().await;
+}
+
+/// Runs `trimmer bundle build ARGS`.
+async fn build_bundle(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_trimmer"))
+            .arg("bundle")
+            .arg("build")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// Runs the shipped alert rules through `promtool test rules` with the drift value this
@@ -584,6 +623,36 @@ async fn tf_serving_metadata_discovered_and_signature_name_honoured() {
         Some(3.0)
     );
     sidecar.stop().await;
+
+    // `bundle build --signatures-from`: the same document, read for the CLI's --signature.
+    let dir = TempDir::new("tf-build");
+    let out = dir.path("tf.json");
+    let (leaf_url, out_path) = (leaf.url(), out.to_str().unwrap().to_owned());
+    let from = ["--bundle", "tf", "--signatures-from", &leaf_url];
+    let mut args = from.to_vec();
+    args.extend([
+        "--model",
+        "half_plus_two@123",
+        "--signature",
+        "regress_x2_to_y3",
+    ]);
+    args.extend(["--out", &out_path]);
+    let built = build_bundle(&args).await;
+    assert!(built.status.success(), "{built:?}");
+    let bundle: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(bundle["models"][0]["model"], "half_plus_two");
+    assert_eq!(bundle["models"][0]["version"], "123");
+    assert_eq!(bundle["models"][0]["features"], json!(["inputs"]));
+    // A model the leaf does not know fails the build, naming it.
+    let mut args = from.to_vec();
+    args.extend(["--model", "nope@1", "--out", &out_path]);
+    let built = build_bundle(&args).await;
+    assert_eq!(built.status.code(), Some(1), "{built:?}");
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        stderr.contains("nope@1: the leaf does not know it"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

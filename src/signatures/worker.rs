@@ -4,6 +4,7 @@
 //! request goes through the cluster's own client and spends the cluster's budget.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,10 +17,32 @@ use super::{
     DriftReport, KeyVersion, Labelled, LiveSignature, LiveSignatures, LiveSource, SignatureKey,
     VersionDrift,
 };
+use crate::bundle::AllowlistSnapshot;
 use crate::classify::Protocol;
-use crate::config::ms;
-use crate::state::Shared;
-use crate::upstream::Cluster;
+use crate::metrics::ModelMetrics;
+
+/// What the tasks need of one cluster and the process around it. The server implements it
+/// over its shared state, so that this module depends on neither the upstream clients nor
+/// the shared state (they depend on it).
+pub trait Leaves: Send + Sync + 'static {
+    /// Cluster name (metrics, logs).
+    fn name(&self) -> &str;
+    /// The cluster's live signatures.
+    fn live(&self) -> &LiveSignatures;
+    /// `GET path` on the cluster with its client and attempt rules: status and body (at most
+    /// `limit` bytes), or why there is none.
+    fn get(
+        &self,
+        path: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<(u16, Vec<u8>), String>> + Send;
+    /// The allowlists being served.
+    fn snapshot(&self) -> Arc<AllowlistSnapshot>;
+    /// Whether requests for `model` go to this cluster.
+    fn serves(&self, model: &str) -> bool;
+    /// Request metric handles for a model name.
+    fn model_metrics(&self, model: &str) -> Arc<ModelMetrics>;
+}
 
 /// Largest metadata document read (a real one is a few KiB).
 const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
@@ -28,19 +51,16 @@ const CONCURRENT_FETCHES: usize = 4;
 /// Versions of one model asked for an unversioned union, at most.
 const MAX_UNION_VERSIONS: usize = 16;
 
-/// Starts the discovery and drift tasks of every cluster that enables them.
-pub fn spawn(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+/// Starts a cluster's discovery and drift tasks, as its settings enable them.
+pub fn spawn<L: Leaves>(leaves: L) -> Vec<JoinHandle<()>> {
+    let leaves = Arc::new(leaves);
+    let settings = &leaves.live().settings;
     let mut tasks = Vec::new();
-    for (index, cluster) in shared.upstreams.clusters().iter().enumerate() {
-        let Some(live) = &cluster.signatures else {
-            continue;
-        };
-        if live.settings.discover {
-            tasks.push(tokio::spawn(discover_loop(shared.clone(), index)));
-        }
-        if live.settings.verify {
-            tasks.push(tokio::spawn(verify_loop(shared.clone(), index)));
-        }
+    if settings.discover {
+        tasks.push(tokio::spawn(discover_loop(leaves.clone())));
+    }
+    if settings.verify {
+        tasks.push(tokio::spawn(verify_loop(leaves)));
     }
     tasks
 }
@@ -66,17 +86,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The cluster and its live signatures, by index (both live as long as `shared`).
-fn parts(shared: &Shared, index: usize) -> Option<(&Cluster, &LiveSignatures)> {
-    let cluster = shared.upstreams.clusters().get(index)?;
-    Some((cluster, cluster.signatures.as_ref()?))
-}
-
-async fn discover_loop(shared: Arc<Shared>, index: usize) {
-    let Some((_, live)) = parts(&shared, index) else {
-        return;
-    };
-    let taken = live
+async fn discover_loop<L: Leaves>(leaves: Arc<L>) {
+    let taken = leaves
+        .live()
         .job_receiver
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -89,54 +101,50 @@ async fn discover_loop(shared: Arc<Shared>, index: usize) {
         let Ok(permit) = running.clone().acquire_owned().await else {
             return;
         };
-        let shared = shared.clone();
+        let leaves = leaves.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some((cluster, live)) = parts(&shared, index) {
-                discover(&shared, cluster, live, key).await;
-            }
+            discover(leaves.as_ref(), key).await;
         });
     }
 }
 
 /// One fetch job: ask the leaf, store the answer (or the failure), wake waiting requests.
-async fn discover(shared: &Shared, cluster: &Cluster, live: &LiveSignatures, key: SignatureKey) {
-    let result = fetch(cluster, live, &key).await;
+async fn discover<L: Leaves>(leaves: &L, key: SignatureKey) {
+    let live = leaves.live();
+    let result = fetch(leaves, &key).await;
     match result {
         Ok(signature) => {
-            tracing::debug!(upstream = %cluster.name, model = %key.model, version = ?key.version, "signature discovered");
-            let label = label_for(shared, live, &key.model);
+            tracing::debug!(upstream = leaves.name(), model = %key.model, version = ?key.version, "signature discovered");
+            let label = label_for(leaves, &key.model);
             live.finish(key, Ok(Arc::new(signature)), label);
         }
         Err(failure) => {
-            tracing::debug!(upstream = %cluster.name, model = %key.model, version = ?key.version, %failure, "signature discovery failed; the model version stays untrimmed");
+            tracing::debug!(upstream = leaves.name(), model = %key.model, version = ?key.version, %failure, "signature discovery failed; the model version stays untrimmed");
             live.finish(key, Err(()), None);
         }
     }
 }
 
 /// Metric handles for a discovered model name, while the bounded set has room.
-fn label_for(shared: &Shared, live: &LiveSignatures, model: &str) -> Option<Labelled> {
+fn label_for<L: Leaves>(leaves: &L, model: &str) -> Option<Labelled> {
+    let live = leaves.live();
     {
         let cache = live.lock();
         if cache.labelled.contains_key(model) || cache.labelled.len() >= live.settings.max_entries {
             return None;
         }
     }
-    let window = ms(shared.config.trim.miss_rate_window_ms);
     Some(Labelled {
-        metrics: Arc::new(shared.metrics.model(model, window)),
+        metrics: leaves.model_metrics(model),
         counter: live.counter(model, LiveSource::Discovered),
     })
 }
 
 /// The signature a key names: one metadata request, or for an unversioned key the union of
 /// the versions the leaf reports (one more request per version, each within the budget).
-async fn fetch(
-    cluster: &Cluster,
-    live: &LiveSignatures,
-    key: &SignatureKey,
-) -> Result<LiveSignature, Failure> {
+async fn fetch<L: Leaves>(leaves: &L, key: &SignatureKey) -> Result<LiveSignature, Failure> {
+    let live = leaves.live();
     let version = match &key.version {
         KeyVersion::Version(v) => Some(Ok(v.as_ref())),
         KeyVersion::Label(l) => Some(Err(l.as_ref())),
@@ -145,12 +153,12 @@ async fn fetch(
     match (key.protocol, version) {
         (protocol, Some(version)) => {
             let path = metadata::metadata_path(protocol, &key.model, Some(version));
-            let doc = get_document(cluster, live, &path).await?;
+            let doc = get_document(leaves, &path).await?;
             signature_of(protocol, &doc)
         }
         (Protocol::KServeV2, None) => {
             let path = metadata::metadata_path(Protocol::KServeV2, &key.model, None);
-            let doc = get_document(cluster, live, &path).await?;
+            let doc = get_document(leaves, &path).await?;
             let default = signature_of(Protocol::KServeV2, &doc)?;
             let versions = metadata::kserve_versions(&doc);
             if versions.len() < 2 {
@@ -161,13 +169,13 @@ async fn fetch(
                 spend(live).await?;
                 let path =
                     metadata::metadata_path(Protocol::KServeV2, &key.model, Some(Ok(version)));
-                let doc = get_document(cluster, live, &path).await?;
+                let doc = get_document(leaves, &path).await?;
                 parts.push(signature_of(Protocol::KServeV2, &doc)?);
             }
             Ok(LiveSignature::union(&parts))
         }
         (Protocol::TfServing, None) => {
-            let doc = get_document(cluster, live, &tf_status_path(&key.model)).await?;
+            let doc = get_document(leaves, &tf_status_path(&key.model)).await?;
             let versions = metadata::tf_available_versions(&doc).map_err(Failure::Invalid)?;
             if versions.is_empty() {
                 return Err(Failure::Error("no version is AVAILABLE".into()));
@@ -177,7 +185,7 @@ async fn fetch(
                 spend(live).await?;
                 let path =
                     metadata::metadata_path(Protocol::TfServing, &key.model, Some(Ok(version)));
-                let doc = get_document(cluster, live, &path).await?;
+                let doc = get_document(leaves, &path).await?;
                 parts.push(signature_of(Protocol::TfServing, &doc)?);
             }
             Ok(LiveSignature::union(&parts))
@@ -222,17 +230,13 @@ async fn spend(live: &LiveSignatures) -> Result<(), Failure> {
 }
 
 /// `GET path` on the cluster, counted by result, as JSON.
-async fn get_document(
-    cluster: &Cluster,
-    live: &LiveSignatures,
-    path: &str,
-) -> Result<Value, Failure> {
-    let result = match cluster.get(path, MAX_DOCUMENT).await {
+async fn get_document<L: Leaves>(leaves: &L, path: &str) -> Result<Value, Failure> {
+    let result = match leaves.get(path, MAX_DOCUMENT).await {
         Ok((200, body)) => serde_json::from_slice::<Value>(&body)
             .map_err(|e| Failure::Invalid(format!("{path}: {e}"))),
         Ok((404, _)) => Err(Failure::NotFound),
         Ok((status, _)) => Err(Failure::Error(format!("{path}: status {status}"))),
-        Err(e) => Err(Failure::Error(e.to_string())),
+        Err(e) => Err(Failure::Error(e)),
     };
     let label = match &result {
         Ok(_) => "ok",
@@ -240,18 +244,18 @@ async fn get_document(
         Err(Failure::Error(_)) => "error",
         Err(Failure::Invalid(_)) => "invalid",
     };
-    live.stats
+    leaves
+        .live()
+        .stats
         .families
         .fetches
-        .with_label_values(&[cluster.name.as_str(), label])
+        .with_label_values(&[leaves.name(), label])
         .inc();
     result
 }
 
-async fn verify_loop(shared: Arc<Shared>, index: usize) {
-    let Some((cluster, live)) = parts(&shared, index) else {
-        return;
-    };
+async fn verify_loop<L: Leaves>(leaves: Arc<L>) {
+    let live = leaves.live();
     let mut every = tokio::time::interval(live.settings.verify_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Which metadata API answered for a model (a bundle does not say which one it speaks).
@@ -262,7 +266,7 @@ async fn verify_loop(shared: Arc<Shared>, index: usize) {
             _ = every.tick() => {}
             _ = live.bundles_changed.notified() => {}
         }
-        let report = check(&shared, cluster, live, &mut protocols).await;
+        let report = check(leaves.as_ref(), &mut protocols).await;
         let drift = &live.stats.families.drift;
         let mut models: Vec<String> = Vec::new();
         let mut sums: HashMap<&str, (i64, i64)> = HashMap::new();
@@ -286,31 +290,25 @@ async fn verify_loop(shared: Arc<Shared>, index: usize) {
 }
 
 /// One drift check: every bundle version of this cluster's models against the leaf.
-async fn check(
-    shared: &Shared,
-    cluster: &Cluster,
-    live: &LiveSignatures,
-    protocols: &mut HashMap<String, Protocol>,
-) -> DriftReport {
-    let state = shared.trim_state.load_full();
-    let snapshot = &state.allowlists;
+async fn check<L: Leaves>(leaves: &L, protocols: &mut HashMap<String, Protocol>) -> DriftReport {
+    let live = leaves.live();
+    let snapshot = leaves.snapshot();
     let previous = live.drift.load_full();
     let mut report = DriftReport::default();
     let models: Vec<&str> = snapshot
         .model_names()
-        .filter(|m| std::ptr::eq(shared.upstreams.route(Some(m)), cluster))
+        .filter(|m| leaves.serves(m))
         .collect();
     for model in models {
         let mut parts = Vec::new();
         let mut complete = true;
         let mut drifted = false;
         for (version, allowed) in snapshot.version_features(model) {
-            let live_signature = match verify_fetch(cluster, live, model, version, protocols).await
-            {
+            let live_signature = match verify_fetch(leaves, model, version, protocols).await {
                 Ok(signature) => Arc::new(signature),
                 Err(failure) => {
                     complete = false;
-                    tracing::warn!(upstream = %cluster.name, model, version, %failure, "drift check: the leaf's signature could not be read");
+                    tracing::warn!(upstream = leaves.name(), model, version, %failure, "drift check: the leaf's signature could not be read");
                     report.unchecked.push((
                         model.to_owned(),
                         version.to_owned(),
@@ -339,12 +337,15 @@ async fn check(
             };
             if !missing.is_empty() && before.is_none_or(|b| b.missing != missing) {
                 tracing::warn!(
-                    upstream = %cluster.name, model, version, ?missing,
+                    upstream = leaves.name(),
+                    model,
+                    version,
+                    ?missing,
                     on_drift = live.settings.on_drift.as_str(),
                     "drift: the bundle allowlist lacks inputs the leaf declares"
                 );
             } else if missing.is_empty() && before.is_some_and(|b| !b.missing.is_empty()) {
-                tracing::info!(upstream = %cluster.name, model, version, "drift cleared");
+                tracing::info!(upstream = leaves.name(), model, version, "drift cleared");
             }
             drifted |= !missing.is_empty();
             parts.push(live_signature.clone());
@@ -373,9 +374,8 @@ async fn check(
 
 /// A bundle version's signature: the metadata API that answered for the model before, else
 /// KServe V2 and then TF Serving.
-async fn verify_fetch(
-    cluster: &Cluster,
-    live: &LiveSignatures,
+async fn verify_fetch<L: Leaves>(
+    leaves: &L,
     model: &str,
     version: &str,
     protocols: &mut HashMap<String, Protocol>,
@@ -386,13 +386,13 @@ async fn verify_fetch(
     };
     let mut last = Failure::NotFound;
     for protocol in order {
-        spend(live).await?;
+        spend(leaves.live()).await?;
         let key = SignatureKey {
             protocol,
             model: model.into(),
             version: KeyVersion::Version(version.into()),
         };
-        match fetch(cluster, live, &key).await {
+        match fetch(leaves, &key).await {
             Ok(signature) => {
                 protocols.insert(model.to_owned(), protocol);
                 return Ok(signature);
