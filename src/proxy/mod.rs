@@ -23,7 +23,7 @@ use crate::metrics::{ModelMetrics, Outcome};
 use crate::signatures::{LiveAllowlist, LiveDecision, LiveUse};
 use crate::state::Shared;
 use crate::trim::tf_serving::TfBody;
-use crate::trim::{kserve, tf_serving, Allowed, AllowlistId, Untrimmable};
+use crate::trim::{kserve, tf_serving, Allowed, TrimResult, Untrimmable};
 use crate::upstream::Cluster;
 
 /// What the trim step decided for one score request.
@@ -309,24 +309,10 @@ fn decide<'a>(
         return untouched(Outcome::UnsupportedEncoding, model);
     }
     let started = std::time::Instant::now();
-    let result = match (target.protocol, target.verb) {
-        (Protocol::TfServing, Some(Verb::Predict)) => {
-            tf_serving::trim(body, TfBody::Predict, allowed)
-        }
-        (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
-        (Protocol::KServeV2, _) => match headers.binary_json_len {
-            None => kserve::trim_json(body, allowed),
-            Some(value) => match std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                Some(json_len) => kserve::trim_binary(body, json_len, allowed),
-                None => Err(Untrimmable::Parse {
-                    offset: 0,
-                    reason: "a numeric Inference-Header-Content-Length",
-                }),
-            },
-        },
+    // One monomorphic engine run per allowlist kind: the bundle path pays nothing for the other.
+    let result = match allowed {
+        Allow::Bundle(allowed) => run_engine(target, &headers, body, allowed),
+        Allow::Live(allowed) => run_engine(target, &headers, body, allowed),
     };
     shared
         .metrics
@@ -364,19 +350,30 @@ enum Allow<'a> {
     Live(LiveAllowlist<'a>),
 }
 
-impl Allowed for Allow<'_> {
-    #[inline]
-    fn allows(&self, name: &str) -> bool {
-        match self {
-            Allow::Bundle(a) => a.allows(name),
-            Allow::Live(a) => a.allows(name),
+/// The protocol's engine for a score request.
+fn run_engine(
+    target: &Target<'_>,
+    headers: &TrimHeaders<'_>,
+    body: &[u8],
+    allowed: impl Allowed,
+) -> TrimResult {
+    match (target.protocol, target.verb) {
+        (Protocol::TfServing, Some(Verb::Predict)) => {
+            tf_serving::trim(body, TfBody::Predict, allowed)
         }
-    }
-
-    fn identity(&self) -> Option<AllowlistId> {
-        match self {
-            Allow::Bundle(a) => a.identity(),
-            Allow::Live(a) => a.identity(),
-        }
+        (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
+        (Protocol::KServeV2, _) => match headers.binary_json_len {
+            None => kserve::trim_json(body, allowed),
+            Some(value) => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(json_len) => kserve::trim_binary(body, json_len, allowed),
+                None => Err(Untrimmable::Parse {
+                    offset: 0,
+                    reason: "a numeric Inference-Header-Content-Length",
+                }),
+            },
+        },
     }
 }
