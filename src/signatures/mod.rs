@@ -774,3 +774,132 @@ impl DriftReport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+
+    fn live(
+        adjust: impl FnOnce(&mut ClusterConfig),
+    ) -> (LiveSignatures, mpsc::Receiver<SignatureKey>) {
+        let mut config = ClusterConfig {
+            name: "c".into(),
+            discover_signatures: true,
+            ..ClusterConfig::default()
+        };
+        adjust(&mut config);
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let live = LiveSignatures::new(&config, &metrics.signatures);
+        let jobs = live.job_receiver.lock().unwrap().take().unwrap();
+        (live, jobs)
+    }
+
+    fn signature(inputs: &[&str]) -> Arc<LiveSignature> {
+        let inputs = inputs.iter().map(|i| (*i).to_owned()).collect();
+        Arc::new(LiveSignature::new(vec![(String::new(), inputs)]))
+    }
+
+    fn target(model: &str) -> Target<'_> {
+        // Leaked: a test's handful of paths.
+        let path: &'static str = Box::leak(format!("/v2/models/{model}/versions/1/infer").into());
+        classify(path).unwrap()
+    }
+
+    #[test]
+    fn one_fetch_per_model_version_then_the_answer_is_used() {
+        let (live, mut jobs) = live(|_| {});
+        let t = target("m");
+        assert!(live.discovered(&t).is_none());
+        assert!(live.discovered(&t).is_none());
+        let key = jobs.try_recv().unwrap();
+        assert!(jobs.try_recv().is_err(), "single flight");
+        live.finish(key, Ok(signature(&["a", "b"])), None);
+        let (found, label) = live.discovered(&t).unwrap();
+        assert!(label.is_none());
+        let allowed = found.inputs(None).unwrap();
+        assert!(allowed.allows("a") && !allowed.allows("c"));
+        assert!(
+            jobs.try_recv().is_err(),
+            "a fresh signature is not fetched again"
+        );
+    }
+
+    #[test]
+    fn failures_are_remembered_and_a_stale_signature_refreshes_in_the_background() {
+        let (live, mut jobs) = live(|c| c.signature_ttl_ms = 0);
+        let (a, b) = (target("a"), target("b"));
+        live.discovered(&a);
+        live.finish(jobs.try_recv().unwrap(), Err(()), None);
+        assert!(live.discovered(&a).is_none());
+        assert!(jobs.try_recv().is_err(), "negative cache");
+        live.discovered(&b);
+        live.finish(jobs.try_recv().unwrap(), Ok(signature(&["x"])), None);
+        // Due at once (TTL 0): still used, refreshed once in the background.
+        assert!(live.discovered(&b).is_some());
+        assert!(live.discovered(&b).is_some());
+        let refresh = jobs.try_recv().unwrap();
+        assert!(jobs.try_recv().is_err(), "one refresh at a time");
+        // A refresh that fails keeps the signature.
+        live.finish(refresh, Err(()), None);
+        assert!(live.discovered(&b).is_some());
+    }
+
+    #[test]
+    fn the_budget_throttles_misses() {
+        let (live, mut jobs) = live(|c| c.metadata_requests_per_second = 2);
+        for model in ["a", "b", "c", "d"] {
+            assert!(live.discovered(&target(model)).is_none());
+        }
+        assert!(jobs.try_recv().is_ok() && jobs.try_recv().is_ok());
+        assert!(jobs.try_recv().is_err());
+        assert_eq!(live.stats.throttled.get(), 2);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_count_and_bytes() {
+        let (live, mut jobs) = live(|c| {
+            c.signature_cache_entries = 3;
+            c.metadata_requests_per_second = 100;
+        });
+        for i in 0..6 {
+            live.discovered(&target(&format!("m{i}")));
+            live.finish(jobs.try_recv().unwrap(), Ok(signature(&["a"])), None);
+        }
+        assert_eq!(live.lock().entries.len(), 3);
+        assert!(
+            live.discovered(&target("m5")).is_some(),
+            "the most recent stays"
+        );
+        let one = signature(&["a"]).bytes;
+        let (live, mut jobs) = live_with_bytes(one * 2);
+        for i in 0..4 {
+            live.discovered(&target(&format!("m{i}")));
+            live.finish(jobs.try_recv().unwrap(), Ok(signature(&["a"])), None);
+        }
+        let cache = live.lock();
+        assert!(cache.bytes <= one * 2, "{} bytes", cache.bytes);
+        assert_eq!(cache.entries.len(), 2);
+    }
+
+    fn live_with_bytes(bytes: usize) -> (LiveSignatures, mpsc::Receiver<SignatureKey>) {
+        live(|c| {
+            c.signature_cache_bytes = bytes;
+            c.metadata_requests_per_second = 100;
+        })
+    }
+
+    #[test]
+    fn tf_signatures_by_name_and_unions() {
+        let tf = LiveSignature::new(vec![
+            ("serving_default".into(), vec!["x".into()]),
+            ("regress".into(), vec!["inputs".into()]),
+        ]);
+        assert!(tf.inputs(None).unwrap().allows("x"));
+        assert!(tf.inputs(Some("regress")).unwrap().allows("inputs"));
+        assert!(tf.inputs(Some("nope")).is_none());
+        let other = LiveSignature::new(vec![("serving_default".into(), vec!["y".into()])]);
+        let union = LiveSignature::union([&tf, &other]);
+        assert_eq!(union.default_inputs(), ["x", "y"]);
+    }
+}

@@ -657,6 +657,17 @@ impl ChunkedEnd {
 mod tests {
     use super::*;
 
+    #[test]
+    fn dechunks_bodies() {
+        assert_eq!(
+            dechunk(b"3;ext=1\r\n{\"a\r\n2\r\n\":\r\n0\r\nx-t: 1\r\n\r\n").as_deref(),
+            Some(&b"{\"a\":"[..])
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n").as_deref(), Some(&b""[..]));
+        assert_eq!(dechunk(b"5\r\nab"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
+    }
+
     fn end_of(body: &[u8], pieces: usize) -> Option<usize> {
         let mut chunks = ChunkedEnd::default();
         let step = body.len().div_ceil(pieces).max(1);
