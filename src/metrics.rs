@@ -523,6 +523,7 @@ impl SourceMetrics {
 }
 
 /// What live signatures (discovery and drift checks, per cluster) export.
+#[derive(Clone)]
 pub struct SignatureMetrics {
     /// Metadata requests to leaves by cluster and result (`ok`, `not_found`, `error`,
     /// `invalid`), and `throttled` for fetches the per-cluster budget refused.

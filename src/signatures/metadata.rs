@@ -53,18 +53,13 @@ pub fn tf_signatures(doc: &Value) -> Result<Vec<(String, Vec<String>)>, String> 
 
 /// TF Serving: the input names of one signature of a metadata document.
 pub fn tf_signature_inputs(doc: &Value, signature: &str) -> Result<Vec<String>, String> {
-    tf_signatures(doc)?
-        .into_iter()
+    let all = tf_signatures(doc)?;
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    let missing = format!("no signature `{signature}` (has: {})", names.join(", "));
+    all.into_iter()
         .find(|(name, _)| name == signature)
         .map(|(_, inputs)| inputs)
-        .ok_or_else(|| {
-            let names: Vec<String> = tf_signatures(doc)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            format!("no signature `{signature}` (has: {})", names.join(", "))
-        })
+        .ok_or(missing)
 }
 
 /// TF Serving `GET /v1/models/NAME` (model status): the versions whose state is `AVAILABLE`.

@@ -341,13 +341,6 @@ impl LiveSignatures {
             verify_interval: ms(config.verify_interval_ms),
         };
         let name = config.name.as_str();
-        let families = SignatureMetrics {
-            fetches: metrics.fetches.clone(),
-            cache_entries: metrics.cache_entries.clone(),
-            cache_bytes: metrics.cache_bytes.clone(),
-            live_requests: metrics.live_requests.clone(),
-            drift: metrics.drift.clone(),
-        };
         let stats = Stats {
             throttled: metrics.fetches.with_label_values(&[name, "throttled"]),
             unknown_discovered: metrics
@@ -355,7 +348,7 @@ impl LiveSignatures {
                 .with_label_values(&[crate::metrics::UNKNOWN_MODEL, "discovered"]),
             entries: metrics.cache_entries.with_label_values(&[name]),
             bytes: metrics.cache_bytes.with_label_values(&[name]),
-            families,
+            families: metrics.clone(),
         };
         LiveSignatures {
             upstream: config.name.clone(),
@@ -502,26 +495,18 @@ impl LiveSignatures {
     pub async fn wait_for(&self, target: &Target<'_>) {
         let deadline = tokio::time::Instant::now() + self.settings.wait;
         let key = SignatureKey::of(target);
-        let mut first = true;
+        // Looks it up as a request would, queueing the fetch.
+        self.discovered(target);
         loop {
             let notified = self.fetched.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let pending = if first {
-                first = false;
-                // Looks it up as a request would, queueing the fetch.
-                self.discovered(target).is_none()
-                    && matches!(
-                        self.lock().entries.get(&key).map(|e| &e.slot),
-                        Some(Slot::Pending)
-                    )
-            } else {
-                matches!(
-                    self.lock().entries.get(&key).map(|e| &e.slot),
-                    Some(Slot::Pending)
-                )
-            };
-            if !pending {
+            let slot = self
+                .lock()
+                .entries
+                .get(&key)
+                .map(|e| matches!(e.slot, Slot::Pending));
+            if slot != Some(true) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -732,8 +717,7 @@ impl DriftReport {
 
     /// `Some` when any version of the model misses inputs.
     fn unversioned(&self, model: &str) -> Option<DriftLive> {
-        let (drifted, union, counter) = self.models.get(model).filter(|m| m.0)?;
-        debug_assert!(*drifted);
+        let (_, union, counter) = self.models.get(model).filter(|(drifted, ..)| *drifted)?;
         Some(union.clone().map(|u| (u, counter.clone())))
     }
 
