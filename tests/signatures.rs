@@ -24,67 +24,6 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-/// An MLServer process serving `tests/peers/mlserver-wide` (model `wide`, 30 declared inputs).
-struct MlServer {
-    child: std::process::Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Drop for MlServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_mlserver() -> MlServer {
-    let dir = TempDir::new("mlserver-wide");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mlserver-wide");
-    for file in ["model-settings.json", "declared_runtime.py"] {
-        std::fs::copy(format!("{source}/{file}"), dir.path(file)).unwrap();
-    }
-    let (http, grpc, metrics) = (
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-    );
-    let child = Command::new("mlserver")
-        .arg("start")
-        .arg(&dir.0)
-        .env("MLSERVER_HOST", "127.0.0.1")
-        .env("MLSERVER_HTTP_PORT", http.to_string())
-        .env("MLSERVER_GRPC_PORT", grpc.to_string())
-        .env("MLSERVER_METRICS_PORT", metrics.to_string())
-        .env("MLSERVER_PARALLEL_WORKERS", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mlserver is needed (bash .ci/run installs it)");
-    let server = MlServer {
-        child,
-        url: format!("http://127.0.0.1:{http}"),
-        _dir: dir,
-    };
-    let ready = format!("{}/v2/models/wide/versions/1/ready", server.url);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let request = Request::get(&ready).body(Full::new(Bytes::new())).unwrap();
-        if h1_client()
-            .request(request)
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mlserver did not become ready in 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The 30 inputs `wide` declares.
 fn declared() -> Vec<String> {
     (0..30).map(|i| format!("f{i:02}")).collect()
@@ -134,7 +73,7 @@ async fn metrics_of(sidecar: &Sidecar) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mlserver_signatures_discovered_and_drift_contained() {
-    let mlserver = start_mlserver().await;
+    let mlserver = MlServer::start("mlserver-wide", "wide").await;
     let client = h1_client();
     let body = wide_request();
     let infer = "/v2/models/wide/versions/1/infer";
@@ -236,23 +175,26 @@ async fn mlserver_signatures_discovered_and_drift_contained() {
         bundle_json("wide", 1, &[("wide", "1", &features)]),
     )
     .unwrap();
-    let drift_sidecar = |on_drift| {
-        let mut config = config_on(&mlserver.url, |c| {
+    let missing = r#"trimmer_allowlist_drift{kind="missing",model="wide"}"#;
+    // A sidecar verifying `wide` against the leaf, once its drift check has found the gap.
+    let (url, bundles) = (&mlserver.url, &dir.0);
+    let drift_sidecar = |on_drift| async move {
+        let mut config = config_on(url, |c| {
             c.verify_signatures = true;
             c.on_drift = on_drift;
         });
-        config.bundles.dir = Some(dir.0.clone());
-        Sidecar::start(config)
+        config.bundles.dir = Some(bundles.clone());
+        let sidecar = Sidecar::start(config).await;
+        let admin = sidecar.admin_url("/metrics");
+        eventually("the drift check", || async {
+            metric(&get_text(&admin).await, missing) == Some(1.0)
+        })
+        .await;
+        sidecar
     };
-    let missing = r#"trimmer_allowlist_drift{kind="missing",model="wide"}"#;
 
     // on_drift = "live": the strict model still gets exactly its 30 inputs and answers.
     let sidecar = drift_sidecar(OnDrift::Live).await;
-    let admin = sidecar.admin_url("/metrics");
-    eventually("the drift check", || async {
-        metric(&get_text(&admin).await, missing) == Some(1.0)
-    })
-    .await;
     let metrics = metrics_of(&sidecar).await;
     assert_eq!(
         metric(
@@ -294,11 +236,6 @@ async fn mlserver_signatures_discovered_and_drift_contained() {
 
     // on_drift = "observe": requests for that version reach the leaf untouched.
     let sidecar = drift_sidecar(OnDrift::Observe).await;
-    let admin = sidecar.admin_url("/metrics");
-    eventually("the drift check", || async {
-        metric(&get_text(&admin).await, missing) == Some(1.0)
-    })
-    .await;
     let answer = send(&client, "POST", &sidecar.url(infer), body.clone()).await;
     assert_eq!(answer.status, 400, "{:?}", answer.body);
     assert!(
@@ -320,10 +257,6 @@ async fn mlserver_signatures_discovered_and_drift_contained() {
     // one the model lacks) and the model fails.
     let sidecar = drift_sidecar(OnDrift::Ignore).await;
     let admin = sidecar.admin_url("/metrics");
-    eventually("the drift check", || async {
-        metric(&get_text(&admin).await, missing) == Some(1.0)
-    })
-    .await;
     let answer = send(&client, "POST", &sidecar.url(infer), body.clone()).await;
     assert_eq!(answer.status, 400, "{:?}", answer.body);
     assert!(
