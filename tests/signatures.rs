@@ -366,10 +366,14 @@ fn tf_metadata(model: &str, version: &str) -> Value {
     })
 }
 
+/// Metadata requests `flaky` has had: it answers the first one only.
+static FLAKY: AtomicUsize = AtomicUsize::new(0);
+
 /// A TF Serving REST stand-in (TF Serving itself is not installable here). Models:
 /// `half_plus_two` answers metadata (versions 123 available, 122 ended) and checks predicts
 /// like TF Serving's row format (every instance's keys equal to the signature's inputs);
-/// `slow` answers the same metadata after 3 s; `garbage` answers metadata with HTML;
+/// `slow` answers the same metadata after 3 s; `flaky` answers it once, then 503;
+/// `garbage` answers metadata with HTML;
 /// `broken` with a 500; any other model is 404, as TF Serving answers unknown servables.
 /// Predicts for other models are accepted and recorded.
 struct TfLeaf {
@@ -447,8 +451,11 @@ async fn tf_leaf(
     let not_found = json!({"error": format!("Servable not found for request: Latest({model})")});
     if parts.method == http::Method::GET {
         metadata_requests.fetch_add(1, Ordering::SeqCst);
-        let known = matches!(model.as_str(), "half_plus_two" | "slow");
+        let known = matches!(model.as_str(), "half_plus_two" | "slow" | "flaky");
         match model.as_str() {
+            "flaky" if FLAKY.fetch_add(1, Ordering::SeqCst) > 0 => {
+                return answer(503, json!({"error": "unavailable"}))
+            }
             "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
             "garbage" => {
                 return Ok(Response::new(Full::new(Bytes::from_static(
@@ -777,6 +784,57 @@ async fn unknown_model_flood_stays_within_the_budget() {
             r#"trimmer_requests_total{model="_unknown",outcome="unknown_model"}"#
         ),
         Some(REQUESTS as f64)
+    );
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_stands_while_the_leaf_cannot_answer() {
+    let leaf = TfLeaf::start().await;
+    let dir = TempDir::new("flaky");
+    std::fs::write(
+        dir.path("flaky.json"),
+        bundle_json("flaky", 1, &[("flaky", "123", &["y"])]),
+    )
+    .unwrap();
+    let mut config = config_on(&leaf.url(), |c| {
+        c.verify_signatures = true;
+        c.verify_interval_ms = 100;
+    });
+    config.bundles.dir = Some(dir.0.clone());
+    let sidecar = Sidecar::start(config).await;
+    let admin = sidecar.admin_url("/metrics");
+    let missing = r#"trimmer_allowlist_drift{kind="missing",model="flaky"}"#;
+    eventually("the drift check", || async {
+        metric(&get_text(&admin).await, missing) == Some(1.0)
+    })
+    .await;
+    // Later checks get 503s: counted, listed as unchecked, and the drift stands.
+    eventually("a failed check", || async {
+        let m = get_text(&admin).await;
+        metric(
+            &m,
+            r#"trimmer_signature_fetches_total{result="error",upstream="leaves"}"#,
+        )
+        .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(metric(&metrics_of(&sidecar).await, missing), Some(1.0));
+    let status = status(&sidecar).await;
+    let drift = &status["signatures"][0]["drift"];
+    assert_eq!(drift["versions"][0]["missing"], json!(["x"]));
+    assert_eq!(drift["unchecked"][0]["model"], "flaky");
+    assert!(drift["unchecked"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("503"));
+    // Contained meanwhile (on_drift = "observe", the default).
+    let body = r#"{"instances": [{"x": 1.0, "y": 2.0}]}"#;
+    let url = sidecar.url("/v1/models/flaky/versions/123:predict");
+    assert_eq!(send(&h1_client(), "POST", &url, body).await.status, 200);
+    assert_eq!(
+        leaf.last_predict().1,
+        serde_json::from_str::<Value>(body).unwrap()
     );
     sidecar.stop().await;
 }

@@ -308,12 +308,19 @@ async fn check<L: Leaves>(leaves: &L, protocols: &mut HashMap<String, Protocol>)
                 Ok(signature) => Arc::new(signature),
                 Err(failure) => {
                     complete = false;
-                    tracing::warn!(upstream = leaves.name(), model, version, %failure, "drift check: the leaf's signature could not be read");
+                    tracing::warn!(upstream = leaves.name(), model, version, %failure, "drift check: the leaf's signature could not be read; the last result stands");
                     report.unchecked.push((
                         model.to_owned(),
                         version.to_owned(),
                         failure.to_string(),
                     ));
+                    // A leaf that cannot answer now does not clear what it said before (an
+                    // alert on it stays until a check says otherwise).
+                    let key = (model.to_owned(), version.to_owned());
+                    if let Some(before) = previous.versions.get(&key) {
+                        drifted |= !before.missing.is_empty();
+                        report.versions.insert(key, before.clone());
+                    }
                     continue;
                 }
             };
