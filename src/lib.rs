@@ -17,6 +17,8 @@
 //! - [`state`]: what the listeners share for the life of the process.
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
 //!   the directory watcher.
+//! - [`signatures`]: live signatures: a model's inputs learned from the leaf's metadata, a
+//!   second allowlist layer under the bundles, and the drift check of bundles against them.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
 //!   that fills the cache directory the reloader loads.
 //! - [`verify`]: shadow verification: a sample of trimmed requests also sent untrimmed, off
@@ -54,6 +56,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod signatures;
 pub mod state;
 pub mod trim;
 pub mod upstream;

@@ -222,6 +222,7 @@ impl Reloader {
             self.shared.verifier.snapshot_changed(&allowlists);
         }
         let summary = ReloadSummary::from_report(&report, allowlists.allowlists());
+        let changed = report.changed;
         self.shared.trim_state.store(Arc::new(TrimState {
             allowlists,
             bundles: statuses,
@@ -230,6 +231,17 @@ impl Reloader {
             last_reload,
             models,
         }));
+        if changed {
+            for live in self
+                .shared
+                .upstreams
+                .clusters()
+                .iter()
+                .filter_map(|c| c.signatures.as_ref())
+            {
+                live.bundles_changed();
+            }
+        }
         summary
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::answer::SyntheticError;
 use super::io::{ClientStream, Rewind};
-use super::{forwards_header, own_lines, prepare, route, Prepared, RequestHead};
+use super::{await_signature, forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
@@ -245,6 +245,7 @@ async fn forward(
     };
     let cluster = request.cluster;
     let (target, _) = route(shared, path);
+    await_signature(shared, cluster, target.as_ref()).await;
     let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
     // A verified request keeps its original body and head for the shadow.
     let original = prepared.verify.as_ref().map(|_| {
