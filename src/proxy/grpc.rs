@@ -112,7 +112,8 @@ impl Messages {
                 if u64::from(len) > self.max {
                     return Err(SyntheticError::too_large(self.max));
                 }
-                if self.buf.len() >= 5 + len as usize {
+                let whole = 5 + len as usize;
+                if self.buf.len() >= whole {
                     let compressed = self.buf[0] != 0;
                     self.buf.advance(5);
                     let payload = self.buf.split_to(len as usize).freeze();
@@ -121,6 +122,8 @@ impl Messages {
                         payload,
                     }));
                 }
+                // Room for the whole message at once, not grown frame by frame.
+                self.buf.reserve(whole - self.buf.len());
             }
             if self.ended {
                 return match self.buf.is_empty() {
