@@ -2,7 +2,8 @@
 directly and through each proxy, targets interleaved and repeated, medians reported.
 
 Load generator pinned to CPU 0; leaf and proxy to CPU 1 (taskset). For each workload and target:
-p50/p90/p99 at a fixed rate, the achieved rate, CPU seconds the proxy used per 1,000 requests,
+p50/p90/p99 at a fixed rate, the achieved rate, CPU seconds the proxy and the leaf used per
+1,000 requests,
 and the maximum sustainable rate (highest rate with >= 95% achieved, no errors and p99 < 250 ms:
 from half the fixed rate, halved until one is sustained, then raised in steps of 25%, then the
 last step bisected down to 5%; searched in as many rounds as there are repeats, median reported).
@@ -325,7 +326,7 @@ def run_workload(args, workload, work):
     headers = []
     rate = args.rate[workload]
     results, checks = fixed_rate_rounds(
-        targets, leaf_port, args.repeats,
+        targets, leaf, leaf_port, args.repeats,
         lambda t: oha(f"http://127.0.0.1:{t.port}", path, body_file, rate, args.duration, headers))
     # Maximum sustainable rate: from half the test rate, halve until a rate is sustained (so a
     # slow target still gets a figure), then grow it until the target falls behind. Searched in
@@ -364,19 +365,21 @@ def run_workload(args, workload, work):
     return targets, results, checks, max_rate, rate
 
 
-def fixed_rate_rounds(targets, leaf_port, repeats, load):
+def fixed_rate_rounds(targets, leaf, leaf_port, repeats, load):
     """Fixed rate, targets interleaved, repeated: each target's load results (with the CPU
-    seconds its processes used per 1,000 answered requests) and what the leaf saw from it."""
+    seconds its processes and the leaf used per 1,000 answered requests) and what the leaf saw
+    from it."""
     results = {t.name: [] for t in targets}
     checks = {}
     for _ in range(repeats):
         for t in targets:
             before_stats = leaf_stats(leaf_port)
-            cpu0 = cpu_seconds(t.pids())
+            cpu0, leaf_cpu0 = cpu_seconds(t.pids()), cpu_seconds([leaf.pid])
             r = load(t)
-            cpu = cpu_seconds(t.pids()) - cpu0
             after = settled_leaf_stats(leaf_port)
+            cpu, leaf_cpu = cpu_seconds(t.pids()) - cpu0, cpu_seconds([leaf.pid]) - leaf_cpu0
             r["cpu_per_1k"] = 1000 * cpu / max(r["ok"], 1) if t.name != "direct" else float("nan")
+            r["leaf_cpu_per_1k"] = 1000 * leaf_cpu / max(r["ok"], 1)
             results[t.name].append(r)
             delta = {k: after[k] - before_stats[k] for k in after}
             checks.setdefault(t.name, {k: 0 for k in delta})
@@ -430,7 +433,7 @@ def run_grpc(args, work):
             grpc_load(args, t.port, workload, args.rate_grpc, 1)
         settled_leaf_stats(leaf_port)
         results, checks = fixed_rate_rounds(
-            targets, leaf_port, args.repeats,
+            targets, leaf, leaf_port, args.repeats,
             lambda t: grpc_load(args, t.port, workload, args.rate_grpc, args.duration))
     finally:
         stop(procs)
@@ -439,14 +442,15 @@ def run_grpc(args, work):
 
 def print_table(targets, results, checks, max_rate=None):
     print(f"{'target':<11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'achieved':>9} "
-          + (f"{'max rate':>9} " if max_rate else "") + f"{'CPU s/1k':>9} {'errors':>7}   leaf saw")
+          + (f"{'max rate':>9} " if max_rate else "") + f"{'CPU s/1k':>9} {'leaf CPU':>9} {'errors':>7}   leaf saw")
     for t in targets:
         rs = results[t.name]
         c = checks[t.name]
         print(f"{t.name:<11} {median([r['p50'] for r in rs]):>8.2f} {median([r['p90'] for r in rs]):>8.2f} "
               f"{median([r['p99'] for r in rs]):>8.2f} {median([r['rps'] for r in rs]):>9.1f} "
               + (f"{median(max_rate[t.name]):>9.0f} " if max_rate else "")
-              + f"{median([r['cpu_per_1k'] for r in rs]):>9.3f} {sum(r['errors'] for r in rs):>7}   "
+              + f"{median([r['cpu_per_1k'] for r in rs]):>9.3f} {median([r['leaf_cpu_per_1k'] for r in rs]):>9.3f} "
+              f"{sum(r['errors'] for r in rs):>7}   "
               f"full {c['full']}, trimmed {c['trimmed']}, wrong {c['wrong']}, unparsable {c['unparsable']}")
     print("per round (p50 ms / CPU s per 1k): " + "; ".join(
         f"{t.name} " + ", ".join(f"{r['p50']:.2f}/{r['cpu_per_1k']:.3f}" for r in results[t.name])
