@@ -78,7 +78,9 @@ fn main() -> ExitCode {
     };
     let result = match command {
         BenchCommand::Workload { .. } => Ok(()),
-        BenchCommand::Leaf { listen, .. } => runtime.block_on(loadtest::serve_leaf(listen, workload)),
+        BenchCommand::Leaf { listen, .. } => {
+            runtime.block_on(loadtest::serve_leaf(listen, workload))
+        }
         BenchCommand::GrpcLoad {
             target,
             rate,

@@ -290,7 +290,11 @@ pub struct LoadReport {
 type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// Sends `w`'s message (framed) to `target`'s `w.path` by `plan`.
-pub async fn load(target: SocketAddr, w: &Workload, plan: &LoadPlan) -> std::io::Result<LoadReport> {
+pub async fn load(
+    target: SocketAddr,
+    w: &Workload,
+    plan: &LoadPlan,
+) -> std::io::Result<LoadReport> {
     let body = framed(&w.body);
     let uri: http::Uri = format!("http://{target}{}", w.path)
         .parse()
@@ -354,7 +358,11 @@ pub async fn load(target: SocketAddr, w: &Workload, plan: &LoadPlan) -> std::io:
         ok,
         errors,
         unfinished,
-        rps: ok as f64 / last.saturating_duration_since(start).as_secs_f64().max(1e-9),
+        rps: ok as f64
+            / last
+                .saturating_duration_since(start)
+                .as_secs_f64()
+                .max(1e-9),
         p50: ms(0.50),
         p90: ms(0.90),
         p99: ms(0.99),
@@ -426,8 +434,15 @@ mod tests {
         let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
         let engine = w.trim(allowed).unwrap().body;
         assert_eq!(decode_unary(&framed(&engine)).unwrap(), trimmed);
-        let second = full.inputs.iter().position(|i| i.name == w.allowed[1]).unwrap();
-        assert_eq!(trimmed.raw_input_contents[1], full.raw_input_contents[second]);
+        let second = full
+            .inputs
+            .iter()
+            .position(|i| i.name == w.allowed[1])
+            .unwrap();
+        assert_eq!(
+            trimmed.raw_input_contents[1],
+            full.raw_input_contents[second]
+        );
         assert!(decode_unary(&w.body).is_none(), "unframed");
         assert!(decode_unary(&framed(&w.body)[..100]).is_none(), "truncated");
     }
