@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
 use crate::metrics::Metrics;
+use crate::signatures::LiveSignatures;
 
 pub mod h1;
 
@@ -131,6 +132,11 @@ impl Upstreams {
             })
             .unwrap_or(self.default);
         &self.clusters[index]
+    }
+
+    /// Every cluster, in configuration order.
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
     }
 
     /// A view of every cluster for `/status`.
@@ -247,6 +253,8 @@ pub struct Cluster {
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
     stats: ClusterStats,
+    /// Live signatures learned from these leaves (`discover_signatures`/`verify_signatures`).
+    pub signatures: Option<LiveSignatures>,
 }
 
 /// Metric children for one cluster, resolved once at start-up.
@@ -347,6 +355,8 @@ impl Cluster {
             connect_timeout: ms(config.connect_timeout_ms),
             epoch: Instant::now(),
             stats,
+            signatures: (config.discover_signatures || config.verify_signatures)
+                .then(|| LiveSignatures::new(config, &metrics.signatures)),
         }
     }
 
@@ -614,6 +624,59 @@ impl Cluster {
                 "no connection within {} ms",
                 self.connect_timeout.as_millis()
             ))),
+        }
+    }
+
+    /// `GET path` on an endpoint of the cluster (the attempt rules of every request), for the
+    /// sidecar's own metadata requests: the status and the body, read whole up to `limit`.
+    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), UpstreamError> {
+        const LINES: &[u8] = b"accept: application/json\r\n\r\n";
+        if self.h2c.is_some() {
+            let target = PathAndQuery::try_from(path)
+                .map_err(|e| self.malformed("-", format!("bad metadata path {path}: {e}")))?;
+            let method = http::Method::GET;
+            let empty = || {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Empty::<Bytes>::new(),
+                    |never: std::convert::Infallible| -> h1::BoxError { match never {} },
+                ))
+            };
+            let sent = self.send_h2c(&method, Some(&target), LINES, &empty, None);
+            let response = match sent.await {
+                Some(result) => result?,
+                None => return Err(self.malformed("-", "no h2c client".into())),
+            };
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), limit);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map_err(|e| self.malformed("-", format!("metadata body: {e}")))?;
+            return Ok((status, body.to_bytes().to_vec()));
+        }
+        let request = Outgoing {
+            method: "GET",
+            target: path,
+            host_kept: false,
+            lines: LINES,
+            body: &[],
+            bodiless_answer: false,
+        };
+        let mut buf = Vec::new();
+        let (head, mut connection) = self.exchange(&request, &mut buf).await?;
+        let read = h1::read_body(&head, &mut buf, &mut connection.stream, limit);
+        match tokio::time::timeout(self.request_timeout, read).await {
+            Ok(Ok((body, clean))) => {
+                if clean && head.reusable {
+                    connection.release();
+                }
+                Ok((head.status, body))
+            }
+            Ok(Err(e)) => Err(self.malformed("-", format!("metadata body: {e}"))),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                endpoint: "-".into(),
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            }),
         }
     }
 
