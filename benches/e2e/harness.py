@@ -452,8 +452,8 @@ def print_table(targets, results, checks, max_rate=None):
               + f"{median([r['cpu_per_1k'] for r in rs]):>9.3f} {median([r['leaf_cpu_per_1k'] for r in rs]):>9.3f} "
               f"{sum(r['errors'] for r in rs):>7}   "
               f"full {c['full']}, trimmed {c['trimmed']}, wrong {c['wrong']}, unparsable {c['unparsable']}")
-    print("per round (p50 ms / CPU s per 1k): " + "; ".join(
-        f"{t.name} " + ", ".join(f"{r['p50']:.2f}/{r['cpu_per_1k']:.3f}" for r in results[t.name])
+    print("per round (p50 ms / p99 ms / CPU s per 1k):\n" + "\n".join(
+        f"  {t.name:<11} " + ", ".join(f"{r['p50']:.2f}/{r['p99']:.1f}/{r['cpu_per_1k']:.3f}" for r in results[t.name])
         for t in targets))
 
 
