@@ -8,11 +8,12 @@ use sha2::{Digest, Sha256};
 pub fn bundle_checksum(document: &Value) -> String {
     let mut canonical = Vec::with_capacity(4096);
     match document {
-        Value::Object(map) => {
-            let mut map = map.clone();
-            map.remove("sha256");
-            write_canonical(&Value::Object(map), &mut canonical);
-        }
+        // Written member by member rather than from a copy without `sha256`: a bundle's
+        // document is megabytes, and a copy would double what a load holds at its peak.
+        Value::Object(map) => write_object(
+            map.iter().filter(|(key, _)| key.as_str() != "sha256"),
+            &mut canonical,
+        ),
         other => write_canonical(other, &mut canonical),
     }
     hex(&Sha256::digest(&canonical))
@@ -35,20 +36,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// float is written in serde_json's shortest form.
 pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push(b'{');
-            for (i, (key, value)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write_canonical(value, out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map.iter(), out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -62,6 +50,22 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         Value::String(s) => write_string(s, out),
         other => out.extend_from_slice(other.to_string().as_bytes()),
     }
+}
+
+/// An object's members sorted by their keys' UTF-16 code units.
+fn write_object<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    let mut members: Vec<(&String, &Value)> = members.collect();
+    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    out.push(b'{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_canonical(value, out);
+    }
+    out.push(b'}');
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {

@@ -106,35 +106,171 @@ pub enum BundleError {
 impl Bundle {
     /// Parses and validates a bundle file; `expected_name` is the file name without `.json`.
     pub fn parse(bytes: &[u8], expected_name: &str) -> Result<Bundle, BundleError> {
-        let bundle = Self::parse_document(bytes)?;
-        if bundle.bundle != expected_name {
-            return Err(BundleError::NameMismatch {
-                field: bundle.bundle,
-                file: expected_name.to_owned(),
-            });
-        }
-        Ok(bundle)
+        BundleView::with(bytes, Some(expected_name), |view| view.to_owned())
     }
 
     /// Parses and validates a bundle document wherever it is stored (checksum and schema, not
     /// the file name).
     pub fn parse_document(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        BundleView::with(bytes, None, |view| view.to_owned())
+    }
+
+    /// Fills in `sha256` for the current content.
+    pub fn seal(&mut self) {
+        self.sha256 = None;
+        // Serialising these types to a Value cannot fail.
+        let value = serde_json::to_value(&*self).unwrap_or_default();
+        self.sha256 = Some(bundle_checksum(&value));
+    }
+}
+
+/// A validated bundle document whose strings borrow from the parsed JSON: the one place the
+/// v1 rules are checked, for the pipeline's owned [`Bundle`] and for the sidecar, which
+/// interns the names straight from it and keeps no copy of the document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleView<'a> {
+    /// Always `trimmer.bundle/v1`.
+    pub format: &'a str,
+    /// Bundle name.
+    pub bundle: &'a str,
+    /// Monotonic generation set by the pipeline.
+    pub generation: u64,
+    /// RFC 3339 build time.
+    #[serde(default, borrow)]
+    pub created_at: Option<&'a str>,
+    /// Provenance.
+    #[serde(default, borrow)]
+    pub source: Option<&'a str>,
+    /// One entry per model version.
+    #[serde(borrow)]
+    pub models: Vec<ModelEntryView<'a>>,
+    /// Per model: label → version.
+    #[serde(default, borrow)]
+    pub labels: BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>,
+    /// The stated checksum.
+    #[serde(default, borrow)]
+    pub sha256: Option<&'a str>,
+}
+
+/// [`ModelEntry`], borrowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntryView<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Version.
+    pub version: &'a str,
+    /// Rollout stage.
+    #[serde(default)]
+    pub stage: Stage,
+    /// Input feature names.
+    #[serde(borrow)]
+    pub features: Vec<&'a str>,
+    /// Trimming mode, if the entry sets one.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+impl BundleView<'_> {
+    /// Parses `bytes`, verifies the checksum, the schema and (when given) the file name, and
+    /// hands the borrowed view to `f`. The parsed document lives only for the call.
+    pub fn with<R>(
+        bytes: &[u8],
+        expected_name: Option<&str>,
+        f: impl FnOnce(&BundleView<'_>) -> R,
+    ) -> Result<R, BundleError> {
         let document: serde_json::Value =
             serde_json::from_slice(bytes).map_err(BundleError::Json)?;
-        let stated = document
-            .get("sha256")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let stated = document.get("sha256").and_then(|v| v.as_str());
         if let Some(stated) = stated {
             let actual = bundle_checksum(&document);
             if stated != actual {
-                return Err(BundleError::Checksum { stated, actual });
+                return Err(BundleError::Checksum {
+                    stated: stated.to_owned(),
+                    actual,
+                });
             }
         }
-        let bundle: Bundle =
-            serde_json::from_value(document).map_err(|e| BundleError::Schema(e.to_string()))?;
-        bundle.check_schema()?;
-        Ok(bundle)
+        let view =
+            BundleView::deserialize(&document).map_err(|e| BundleError::Schema(e.to_string()))?;
+        view.check_schema()?;
+        if let Some(expected) = expected_name {
+            if view.bundle != expected {
+                return Err(BundleError::NameMismatch {
+                    field: view.bundle.to_owned(),
+                    file: expected.to_owned(),
+                });
+            }
+        }
+        Ok(f(&view))
+    }
+}
+
+impl<'a> BundleView<'a> {
+    /// A view of an owned bundle (for code that builds bundles in memory).
+    pub fn of(bundle: &'a Bundle) -> BundleView<'a> {
+        BundleView {
+            format: &bundle.format,
+            bundle: &bundle.bundle,
+            generation: bundle.generation,
+            created_at: bundle.created_at.as_deref(),
+            source: bundle.source.as_deref(),
+            models: bundle
+                .models
+                .iter()
+                .map(|m| ModelEntryView {
+                    model: &m.model,
+                    version: &m.version,
+                    stage: m.stage,
+                    features: m.features.iter().map(String::as_str).collect(),
+                    mode: m.mode,
+                })
+                .collect(),
+            labels: bundle
+                .labels
+                .iter()
+                .map(|(model, map)| {
+                    let map = map.iter().map(|(l, v)| (l.as_str(), v.as_str())).collect();
+                    (model.as_str(), map)
+                })
+                .collect(),
+            sha256: bundle.sha256.as_deref(),
+        }
+    }
+
+    /// The owned bundle.
+    pub fn to_owned(&self) -> Bundle {
+        Bundle {
+            format: self.format.to_owned(),
+            bundle: self.bundle.to_owned(),
+            generation: self.generation,
+            created_at: self.created_at.map(str::to_owned),
+            source: self.source.map(str::to_owned),
+            models: self
+                .models
+                .iter()
+                .map(|m| ModelEntry {
+                    model: m.model.to_owned(),
+                    version: m.version.to_owned(),
+                    stage: m.stage,
+                    features: m.features.iter().map(|f| (*f).to_owned()).collect(),
+                    mode: m.mode,
+                })
+                .collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(model, map)| {
+                    let map = map
+                        .iter()
+                        .map(|(l, v)| ((*l).to_owned(), (*v).to_owned()))
+                        .collect();
+                    ((*model).to_owned(), map)
+                })
+                .collect(),
+            sha256: self.sha256.map(str::to_owned),
+        }
     }
 
     /// Checks what the types alone do not: format tag, non-empty names, unique versions.
@@ -149,7 +285,7 @@ impl Bundle {
         if self.bundle.is_empty() {
             return fail("`bundle` is empty".into());
         }
-        if let Some(sha) = &self.sha256 {
+        if let Some(sha) = self.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return fail("`sha256` must be 64 lowercase hex digits".into());
             }
@@ -161,7 +297,7 @@ impl Bundle {
                     "models[{i}]: `model` and `version` must not be empty"
                 ));
             }
-            if !seen.insert((entry.model.as_str(), entry.version.as_str())) {
+            if !seen.insert((entry.model, entry.version)) {
                 return fail(format!(
                     "models[{i}]: {}@{} is listed twice",
                     entry.model, entry.version
@@ -169,14 +305,6 @@ impl Bundle {
             }
         }
         Ok(())
-    }
-
-    /// Fills in `sha256` for the current content.
-    pub fn seal(&mut self) {
-        self.sha256 = None;
-        // Serialising these types to a Value cannot fail.
-        let value = serde_json::to_value(&*self).unwrap_or_default();
-        self.sha256 = Some(bundle_checksum(&value));
     }
 }
 

@@ -1,6 +1,8 @@
 //! The bundle directory as last seen: one entry per bundle name with its last-known-good
-//! content. A scan lists the directory, re-reads every candidate file, and only parses the
-//! ones whose bytes changed; a file that fails keeps its predecessor's content (stale).
+//! table. A scan lists the directory, re-reads every candidate file, and only parses the
+//! ones whose bytes changed; a file that fails keeps its predecessor's table (stale). A
+//! table whose content did not change stays the same allocation, so snapshots built after
+//! the scan reuse everything merged from it.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -11,7 +13,10 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use super::checksum::hex;
-use super::format::Bundle;
+use super::format::BundleView;
+use super::snapshot::AllowlistSnapshot;
+use super::table::{BundleTable, FeatureNames};
+use crate::config::TrimConfig;
 
 /// Name of the sentinel file whose presence disables all trimming.
 pub const KILL_SWITCH_FILE: &str = "TRIMMING_DISABLED";
@@ -21,8 +26,9 @@ pub const KILL_SWITCH_FILE: &str = "TRIMMING_DISABLED";
 pub struct BundleState {
     /// File the bundle was read from.
     pub path: PathBuf,
-    /// Last content that parsed and validated; `None` if the file never did.
-    pub good: Option<Arc<Bundle>>,
+    /// What serving keeps of the last content that parsed and validated; `None` if the file
+    /// never did.
+    pub good: Option<Arc<BundleTable>>,
     /// SHA-256 of the last good file's bytes.
     pub good_digest: Option<String>,
     /// When the last good content was loaded.
@@ -68,6 +74,9 @@ pub struct BundleStore {
     entries: BTreeMap<String, BundleState>,
     /// Whether the kill-switch file was present at the last successful listing.
     kill_switch: bool,
+    /// Feature names of every table, interned once (copied on write while a snapshot shares
+    /// them).
+    names: Arc<FeatureNames>,
 }
 
 impl BundleStore {
@@ -90,9 +99,24 @@ impl BundleStore {
         &self.entries
     }
 
-    /// Good bundle contents, in name order.
-    pub fn good_bundles(&self) -> impl Iterator<Item = &Bundle> {
-        self.entries.values().filter_map(|e| e.good.as_deref())
+    /// Good bundle tables, in name order.
+    pub fn good_bundles(&self) -> impl Iterator<Item = &Arc<BundleTable>> {
+        self.entries.values().filter_map(|e| e.good.as_ref())
+    }
+
+    /// The names the tables' ids refer to.
+    pub fn names(&self) -> &Arc<FeatureNames> {
+        &self.names
+    }
+
+    /// The snapshot of the good tables, reusing from `previous` what no scan changed.
+    pub fn snapshot(
+        &self,
+        previous: Option<&AllowlistSnapshot>,
+        trim: &TrimConfig,
+    ) -> AllowlistSnapshot {
+        let tables: Vec<Arc<BundleTable>> = self.good_bundles().cloned().collect();
+        AllowlistSnapshot::assemble(&tables, self.names.clone(), previous, trim)
     }
 
     /// Whether the kill-switch file is present.
@@ -137,16 +161,28 @@ impl BundleStore {
             {
                 continue;
             }
-            match Bundle::parse(&bytes, &name) {
-                Ok(bundle) => {
-                    let content_changed =
-                        self.entries.get(&name).and_then(|e| e.good.as_deref()) != Some(&bundle);
-                    report.changed |= content_changed;
+            let names = &mut self.names;
+            let parsed = BundleView::with(&bytes, Some(&name), |view| {
+                BundleTable::from_view(view, names)
+            });
+            // The file's bytes are no longer needed; the table is all that stays.
+            drop(bytes);
+            match parsed {
+                Ok(table) => {
+                    let previous = self.entries.get(&name).and_then(|e| e.good.as_ref());
+                    let table = match previous {
+                        // Same content (reformatted, say): keep the allocation snapshots share.
+                        Some(previous) if **previous == table => previous.clone(),
+                        _ => {
+                            report.changed = true;
+                            Arc::new(table)
+                        }
+                    };
                     self.entries.insert(
                         name.clone(),
                         BundleState {
                             path,
-                            good: Some(Arc::new(bundle)),
+                            good: Some(table),
                             good_digest: Some(hex(&digest)),
                             loaded_at: Some(SystemTime::now()),
                             stale: false,
