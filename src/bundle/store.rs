@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -39,6 +39,57 @@ pub struct BundleState {
     pub last_error: Option<String>,
     /// SHA-256 of the bytes last examined, good or not: unchanged bytes are not re-parsed.
     seen_digest: [u8; 32],
+    /// The file's stamp when those bytes were read, and when: an unchanged stamp spares
+    /// re-reading the file at all.
+    seen_stamp: Option<(FileStamp, SystemTime)>,
+}
+
+/// How long after a write a file's stamp is not trusted: timestamps can be coarser than the
+/// time between two writes of the same size (the "racily clean" case git knows), so a file
+/// read within this of its last change is read again at the next scan.
+const RACY: Duration = Duration::from_secs(2);
+
+/// What `stat` says of a file's identity, size and change times. The same stamp as when the
+/// file was read (and read well after its last change) means the same bytes, so a scan of an
+/// unchanged directory reads no bundle at all: kubelet touches and renames change the stamp
+/// (times or inode) and are re-read as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The later of the two change times.
+    fn changed(&self) -> SystemTime {
+        let at = |(secs, nanos): (i64, i64)| {
+            UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+        };
+        at(self.mtime).max(at(self.ctime))
+    }
+}
+
+impl BundleState {
+    /// Whether the file still has the stamp it had when last read, and was read long enough
+    /// after its last change for the stamp to tell.
+    fn unchanged_since_read(&self, stamp: &FileStamp, racy: Duration) -> bool {
+        self.seen_stamp
+            .is_some_and(|(seen, read_at)| seen == *stamp && stamp.changed() + racy < read_at)
+    }
 }
 
 /// One file examined during a scan.
@@ -61,6 +112,8 @@ pub struct ScanReport {
     pub removed: Vec<String>,
     /// The directory could not be listed; nothing was changed.
     pub dir_error: Option<String>,
+    /// Files whose bytes were read (the others had the stamp they had when last read).
+    pub read: usize,
 }
 
 /// The bundle directory's loaded state.
@@ -77,6 +130,8 @@ pub struct BundleStore {
     /// Feature names of every table, interned once (copied on write while a snapshot shares
     /// them).
     names: Arc<FeatureNames>,
+    /// [`RACY`], shorter in tests.
+    racy: Duration,
 }
 
 impl BundleStore {
@@ -85,6 +140,7 @@ impl BundleStore {
         Self {
             dir,
             max_file_bytes,
+            racy: RACY,
             ..Self::default()
         }
     }
@@ -139,9 +195,19 @@ impl BundleStore {
         };
         self.kill_switch = dir.join(KILL_SWITCH_FILE).exists();
         let mut present = std::collections::HashSet::new();
-        for (name, path) in listing {
-            let bytes = match read_bounded(&path, self.max_file_bytes) {
-                Ok(bytes) => bytes,
+        for (name, path, stamp) in listing {
+            if self
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.unchanged_since_read(&stamp, self.racy))
+            {
+                present.insert(name);
+                continue;
+            }
+            let read_at = SystemTime::now();
+            report.read += 1;
+            let (bytes, stamp) = match read_bounded(&path, self.max_file_bytes) {
+                Ok(read) => read,
                 // A symlink whose target went away (a key removed from a ConfigMap) or a file
                 // deleted since the listing: the bundle is gone, not broken.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -154,12 +220,12 @@ impl BundleStore {
             };
             present.insert(name.clone());
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            if self
-                .entries
-                .get(&name)
-                .is_some_and(|e| e.seen_digest == digest)
-            {
-                continue;
+            let seen_stamp = Some((stamp, read_at));
+            if let Some(entry) = self.entries.get_mut(&name) {
+                if entry.seen_digest == digest {
+                    entry.seen_stamp = seen_stamp;
+                    continue;
+                }
             }
             let names = &mut self.names;
             let parsed = BundleView::with(&bytes, Some(&name), |view| {
@@ -188,6 +254,7 @@ impl BundleStore {
                             stale: false,
                             last_error: None,
                             seen_digest: digest,
+                            seen_stamp,
                         },
                     );
                     report.loads.push(LoadEvent {
@@ -198,6 +265,9 @@ impl BundleStore {
                 Err(e) => {
                     let why = format!("{}: {e}", path.display());
                     self.record_failure(&name, path, digest, why, &mut report);
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        entry.seen_stamp = seen_stamp;
+                    }
                 }
             }
         }
@@ -235,11 +305,13 @@ impl BundleStore {
                 stale: true,
                 last_error: None,
                 seen_digest: [0; 32],
+                seen_stamp: None,
             });
         entry.path = path;
         entry.stale = true;
         entry.last_error = Some(why.clone());
         entry.seen_digest = digest;
+        entry.seen_stamp = None;
         report.loads.push(LoadEvent {
             bundle: name.to_owned(),
             result: Err(why),
@@ -273,14 +345,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// opened handle must be a regular file: a FIFO swapped in after the listing would block a
 /// plain `open` forever, and a device or `/proc` file (size 0, endless content) is not a
 /// bundle. The bytes are counted while reading, whatever size the file claims.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, FileStamp)> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    let kind = file.metadata()?.file_type();
+    let meta = file.metadata()?;
+    // Taken before reading: a write during the read changes the stamp the next scan sees.
+    let stamp = FileStamp::of(&meta);
+    let kind = meta.file_type();
     if !kind.is_file() {
         let what = if kind.is_fifo() {
             "a FIFO"
@@ -300,7 +375,7 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut file = file;
     loop {
         let n = match file.read(&mut chunk) {
-            Ok(0) => return Ok(bytes),
+            Ok(0) => return Ok((bytes, stamp)),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -314,8 +389,8 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// `(bundle name, path)` of every `*.json` entry that is not hidden or an editor file.
-fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+/// `(bundle name, path, stamp)` of every `*.json` entry that is not hidden or an editor file.
+fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, FileStamp)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -337,9 +412,58 @@ fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         // A dangling link is a deleted bundle; anything else that is not a regular file (a
         // directory, FIFO or device under a bundle's name) is listed and fails to load, so it
         // shows in `/status` and the load metrics instead of vanishing silently.
-        if std::fs::metadata(&path).is_ok() {
-            out.push((name.to_owned(), path));
+        if let Ok(meta) = std::fs::metadata(&path) {
+            out.push((name.to_owned(), path, FileStamp::of(&meta)));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUNDLE: &str = r#"{"format": "trimmer.bundle/v1", "bundle": "home", "generation": 1,
+        "models": [{"model": "m", "version": "1", "features": ["a", "b"]}]}"#;
+
+    #[test]
+    fn only_files_whose_stamp_changed_are_read_again() {
+        let dir = std::env::temp_dir().join(format!("trimmer-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("home.json");
+        std::fs::write(&file, BUNDLE).unwrap();
+        let mut store = BundleStore::new(Some(dir.clone()), 1 << 20);
+
+        // A file changed within the racy window of its read is read at every scan.
+        let first = store.scan();
+        assert_eq!((first.read, first.changed), (1, true));
+        assert_eq!(store.scan().read, 1, "just written: the stamp is not trusted yet");
+
+        // Read well after its change (no window here): the stamp alone says unchanged.
+        store.racy = Duration::ZERO;
+        let idle = store.scan();
+        assert_eq!((idle.read, idle.changed, idle.loads.len()), (0, false, 0));
+        let table = store.entries()["home"].good.clone().unwrap();
+
+        // A touch (kubelet) changes the stamp: read, same digest, nothing loaded.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let touched = store.scan();
+        assert_eq!((touched.read, touched.changed), (1, false));
+        assert!(touched.loads.is_empty());
+
+        // New content through a rename: a new inode, read and loaded.
+        let tmp = dir.join("home.json.tmp");
+        std::fs::write(&tmp, BUNDLE.replace("\"b\"", "\"c\"")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let renamed = store.scan();
+        assert_eq!((renamed.read, renamed.changed), (1, true));
+        assert!(!Arc::ptr_eq(&table, store.entries()["home"].good.as_ref().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
