@@ -114,7 +114,11 @@ endpoints = ["http://127.0.0.1:{leaf}"]
         .spawn()
         .unwrap();
     while get(admin, "/readyz").map(|(status, _)| status) != Some(200) {
-        assert!(child.try_wait().unwrap().is_none(), "{} exited", bin.display());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{} exited",
+            bin.display()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready = started.elapsed();
@@ -387,8 +391,9 @@ fn post(port: u16, path: &str) -> Option<(u16, String)> {
 /// One admin call on a fresh connection.
 fn call(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).ok()?;
     let (status, body) = read_response(&mut stream).ok()?;
     Some((status, String::from_utf8_lossy(&body).into_owned()))

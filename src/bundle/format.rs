@@ -7,7 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::checksum::bundle_checksum;
+use std::borrow::Cow;
+
+use super::checksum::{bundle_checksum, document_checksum};
+use super::document::{Json, Name};
 use crate::config::Mode;
 
 /// The value of `format` for this version.
@@ -124,33 +127,36 @@ impl Bundle {
     }
 }
 
-/// A validated bundle document whose strings borrow from the parsed JSON: the one place the
+/// A validated bundle document whose strings borrow from the file's bytes: the one place the
 /// v1 rules are checked, for the pipeline's owned [`Bundle`] and for the sidecar, which
-/// interns the names straight from it and keeps no copy of the document.
+/// interns the names straight from it and keeps no copy of the document. Its fields mirror
+/// [`Bundle`]'s.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleView<'a> {
     /// Always `trimmer.bundle/v1`.
-    pub format: &'a str,
+    #[serde(borrow)]
+    pub format: Cow<'a, str>,
     /// Bundle name.
-    pub bundle: &'a str,
+    #[serde(borrow)]
+    pub bundle: Cow<'a, str>,
     /// Monotonic generation set by the pipeline.
     pub generation: u64,
     /// RFC 3339 build time.
-    #[serde(default, borrow)]
-    pub created_at: Option<&'a str>,
+    #[serde(default)]
+    pub created_at: Option<String>,
     /// Provenance.
-    #[serde(default, borrow)]
-    pub source: Option<&'a str>,
+    #[serde(default)]
+    pub source: Option<String>,
     /// One entry per model version.
     #[serde(borrow)]
     pub models: Vec<ModelEntryView<'a>>,
     /// Per model: label → version.
-    #[serde(default, borrow)]
-    pub labels: BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
     /// The stated checksum.
-    #[serde(default, borrow)]
-    pub sha256: Option<&'a str>,
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 /// [`ModelEntry`], borrowed.
@@ -158,15 +164,17 @@ pub struct BundleView<'a> {
 #[serde(deny_unknown_fields)]
 pub struct ModelEntryView<'a> {
     /// Model name.
-    pub model: &'a str,
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
     /// Version.
-    pub version: &'a str,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
     /// Rollout stage.
     #[serde(default)]
     pub stage: Stage,
     /// Input feature names.
     #[serde(borrow)]
-    pub features: Vec<&'a str>,
+    pub features: Vec<Name<'a>>,
     /// Trimming mode, if the entry sets one.
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -180,11 +188,10 @@ impl BundleView<'_> {
         expected_name: Option<&str>,
         f: impl FnOnce(&BundleView<'_>) -> R,
     ) -> Result<R, BundleError> {
-        let document: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(BundleError::Json)?;
-        let stated = document.get("sha256").and_then(|v| v.as_str());
+        let document = Json::parse(bytes).map_err(BundleError::Json)?;
+        let stated = document.get("sha256").and_then(Json::as_str);
         if let Some(stated) = stated {
-            let actual = bundle_checksum(&document);
+            let actual = document_checksum(&document);
             if stated != actual {
                 return Err(BundleError::Checksum {
                     stated: stated.to_owned(),
@@ -198,7 +205,7 @@ impl BundleView<'_> {
         if let Some(expected) = expected_name {
             if view.bundle != expected {
                 return Err(BundleError::NameMismatch {
-                    field: view.bundle.to_owned(),
+                    field: view.bundle.clone().into_owned(),
                     file: expected.to_owned(),
                 });
             }
@@ -211,65 +218,48 @@ impl<'a> BundleView<'a> {
     /// A view of an owned bundle (for code that builds bundles in memory).
     pub fn of(bundle: &'a Bundle) -> BundleView<'a> {
         BundleView {
-            format: &bundle.format,
-            bundle: &bundle.bundle,
+            format: Cow::Borrowed(&bundle.format),
+            bundle: Cow::Borrowed(&bundle.bundle),
             generation: bundle.generation,
-            created_at: bundle.created_at.as_deref(),
-            source: bundle.source.as_deref(),
+            created_at: bundle.created_at.clone(),
+            source: bundle.source.clone(),
             models: bundle
                 .models
                 .iter()
                 .map(|m| ModelEntryView {
-                    model: &m.model,
-                    version: &m.version,
+                    model: Cow::Borrowed(&m.model),
+                    version: Cow::Borrowed(&m.version),
                     stage: m.stage,
-                    features: m.features.iter().map(String::as_str).collect(),
+                    features: m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
                     mode: m.mode,
                 })
                 .collect(),
-            labels: bundle
-                .labels
-                .iter()
-                .map(|(model, map)| {
-                    let map = map.iter().map(|(l, v)| (l.as_str(), v.as_str())).collect();
-                    (model.as_str(), map)
-                })
-                .collect(),
-            sha256: bundle.sha256.as_deref(),
+            labels: bundle.labels.clone(),
+            sha256: bundle.sha256.clone(),
         }
     }
 
     /// The owned bundle.
     pub fn to_owned(&self) -> Bundle {
         Bundle {
-            format: self.format.to_owned(),
-            bundle: self.bundle.to_owned(),
+            format: self.format.clone().into_owned(),
+            bundle: self.bundle.clone().into_owned(),
             generation: self.generation,
-            created_at: self.created_at.map(str::to_owned),
-            source: self.source.map(str::to_owned),
+            created_at: self.created_at.clone(),
+            source: self.source.clone(),
             models: self
                 .models
                 .iter()
                 .map(|m| ModelEntry {
-                    model: m.model.to_owned(),
-                    version: m.version.to_owned(),
+                    model: m.model.clone().into_owned(),
+                    version: m.version.clone().into_owned(),
                     stage: m.stage,
-                    features: m.features.iter().map(|f| (*f).to_owned()).collect(),
+                    features: m.features.iter().map(|f| f.to_string()).collect(),
                     mode: m.mode,
                 })
                 .collect(),
-            labels: self
-                .labels
-                .iter()
-                .map(|(model, map)| {
-                    let map = map
-                        .iter()
-                        .map(|(l, v)| ((*l).to_owned(), (*v).to_owned()))
-                        .collect();
-                    ((*model).to_owned(), map)
-                })
-                .collect(),
-            sha256: self.sha256.map(str::to_owned),
+            labels: self.labels.clone(),
+            sha256: self.sha256.clone(),
         }
     }
 
@@ -285,7 +275,7 @@ impl<'a> BundleView<'a> {
         if self.bundle.is_empty() {
             return fail("`bundle` is empty".into());
         }
-        if let Some(sha) = self.sha256 {
+        if let Some(sha) = &self.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return fail("`sha256` must be 64 lowercase hex digits".into());
             }
@@ -297,7 +287,7 @@ impl<'a> BundleView<'a> {
                     "models[{i}]: `model` and `version` must not be empty"
                 ));
             }
-            if !seen.insert((entry.model, entry.version)) {
+            if !seen.insert((&entry.model, &entry.version)) {
                 return fail(format!(
                     "models[{i}]: {}@{} is listed twice",
                     entry.model, entry.version
@@ -358,6 +348,22 @@ mod tests {
         assert_eq!(bundle.generation, 42);
         assert_eq!(bundle.models[1].mode, Some(Mode::Observe));
         assert_eq!(bundle.models[1].stage, Stage::Pending);
+    }
+
+    #[test]
+    fn escaped_strings_parse_like_plain_ones() {
+        let escaped = GOOD
+            .replace("\"f_a\"", "\"f_\\u0061\"")
+            .replace(
+                "\"homefeed_ranker\", \"version\": \"17\"",
+                "\"homefeed_r\\u0061nker\", \"version\": \"1\\u0037\"",
+            )
+            .replace("\"stable\": \"17\"", "\"st\\u0061ble\": \"1\\u0037\"");
+        assert_ne!(escaped, GOOD);
+        assert_eq!(
+            Bundle::parse(escaped.as_bytes(), "homefeed").unwrap(),
+            Bundle::parse(GOOD.as_bytes(), "homefeed").unwrap()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! offline side (build, validate, diff, publish) is the `pipeline` module. Knows nothing of HTTP.
 
 pub mod checksum;
+pub mod document;
 pub mod format;
 pub mod snapshot;
 pub mod store;

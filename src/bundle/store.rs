@@ -49,6 +49,9 @@ pub struct BundleState {
 /// read within this of its last change is read again at the next scan.
 const RACY: Duration = Duration::from_secs(2);
 
+/// Names no bundle lists that are kept before compacting (beyond as many as are listed).
+const COMPACT_SLACK: usize = 1024;
+
 /// What `stat` says of a file's identity, size and change times. The same stamp as when the
 /// file was read (and read well after its last change) means the same bytes, so a scan of an
 /// unchanged directory reads no bundle at all: kubelet touches and renames change the stamp
@@ -283,7 +286,43 @@ impl BundleStore {
             }
             report.removed.push(name);
         }
+        if report.changed {
+            self.compact_names();
+        }
         report
+    }
+
+    /// Names only grow as bundles change; when most are no longer listed by any bundle (a
+    /// fleet that renamed its features, say), they are interned afresh from the live ones and
+    /// every table is rebuilt on the new ids. Rare, and the one reload that does it merges
+    /// every model again.
+    fn compact_names(&mut self) {
+        let live = self
+            .good_bundles()
+            .fold(super::table::Allowlist::default(), |acc, t| {
+                acc.union(t.used())
+            });
+        if self.names.len() <= 2 * live.len() + COMPACT_SLACK {
+            return;
+        }
+        let mut fresh = Arc::new(FeatureNames::default());
+        let mut map = vec![u32::MAX; self.names.len()];
+        for id in live.ids() {
+            if let Some(name) = self.names.name(id) {
+                map[id as usize] = FeatureNames::intern(&mut fresh, name);
+            }
+        }
+        for entry in self.entries.values_mut() {
+            if let Some(table) = &entry.good {
+                entry.good = Some(Arc::new(table.remap(&map)));
+            }
+        }
+        tracing::info!(
+            before = self.names.len(),
+            after = fresh.len(),
+            "feature names compacted"
+        );
+        self.names = fresh;
     }
 
     fn record_failure(
@@ -437,7 +476,11 @@ mod tests {
         // A file changed within the racy window of its read is read at every scan.
         let first = store.scan();
         assert_eq!((first.read, first.changed), (1, true));
-        assert_eq!(store.scan().read, 1, "just written: the stamp is not trusted yet");
+        assert_eq!(
+            store.scan().read,
+            1,
+            "just written: the stamp is not trusted yet"
+        );
 
         // Read well after its change (no window here): the stamp alone says unchanged.
         store.racy = Duration::ZERO;
@@ -463,7 +506,53 @@ mod tests {
         std::fs::rename(&tmp, &file).unwrap();
         let renamed = store.scan();
         assert_eq!((renamed.read, renamed.changed), (1, true));
-        assert!(!Arc::ptr_eq(&table, store.entries()["home"].good.as_ref().unwrap()));
+        assert!(!Arc::ptr_eq(
+            &table,
+            store.entries()["home"].good.as_ref().unwrap()
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_no_bundle_lists_any_more_are_compacted_away() {
+        let dir = std::env::temp_dir().join(format!("trimmer-compact-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("home.json");
+        let write = |prefix: &str| {
+            let features: Vec<String> = (0..2000).map(|i| format!("{prefix}{i}")).collect();
+            let bundle = serde_json::json!({"format": "trimmer.bundle/v1", "bundle": "home",
+                "generation": 1, "models": [{"model": "m", "version": "1", "features": features}]});
+            std::fs::write(&file, bundle.to_string()).unwrap();
+        };
+        let mut store = BundleStore::new(Some(dir.clone()), 1 << 20);
+        write("a");
+        store.scan();
+        write("b");
+        store.scan();
+        assert_eq!(store.names().len(), 4000, "2000 stale names are kept");
+        let before = store.snapshot(None, &TrimConfig::default());
+        write("c");
+        assert!(store.scan().changed);
+        assert_eq!(
+            store.names().len(),
+            2000,
+            "6000 names, 2000 listed: compacted"
+        );
+        let after = store.snapshot(Some(&before), &TrimConfig::default());
+        let table = store.entries()["home"].good.clone().unwrap();
+        assert_eq!(table.used().len(), 2000);
+        assert_eq!(after.distinct_features(), 2000);
+        let crate::bundle::snapshot::Lookup::Found { entry, .. } =
+            after.lookup("m", &crate::classify::VersionSpec::Version("1".into()))
+        else {
+            panic!("m@1 not found")
+        };
+        assert!(after.allows(&entry.allowlist, "c0") && after.allows(&entry.allowlist, "c1999"));
+        assert!(!after.allows(&entry.allowlist, "b0") && after.feature_id("a0").is_none());
+        assert!(
+            before.feature_id("b0").is_some(),
+            "the old snapshot keeps its own names"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -223,11 +223,11 @@ impl BundleTable {
                 used[word] |= 1 << (id % 64);
             }
             models
-                .entry(entry.model)
-                .or_insert_with(|| model(entry.model))
+                .entry(&entry.model)
+                .or_insert_with(|| model(&entry.model))
                 .versions
                 .push(TableVersion {
-                    version: entry.version.into(),
+                    version: entry.version.as_ref().into(),
                     stage: entry.stage,
                     mode: entry.mode,
                     allowlist: Allowlist::from_ids(ids),
@@ -236,18 +236,54 @@ impl BundleTable {
         for (name, labels) in &view.labels {
             models.entry(name).or_insert_with(|| model(name)).labels = labels
                 .iter()
-                .map(|(label, version)| (Box::from(*label), Arc::from(*version)))
+                .map(|(label, version)| (Box::from(label.as_str()), Arc::from(version.as_str())))
                 .collect();
         }
         BundleTable {
             generation: view.generation,
-            sha256: view.sha256.map(Box::from),
-            source: view.source.map(Box::from),
-            created_at: view.created_at.map(Box::from),
+            sha256: view.sha256.as_deref().map(Box::from),
+            source: view.source.as_deref().map(Box::from),
+            created_at: view.created_at.as_deref().map(Box::from),
             models: models.into_values().collect(),
             model_versions: view.models.len(),
             used: Allowlist::from_words(used),
         }
+    }
+
+    /// The same table with every id `i` replaced by `map[i]` (for names being compacted).
+    pub fn remap(&self, map: &[u32]) -> BundleTable {
+        let remap = |a: &Allowlist| Allowlist::from_ids(a.ids().map(|id| map[id as usize]));
+        BundleTable {
+            generation: self.generation,
+            sha256: self.sha256.clone(),
+            source: self.source.clone(),
+            created_at: self.created_at.clone(),
+            models: self
+                .models
+                .iter()
+                .map(|m| TableModel {
+                    name: m.name.clone(),
+                    versions: m
+                        .versions
+                        .iter()
+                        .map(|v| TableVersion {
+                            version: v.version.clone(),
+                            stage: v.stage,
+                            mode: v.mode,
+                            allowlist: remap(&v.allowlist),
+                        })
+                        .collect(),
+                    labels: m.labels.clone(),
+                })
+                .collect(),
+            model_versions: self.model_versions,
+            used: remap(&self.used),
+        }
+    }
+
+    /// Every feature any entry lists.
+    pub fn used(&self) -> &Allowlist {
+        &self.used
     }
 
     /// Number of model versions the bundle lists.
