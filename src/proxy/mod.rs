@@ -1,12 +1,13 @@
 //! The request lifecycle, written once for every transport: classify → route to a cluster →
 //! one snapshot load and the trim decision → the forwarded request → attempts against the
 //! cluster's endpoints → the answer. Transports only parse, read within limits and write:
-//! [`lean`] (HTTP/1.1 parsed in place, the common case) and [`general`] (hyper: HTTP/1.1 and
-//! h2c, everything else). [`answer`] is what the sidecar answers itself; [`io`] wraps client
+//! [`lean`] (HTTP/1.1 parsed in place, the common case), [`general`] (hyper: HTTP/1.1 and
+//! h2c, everything else) and [`grpc`] (gRPC on h2c, message by message). [`answer`] is what the sidecar answers itself; [`io`] wraps client
 //! connections.
 
 pub mod answer;
 pub mod general;
+pub mod grpc;
 pub mod io;
 pub mod lean;
 
@@ -20,6 +21,7 @@ use crate::config::{Compression, Mode};
 use crate::headers::{is_hop_by_hop, push_header, INFERENCE_HEADER_LENGTH};
 use crate::metrics::{ModelMetrics, Outcome};
 use crate::state::Shared;
+use crate::trim::grpc::GrpcBody;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Untrimmable};
 use crate::upstream::Cluster;
@@ -105,6 +107,7 @@ pub fn prepare(
         let headers = TrimHeaders {
             encoded: head.encoding.is_some(),
             binary_json_len: head.binary_json_len,
+            grpc: false,
         };
         let trimmed = trim_request(shared, target, headers, body);
         prepared.body = trimmed.body;
@@ -172,12 +175,32 @@ pub fn own_lines(
     lines.extend_from_slice(b"\r\n");
 }
 
+/// Trims one gRPC score message (without its 5-byte prefix, decoded) for the model and
+/// version it names, by the same decision and metrics as an HTTP body; `None`: forward it as
+/// it came.
+pub fn trim_message(shared: &Shared, target: &Target<'_>, msg: &[u8]) -> Option<Vec<u8>> {
+    let headers = TrimHeaders {
+        encoded: false,
+        binary_json_len: None,
+        grpc: true,
+    };
+    trim_request(shared, target, headers, msg).body
+}
+
+/// Counts a score message whose model the sidecar cannot read (forwarded untouched) under
+/// `_unknown`.
+pub fn count_unread(shared: &Shared, outcome: Outcome, len: usize) {
+    shared.unknown_model.record(outcome, len, len, 0);
+}
+
 /// What `decide` needs of the request's headers.
 struct TrimHeaders<'h> {
     /// Whether the body carries a `Content-Encoding` other than `identity`.
     encoded: bool,
     /// `Inference-Header-Content-Length` (Triton's binary extension), if present.
     binary_json_len: Option<&'h [u8]>,
+    /// The body is a gRPC message (protobuf), not REST.
+    grpc: bool,
 }
 
 /// What trimming did to one score request: the body to forward instead of the original and
@@ -258,6 +281,14 @@ fn decide<'a>(
     let allowed = snapshot.allowed(&entry.allowlist);
     let started = std::time::Instant::now();
     let result = match (target.protocol, target.verb) {
+        _ if headers.grpc => {
+            let message = match target.verb {
+                Some(Verb::Predict) => GrpcBody::Predict,
+                Some(Verb::Classify | Verb::Regress) => GrpcBody::Examples,
+                _ => GrpcBody::Infer,
+            };
+            crate::trim::grpc::trim(body, message, allowed)
+        }
         (Protocol::TfServing, Some(Verb::Predict)) => {
             tf_serving::trim(body, TfBody::Predict, allowed)
         }
