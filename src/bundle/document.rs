@@ -132,7 +132,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
 /// Deserialising the typed view from the document: strings without escapes stay borrowed
 /// from the file's bytes.
-impl<'de, 't> Deserializer<'de> for &'t Json<'de> {
+impl<'de> Deserializer<'de> for &Json<'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -184,7 +184,7 @@ impl<'de, 't> Deserializer<'de> for &'t Json<'de> {
     }
 }
 
-impl<'de, 't> IntoDeserializer<'de, serde_json::Error> for &'t Json<'de> {
+impl<'de> IntoDeserializer<'de, serde_json::Error> for &Json<'de> {
     type Deserializer = Self;
 
     fn into_deserializer(self) -> Self {
