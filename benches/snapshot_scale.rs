@@ -70,6 +70,8 @@ fn main() {
 #[derive(Debug)]
 struct Figures {
     ready: Duration,
+    /// CPU the process used until ready (user + system), whatever else the host runs.
+    ready_cpu: Duration,
     rss_ready_mb: f64,
     peak_rss_mb: f64,
     reload_wall: Duration,
@@ -122,6 +124,7 @@ endpoints = ["http://127.0.0.1:{leaf}"]
         std::thread::sleep(Duration::from_millis(5));
     }
     let ready = started.elapsed();
+    let ready_cpu = cpu_time(&child);
     std::thread::sleep(Duration::from_secs(2));
     let rss_ready_mb = rss_mb(&child, "VmRSS");
 
@@ -167,6 +170,7 @@ endpoints = ["http://127.0.0.1:{leaf}"]
     let _ = child.wait();
     Figures {
         ready,
+        ready_cpu,
         rss_ready_mb,
         peak_rss_mb,
         reload_wall,
@@ -201,6 +205,9 @@ fn print_table(results: &[(&str, Figures)]) {
     };
     row("start to ready (s)", &|f| {
         format!("{:.2}", f.ready.as_secs_f64())
+    });
+    row("CPU used until ready (s)", &|f| {
+        format!("{:.2}", f.ready_cpu.as_secs_f64())
     });
     row("RSS once ready (MB)", &|f| format!("{:.0}", f.rss_ready_mb));
     row("RSS after the reload (MB)", &|f| {
@@ -405,6 +412,22 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// User + system time of the process so far.
+fn cpu_time(child: &Child) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Duration::from_secs_f64((fields[0] + fields[1]) as f64 / ticks)
 }
 
 /// A `/proc/PID/status` figure in MB.
