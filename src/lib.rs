@@ -15,8 +15,8 @@
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
 //! - [`state`]: what the listeners share for the life of the process.
-//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
-//!   the directory watcher.
+//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, what serving
+//!   keeps of each bundle (interned names, bitsets), the snapshot, the directory watcher.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
 //!   that fills the cache directory the reloader loads.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
