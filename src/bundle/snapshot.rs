@@ -237,6 +237,34 @@ impl AllowlistSnapshot {
             .is_some_and(|id| allowlist.contains(id))
     }
 
+    /// The version a model's label names.
+    pub fn label_version(&self, model: &str, label: &str) -> Option<&str> {
+        let m = &self.models[*self.model_index.get(model)?];
+        m.labels.get(label).map(|v| v.as_ref())
+    }
+
+    /// A model's versions with their allowed feature names (sorted), for the drift check.
+    pub fn version_features(&self, model: &str) -> Vec<(&str, Vec<&str>)> {
+        let Some(&index) = self.model_index.get(model) else {
+            return Vec::new();
+        };
+        let mut versions: Vec<(&str, Vec<&str>)> = self.models[index]
+            .versions
+            .iter()
+            .map(|(version, entry)| {
+                let mut allowed: Vec<&str> = entry
+                    .allowlist
+                    .ids()
+                    .filter_map(|id| self.names.name(id))
+                    .collect();
+                allowed.sort_unstable();
+                (version.as_ref(), allowed)
+            })
+            .collect();
+        versions.sort_unstable();
+        versions
+    }
+
     /// Model names in index order (the index `Lookup` reports).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
         self.models.iter().map(|m| m.name.as_ref())

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::answer::{full, ProxyBody, SyntheticError};
-use super::{forwards_header, own_lines, prepare, route, RequestHead};
+use super::{await_signature, forwards_header, own_lines, prepare, route, RequestHead};
 use crate::compression;
 use crate::headers::{push_header, strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
@@ -66,6 +66,7 @@ async fn forward(
             .map(HeaderValue::as_bytes),
     };
     let (target, cluster) = route(shared, path);
+    await_signature(shared, cluster, target.as_ref().filter(|_| head.post)).await;
     let prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
     let expects_body = matches!(
         parts.method,

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
 use crate::metrics::Metrics;
+use crate::signatures::LiveSignatures;
 
 pub mod h1;
 
@@ -131,6 +132,11 @@ impl Upstreams {
             })
             .unwrap_or(self.default);
         &self.clusters[index]
+    }
+
+    /// Every cluster, in configuration order.
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
     }
 
     /// A view of every cluster for `/status`.
@@ -247,6 +253,8 @@ pub struct Cluster {
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
     stats: ClusterStats,
+    /// Live signatures learned from these leaves (`discover_signatures`/`verify_signatures`).
+    pub signatures: Option<LiveSignatures>,
 }
 
 /// Metric children for one cluster, resolved once at start-up.
@@ -347,6 +355,8 @@ impl Cluster {
             connect_timeout: ms(config.connect_timeout_ms),
             epoch: Instant::now(),
             stats,
+            signatures: (config.discover_signatures || config.verify_signatures)
+                .then(|| LiveSignatures::new(config, &metrics.signatures)),
         }
     }
 
@@ -615,6 +625,141 @@ impl Cluster {
                 self.connect_timeout.as_millis()
             ))),
         }
+    }
+
+    /// `GET path` on an endpoint of the cluster (the attempt rules of every request), for the
+    /// sidecar's own metadata requests: the status and the body, read whole up to `limit`.
+    /// On an h2c cluster a KServe metadata path is asked as the `ModelMetadata` RPC first (h2c
+    /// leaves are usually gRPC ports) and its answer given as the REST document would be;
+    /// REST follows when the endpoint does not answer as a gRPC server.
+    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), UpstreamError> {
+        const LINES: &[u8] = b"accept: application/json\r\n\r\n";
+        if self.h2c.is_some() {
+            let kserve = crate::classify::classify(path)
+                .filter(|t| t.protocol == crate::classify::Protocol::KServeV2 && t.verb.is_none());
+            if let Some(target) = kserve {
+                let version = match &target.version {
+                    crate::classify::VersionSpec::Version(v) => v.as_ref(),
+                    _ => "",
+                };
+                if let Some(answer) = self.grpc_metadata(&target.model, version, limit).await {
+                    return answer;
+                }
+            }
+            let target = PathAndQuery::try_from(path)
+                .map_err(|e| self.malformed("-", format!("bad metadata path {path}: {e}")))?;
+            let method = http::Method::GET;
+            let empty = || {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Empty::<Bytes>::new(),
+                    |never: std::convert::Infallible| -> h1::BoxError { match never {} },
+                ))
+            };
+            let sent = self.send_h2c(&method, Some(&target), LINES, &empty, None);
+            let response = match sent.await {
+                Some(result) => result?,
+                None => return Err(self.malformed("-", "no h2c client".into())),
+            };
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), limit);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map_err(|e| self.malformed("-", format!("metadata body: {e}")))?;
+            return Ok((status, body.to_bytes().to_vec()));
+        }
+        let request = Outgoing {
+            method: "GET",
+            target: path,
+            host_kept: false,
+            lines: LINES,
+            body: &[],
+            bodiless_answer: false,
+        };
+        let mut buf = Vec::new();
+        let (head, mut connection) = self.exchange(&request, &mut buf).await?;
+        let read = h1::read_body(&head, &mut buf, &mut connection.stream, limit);
+        match tokio::time::timeout(self.request_timeout, read).await {
+            Ok(Ok((body, clean))) => {
+                if clean && head.reusable {
+                    connection.release();
+                }
+                Ok((head.status, body))
+            }
+            Ok(Err(e)) => Err(self.malformed("-", format!("metadata body: {e}"))),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                endpoint: "-".into(),
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// KServe's `ModelMetadata` RPC, its answer as the REST document (`versions`, `inputs[]`
+    /// with their names); a gRPC `NOT_FOUND` as 404. `None` when the endpoint did not answer
+    /// as a gRPC server.
+    async fn grpc_metadata(
+        &self,
+        model: &str,
+        version: &str,
+        limit: usize,
+    ) -> Option<Result<(u16, Vec<u8>), UpstreamError>> {
+        use http_body_util::BodyExt as _;
+        const LINES: &[u8] = b"content-type: application/grpc\r\nte: trailers\r\n\r\n";
+        let message = crate::trim::grpc::metadata_request(model, version);
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let framed = Bytes::from(framed);
+        let body = || {
+            http_body_util::Full::new(framed.clone())
+                .map_err(|never: std::convert::Infallible| -> h1::BoxError { match never {} })
+                .boxed()
+        };
+        let method = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelMetadata");
+        let sent = self.send_h2c(&http::Method::POST, Some(&method), LINES, &body, None);
+        let response = match sent.await? {
+            Ok(response) => response,
+            Err(e) => return Some(Err(e)),
+        };
+        let grpc = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return None;
+        }
+        let head_status = response.headers().get("grpc-status").cloned();
+        let limited = http_body_util::Limited::new(response.into_body(), limit);
+        let collected = match limited.collect().await {
+            Ok(collected) => collected,
+            Err(e) => return Some(Err(self.malformed("-", format!("ModelMetadata: {e}")))),
+        };
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(head_status);
+        let body = collected.to_bytes();
+        Some(Ok(match status.as_ref().map(|s| s.as_bytes()) {
+            Some(b"0") => match body.get(5..).map(crate::trim::grpc::metadata_inputs) {
+                Some(Ok((versions, inputs))) => {
+                    let inputs: Vec<_> = inputs
+                        .iter()
+                        .map(|name| serde_json::json!({ "name": name }))
+                        .collect();
+                    let doc = serde_json::json!({ "versions": versions, "inputs": inputs });
+                    (200, doc.to_string().into_bytes())
+                }
+                _ => (200, b"not a ModelMetadataResponse".to_vec()),
+            },
+            Some(b"5") => (404, Vec::new()),
+            other => {
+                let code = other.map(|s| String::from_utf8_lossy(s).into_owned());
+                (
+                    502,
+                    format!("ModelMetadata: grpc-status {code:?}").into_bytes(),
+                )
+            }
+        }))
     }
 
     fn status(&self) -> ClusterStatus {
