@@ -15,8 +15,8 @@
 //! - [`trim`]: the trimming engines (pure: bytes and allowlist in, bytes and counts out).
 //! - [`compression`]: lz4 frames on the trimmer-to-trimmer link, with a decode limit.
 //! - [`state`]: what the listeners share for the life of the process.
-//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
-//!   the directory watcher.
+//! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, what serving
+//!   keeps of each bundle (interned names, bitsets), the snapshot, the directory watcher.
 //! - [`signatures`]: live signatures: a model's inputs learned from the leaf's metadata, a
 //!   second allowlist layer under the bundles, and the drift check of bundles against them.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller

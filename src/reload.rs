@@ -136,6 +136,7 @@ impl Reloader {
         let started = Instant::now();
         let store = self.store.clone();
         let trim = self.shared.config.trim.clone();
+        let previous = self.shared.trim_state.load_full().allowlists.clone();
         let scan = tokio::task::spawn_blocking(move || {
             let mut store = match store.try_lock() {
                 Ok(store) => store,
@@ -147,7 +148,12 @@ impl Reloader {
             let report = store.scan();
             let snapshot = report
                 .changed
-                .then(|| AllowlistSnapshot::build(store.good_bundles(), &trim));
+                .then(|| store.snapshot(Some(&previous), &trim));
+            drop(previous);
+            if !report.loads.is_empty() {
+                // Parsing freed documents many times the size of what is kept.
+                crate::bundle::release_freed_memory();
+            }
             let statuses: Vec<BundleStatus> = store
                 .entries()
                 .iter()
@@ -347,13 +353,13 @@ fn bundle_status(name: &str, entry: &BundleState) -> BundleStatus {
         name: name.to_owned(),
         file: entry.path.display().to_string(),
         generation: good.map(|b| b.generation),
-        sha256: good.and_then(|b| b.sha256.clone()),
+        sha256: good.and_then(|b| b.sha256.as_deref().map(str::to_owned)),
         file_sha256: entry.good_digest.clone(),
-        source: good.and_then(|b| b.source.clone()),
+        source: good.and_then(|b| b.source.as_deref().map(str::to_owned)),
         loaded_at: entry.loaded_at.map(crate::bundle::format::rfc3339),
         stale: entry.stale,
         last_error: entry.last_error.clone(),
-        model_versions: good.map_or(0, |b| b.models.len()),
+        model_versions: good.map_or(0, |b| b.model_versions()),
     }
 }
 

@@ -7,10 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::sync::Arc;
 
 use common::*;
-use feature_trimmer::bundle::BundleStore;
-use feature_trimmer::config::{BundlesConfig, Config};
+use feature_trimmer::bundle::snapshot::{AllowlistSnapshot, Lookup};
+use feature_trimmer::bundle::{Allowlist, BundleStore, BundleTable};
+use feature_trimmer::classify::VersionSpec;
+use feature_trimmer::config::{BundlesConfig, Config, TrimConfig};
 
 /// Bundle name → (generation, stale) of what the store serves.
 fn served(store: &BundleStore) -> BTreeMap<String, (Option<u64>, bool)> {
@@ -152,6 +155,102 @@ fn unchanged_bytes_are_not_reloaded() {
     write(&dir.path("home.json"), &good("home", 1).replace('\n', " "));
     let report = store.scan();
     assert!(!report.changed && report.loads.len() == 1);
+}
+
+fn tables(store: &BundleStore) -> BTreeMap<String, Arc<BundleTable>> {
+    store
+        .entries()
+        .iter()
+        .map(|(name, e)| (name.clone(), e.good.clone().unwrap()))
+        .collect()
+}
+
+fn found(snapshot: &AllowlistSnapshot, model: &str, version: &str) -> Allowlist {
+    match snapshot.lookup(model, &VersionSpec::Version(version.into())) {
+        Lookup::Found { entry, .. } => entry.allowlist.clone(),
+        other => panic!("{model}@{version}: {other:?}"),
+    }
+}
+
+/// A reload that changes one bundle rebuilds that bundle's parts only: the other bundles'
+/// tables, the merged views of the models only they feed, and their bitsets are the same
+/// allocations in the next snapshot, which still answers every lookup from the new content.
+#[test]
+fn a_reload_reuses_every_part_of_the_unchanged_bundles() {
+    let dir = TempDir::new("reuse");
+    let trim = TrimConfig::default();
+    let mut store = BundleStore::new(Some(dir.0.clone()), BundlesConfig::default().max_file_bytes);
+    let home = |generation, first: &[&str]| {
+        bundle_json(
+            "home",
+            generation,
+            &[("ranker", "1", first), ("ranker", "2", &["b", "c"])],
+        )
+    };
+    write(&dir.path("home.json"), &home(1, &["a", "b"]));
+    write(
+        &dir.path("ads.json"),
+        &bundle_json(
+            "ads",
+            1,
+            &[("ctr", "1", &["a", "d"]), ("shared", "1", &["x"])],
+        ),
+    );
+    write(
+        &dir.path("feed.json"),
+        &bundle_json("feed", 1, &[("shared", "1", &["y"])]),
+    );
+    store.scan();
+    let first = store.snapshot(None, &trim);
+    let before = tables(&store);
+    assert_eq!(first.distinct_features(), 6);
+
+    write(&dir.path("home.json"), &home(2, &["a", "e"]));
+    assert!(store.scan().changed);
+    let second = store.snapshot(Some(&first), &trim);
+    let after = tables(&store);
+    assert!(Arc::ptr_eq(&before["ads"], &after["ads"]));
+    assert!(Arc::ptr_eq(&before["feed"], &after["feed"]));
+    assert!(!Arc::ptr_eq(&before["home"], &after["home"]));
+    for model in ["ctr", "shared"] {
+        assert!(
+            Arc::ptr_eq(first.model(model).unwrap(), second.model(model).unwrap()),
+            "{model}: fed by unchanged bundles only, so merged once"
+        );
+    }
+    assert!(!Arc::ptr_eq(
+        first.model("ranker").unwrap(),
+        second.model("ranker").unwrap()
+    ));
+    assert!(found(&first, "ctr", "1").shares_bits_with(&found(&second, "ctr", "1")));
+    let shared = found(&second, "shared", "1");
+    assert!(second.allows(&shared, "x") && second.allows(&shared, "y"));
+
+    // The new snapshot answers from the new content; the old one, still held, from the old.
+    let ranker = found(&second, "ranker", "1");
+    assert!(second.allows(&ranker, "e") && !second.allows(&ranker, "b"));
+    assert!(first.allows(&found(&first, "ranker", "1"), "b"));
+    assert_eq!(
+        first.feature_id("e"),
+        None,
+        "a new name never reaches an old snapshot"
+    );
+    assert_eq!(
+        first.feature_id("a"),
+        second.feature_id("a"),
+        "ids are stable"
+    );
+    assert_eq!(second.distinct_features(), 7);
+    assert_eq!((second.allowlists(), second.conflicts()), (4, 1));
+
+    // The same content rewritten differently keeps even the changed bundle's allocation.
+    write(
+        &dir.path("home.json"),
+        &home(2, &["a", "e"]).replace('\n', " "),
+    );
+    let report = store.scan();
+    assert!(!report.changed && report.loads.len() == 1);
+    assert!(Arc::ptr_eq(&after["home"], &tables(&store)["home"]));
 }
 
 /// Writes a ConfigMap volume the way the kubelet's AtomicWriter does: files in a fresh

@@ -4,18 +4,71 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::document::Json;
+
 /// Checksum of `document` (its top-level `sha256` member, if any, is left out).
 pub fn bundle_checksum(document: &Value) -> String {
     let mut canonical = Vec::with_capacity(4096);
     match document {
-        Value::Object(map) => {
-            let mut map = map.clone();
-            map.remove("sha256");
-            write_canonical(&Value::Object(map), &mut canonical);
-        }
+        // Written member by member rather than from a copy without `sha256`: a bundle's
+        // document is megabytes, and a copy would double what a load holds at its peak.
+        Value::Object(map) => write_object(
+            map.iter().filter(|(key, _)| key.as_str() != "sha256"),
+            &mut canonical,
+        ),
         other => write_canonical(other, &mut canonical),
     }
     hex(&Sha256::digest(&canonical))
+}
+
+/// Checksum of a borrowed document: the same bytes hashed as [`bundle_checksum`] hashes.
+pub fn document_checksum(document: &Json<'_>) -> String {
+    let mut canonical = Vec::with_capacity(4096);
+    match document {
+        Json::Object(members) => write_members(
+            members.iter().filter(|(key, _)| key != "sha256"),
+            &mut canonical,
+        ),
+        other => write_document(other, &mut canonical),
+    }
+    hex(&Sha256::digest(&canonical))
+}
+
+/// JCS serialisation of a borrowed document (its objects are already in canonical order).
+fn write_document(value: &Json<'_>, out: &mut Vec<u8>) {
+    match value {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Json::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Json::String(s) => write_string(s, out),
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_document(item, out);
+            }
+            out.push(b']');
+        }
+        Json::Object(members) => write_members(members.iter(), out),
+    }
+}
+
+fn write_members<'a, 'b: 'a>(
+    members: impl Iterator<Item = &'a (std::borrow::Cow<'b, str>, Json<'b>)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(b'{');
+    for (i, (key, value)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_document(value, out);
+    }
+    out.push(b'}');
 }
 
 /// Lowercase hex of bytes.
@@ -35,20 +88,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// float is written in serde_json's shortest form.
 pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push(b'{');
-            for (i, (key, value)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write_canonical(value, out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map.iter(), out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -64,7 +104,31 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// An object's members sorted by their keys' UTF-16 code units.
+fn write_object<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    let mut members: Vec<(&String, &Value)> = members.collect();
+    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    out.push(b'{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(key, out);
+        out.push(b':');
+        write_canonical(value, out);
+    }
+    out.push(b'}');
+}
+
 fn write_string(s: &str, out: &mut Vec<u8>) {
+    // Most names need no escape: copied as they are.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json escapes exactly `"`, `\`, and control characters (short forms \b \f \n \r \t,
     // otherwise \u00xx in lowercase), which is what JCS requires.
     let _ = serde_json::to_writer(&mut *out, s);

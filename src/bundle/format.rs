@@ -7,7 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::checksum::bundle_checksum;
+use std::borrow::Cow;
+
+use super::checksum::{bundle_checksum, document_checksum};
+use super::document::{Json, Name};
 use crate::config::{Mode, VerifyConfig, VerifyOverride};
 
 /// The value of `format` for this version.
@@ -109,35 +112,163 @@ pub enum BundleError {
 impl Bundle {
     /// Parses and validates a bundle file; `expected_name` is the file name without `.json`.
     pub fn parse(bytes: &[u8], expected_name: &str) -> Result<Bundle, BundleError> {
-        let bundle = Self::parse_document(bytes)?;
-        if bundle.bundle != expected_name {
-            return Err(BundleError::NameMismatch {
-                field: bundle.bundle,
-                file: expected_name.to_owned(),
-            });
-        }
-        Ok(bundle)
+        BundleView::with(bytes, Some(expected_name), |view| view.to_owned())
     }
 
     /// Parses and validates a bundle document wherever it is stored (checksum and schema, not
     /// the file name).
     pub fn parse_document(bytes: &[u8]) -> Result<Bundle, BundleError> {
-        let document: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(BundleError::Json)?;
-        let stated = document
-            .get("sha256")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        BundleView::with(bytes, None, |view| view.to_owned())
+    }
+
+    /// Fills in `sha256` for the current content.
+    pub fn seal(&mut self) {
+        self.sha256 = None;
+        // Serialising these types to a Value cannot fail.
+        let value = serde_json::to_value(&*self).unwrap_or_default();
+        self.sha256 = Some(bundle_checksum(&value));
+    }
+}
+
+/// A validated bundle document whose strings borrow from the file's bytes: the one place the
+/// v1 rules are checked, for the pipeline's owned [`Bundle`] and for the sidecar, which
+/// interns the names straight from it and keeps no copy of the document. Its fields mirror
+/// [`Bundle`]'s.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleView<'a> {
+    /// Always `trimmer.bundle/v1`.
+    #[serde(borrow)]
+    pub format: Cow<'a, str>,
+    /// Bundle name.
+    #[serde(borrow)]
+    pub bundle: Cow<'a, str>,
+    /// Monotonic generation set by the pipeline.
+    pub generation: u64,
+    /// RFC 3339 build time.
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Provenance.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// One entry per model version.
+    #[serde(borrow)]
+    pub models: Vec<ModelEntryView<'a>>,
+    /// Per model: label → version.
+    #[serde(default)]
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// The stated checksum.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// [`ModelEntry`], borrowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntryView<'a> {
+    /// Model name.
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    /// Version.
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    /// Rollout stage.
+    #[serde(default)]
+    pub stage: Stage,
+    /// Input feature names.
+    #[serde(borrow)]
+    pub features: Vec<Name<'a>>,
+    /// Trimming mode, if the entry sets one.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Shadow verification settings, if the entry sets them.
+    #[serde(default)]
+    pub verify: Option<VerifyOverride>,
+}
+
+impl BundleView<'_> {
+    /// Parses `bytes`, verifies the checksum, the schema and (when given) the file name, and
+    /// hands the borrowed view to `f`. The parsed document lives only for the call.
+    pub fn with<R>(
+        bytes: &[u8],
+        expected_name: Option<&str>,
+        f: impl FnOnce(&BundleView<'_>) -> R,
+    ) -> Result<R, BundleError> {
+        let document = Json::parse(bytes).map_err(BundleError::Json)?;
+        let stated = document.get("sha256").and_then(Json::as_str);
         if let Some(stated) = stated {
-            let actual = bundle_checksum(&document);
+            let actual = document_checksum(&document);
             if stated != actual {
-                return Err(BundleError::Checksum { stated, actual });
+                return Err(BundleError::Checksum {
+                    stated: stated.to_owned(),
+                    actual,
+                });
             }
         }
-        let bundle: Bundle =
-            serde_json::from_value(document).map_err(|e| BundleError::Schema(e.to_string()))?;
-        bundle.check_schema()?;
-        Ok(bundle)
+        let view =
+            BundleView::deserialize(&document).map_err(|e| BundleError::Schema(e.to_string()))?;
+        view.check_schema()?;
+        if let Some(expected) = expected_name {
+            if view.bundle != expected {
+                return Err(BundleError::NameMismatch {
+                    field: view.bundle.clone().into_owned(),
+                    file: expected.to_owned(),
+                });
+            }
+        }
+        Ok(f(&view))
+    }
+}
+
+impl<'a> BundleView<'a> {
+    /// A view of an owned bundle (for code that builds bundles in memory).
+    pub fn of(bundle: &'a Bundle) -> BundleView<'a> {
+        BundleView {
+            format: Cow::Borrowed(&bundle.format),
+            bundle: Cow::Borrowed(&bundle.bundle),
+            generation: bundle.generation,
+            created_at: bundle.created_at.clone(),
+            source: bundle.source.clone(),
+            models: bundle
+                .models
+                .iter()
+                .map(|m| ModelEntryView {
+                    model: Cow::Borrowed(&m.model),
+                    version: Cow::Borrowed(&m.version),
+                    stage: m.stage,
+                    features: m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
+                    mode: m.mode,
+                    verify: m.verify,
+                })
+                .collect(),
+            labels: bundle.labels.clone(),
+            sha256: bundle.sha256.clone(),
+        }
+    }
+
+    /// The owned bundle.
+    pub fn to_owned(&self) -> Bundle {
+        Bundle {
+            format: self.format.clone().into_owned(),
+            bundle: self.bundle.clone().into_owned(),
+            generation: self.generation,
+            created_at: self.created_at.clone(),
+            source: self.source.clone(),
+            models: self
+                .models
+                .iter()
+                .map(|m| ModelEntry {
+                    model: m.model.clone().into_owned(),
+                    version: m.version.clone().into_owned(),
+                    stage: m.stage,
+                    features: m.features.iter().map(|f| f.to_string()).collect(),
+                    mode: m.mode,
+                    verify: m.verify,
+                })
+                .collect(),
+            labels: self.labels.clone(),
+            sha256: self.sha256.clone(),
+        }
     }
 
     /// Checks what the types alone do not: format tag, non-empty names, unique versions.
@@ -172,7 +303,7 @@ impl Bundle {
                     return fail(problems.join("; "));
                 }
             }
-            if !seen.insert((entry.model.as_str(), entry.version.as_str())) {
+            if !seen.insert((&entry.model, &entry.version)) {
                 return fail(format!(
                     "models[{i}]: {}@{} is listed twice",
                     entry.model, entry.version
@@ -180,14 +311,6 @@ impl Bundle {
             }
         }
         Ok(())
-    }
-
-    /// Fills in `sha256` for the current content.
-    pub fn seal(&mut self) {
-        self.sha256 = None;
-        // Serialising these types to a Value cannot fail.
-        let value = serde_json::to_value(&*self).unwrap_or_default();
-        self.sha256 = Some(bundle_checksum(&value));
     }
 }
 
@@ -248,6 +371,22 @@ mod tests {
             (Some(0.05), Some(0.001), None)
         );
         assert_eq!(bundle.models[0].verify, None);
+    }
+
+    #[test]
+    fn escaped_strings_parse_like_plain_ones() {
+        let escaped = GOOD
+            .replace("\"f_a\"", "\"f_\\u0061\"")
+            .replace(
+                "\"homefeed_ranker\", \"version\": \"17\"",
+                "\"homefeed_r\\u0061nker\", \"version\": \"1\\u0037\"",
+            )
+            .replace("\"stable\": \"17\"", "\"st\\u0061ble\": \"1\\u0037\"");
+        assert_ne!(escaped, GOOD);
+        assert_eq!(
+            Bundle::parse(escaped.as_bytes(), "homefeed").unwrap(),
+            Bundle::parse(GOOD.as_bytes(), "homefeed").unwrap()
+        );
     }
 
     #[test]

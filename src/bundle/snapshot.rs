@@ -1,66 +1,21 @@
-//! The consolidated allowlist snapshot: every loaded bundle merged into one read-only map
-//! (model → version → allowlist, labels, per-model union and latest), built off the request path
-//! and swapped whole. Feature names are interned once; an allowlist is a bitset over their ids.
+//! The consolidated allowlist snapshot: every loaded bundle's table merged into one read-only
+//! map (model → version → allowlist, labels, per-model union and latest), built off the request
+//! path and swapped whole. A model whose bundles did not change keeps its merged view from the
+//! previous snapshot (the same allocation), so a reload costs what changed, not the fleet.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::table::{BundleTable, FeatureNames, TableModel};
 use crate::classify::VersionSpec;
 use crate::config::{Mode, TrimConfig, Unversioned, VerifyOverride};
 use crate::trim::{Allowed, AllowlistId};
 
-use super::format::Bundle;
-
-/// A set of interned feature ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allowlist {
-    /// Bit `id` is set when feature `id` is allowed.
-    bits: Box<[u64]>,
-    /// Number of features allowed.
-    len: usize,
-}
-
-impl Allowlist {
-    fn from_ids(ids: impl IntoIterator<Item = u32>, universe: usize) -> Allowlist {
-        let mut bits = vec![0u64; universe.div_ceil(64)].into_boxed_slice();
-        for id in ids {
-            bits[id as usize / 64] |= 1 << (id % 64);
-        }
-        let len = bits.iter().map(|w| w.count_ones() as usize).sum();
-        Allowlist { bits, len }
-    }
-
-    fn union(&self, other: &Allowlist) -> Allowlist {
-        let bits: Box<[u64]> = self
-            .bits
-            .iter()
-            .zip(other.bits.iter())
-            .map(|(a, b)| a | b)
-            .collect();
-        let len = bits.iter().map(|w| w.count_ones() as usize).sum();
-        Allowlist { bits, len }
-    }
-
-    /// Whether feature `id` is allowed.
-    #[inline]
-    pub fn contains(&self, id: u32) -> bool {
-        self.bits
-            .get(id as usize / 64)
-            .is_some_and(|w| w & (1 << (id % 64)) != 0)
-    }
-
-    /// Number of features allowed.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is allowed (such a list is never used to trim).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
+use super::format::{Bundle, BundleView};
+pub use super::table::Allowlist;
 
 /// One of a snapshot's allowlists, as the engines ask it.
 pub struct SnapshotAllowlist<'a> {
@@ -101,17 +56,24 @@ pub struct VersionAllowlist {
     pub verify: Option<Box<VerifyOverride>>,
 }
 
-/// Everything known about one model.
+/// Everything known about one model, merged from the bundles that name it.
 #[derive(Debug)]
 pub struct ModelAllowlists {
     /// Model name.
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Non-empty allowlists by version.
-    versions: HashMap<Box<str>, VersionAllowlist>,
+    versions: HashMap<Arc<str>, VersionAllowlist>,
     /// Label → version.
-    labels: HashMap<Box<str>, Box<str>>,
+    labels: HashMap<Box<str>, Arc<str>>,
     /// What an unversioned request uses (per `trim.unversioned`); `None` for passthrough.
     unversioned: Option<VersionAllowlist>,
+    /// Model versions and labels defined by more than one of its bundles.
+    conflicts: usize,
+    /// Whether any bundle lists a version of it (a model only labels name is not served).
+    listed: bool,
+    /// The tables it was merged from, in bundle order: while every one is the same allocation
+    /// in the next snapshot, this merge is reused as it is.
+    sources: Vec<Arc<BundleTable>>,
 }
 
 /// Result of looking a request up.
@@ -141,18 +103,20 @@ pub enum Lookup<'a> {
 /// The merged, read-only view of every loaded bundle.
 #[derive(Debug, Default)]
 pub struct AllowlistSnapshot {
-    /// Interned feature names → id.
-    /// FxHash: keys are short, bundle-controlled strings looked up once per request feature;
-    /// SipHash's flooding resistance buys nothing here (requests never insert).
-    features: FxHashMap<Box<str>, u32>,
+    /// Interned feature names (shared with the store that built it).
+    names: Arc<FeatureNames>,
     /// Model name → index into `models`.
-    model_index: FxHashMap<Box<str>, usize>,
+    model_index: FxHashMap<Arc<str>, usize>,
     /// Models in name order.
-    models: Vec<ModelAllowlists>,
+    models: Vec<Arc<ModelAllowlists>>,
     /// Number of non-empty model-version allowlists.
     allowlists: usize,
     /// Model versions (and labels) defined by more than one bundle.
     conflicts: usize,
+    /// Distinct feature names the loaded bundles list.
+    distinct_features: usize,
+    /// The configured mode and unversioned policy the merges used (reuse needs the same).
+    trim: Option<(Mode, Unversioned)>,
     /// Unique per built snapshot (0: the empty default one), so that an allowlist is named by
     /// this and its address for as long as the process runs.
     id: u64,
@@ -162,87 +126,56 @@ impl AllowlistSnapshot {
     /// Merges `bundles` (in the given order; conflicts resolve to the union, labels to the first).
     /// Every allowlist shares one universe of ids, so unions are word-wise ORs.
     pub fn build<'a>(bundles: impl IntoIterator<Item = &'a Bundle>, trim: &TrimConfig) -> Self {
-        let bundles: Vec<&Bundle> = bundles.into_iter().collect();
-        let mut features: FxHashMap<Box<str>, u32> = FxHashMap::default();
-        for bundle in &bundles {
-            for entry in &bundle.models {
-                for name in &entry.features {
-                    let next = features.len() as u32;
-                    features.entry(name.as_str().into()).or_insert(next);
-                }
-            }
-        }
-        let universe = features.len();
-        let mut conflicts = 0;
-        // model → version → (allowlist, mode), merged across bundles.
-        let mut merged: std::collections::BTreeMap<&str, HashMap<&str, VersionAllowlist>> =
+        let mut names = Arc::new(FeatureNames::default());
+        let tables: Vec<Arc<BundleTable>> = bundles
+            .into_iter()
+            .map(|b| Arc::new(BundleTable::from_view(&BundleView::of(b), &mut names)))
+            .collect();
+        Self::assemble(&tables, names, None, trim)
+    }
+
+    /// Merges `tables` (in bundle order, with ids from `names`) like [`Self::build`], taking
+    /// from `previous` every model whose tables are all the same allocations as when it was
+    /// merged there: a reload that changed one bundle re-merges only that bundle's models.
+    pub fn assemble(
+        tables: &[Arc<BundleTable>],
+        names: Arc<FeatureNames>,
+        previous: Option<&AllowlistSnapshot>,
+        trim: &TrimConfig,
+    ) -> Self {
+        let policy = (trim.mode, trim.unversioned);
+        let previous = previous.filter(|p| p.trim == Some(policy));
+        let mut by_model: std::collections::BTreeMap<&str, Vec<(&Arc<BundleTable>, &TableModel)>> =
             Default::default();
-        let mut labels: HashMap<&str, HashMap<&str, &str>> = HashMap::new();
-        for bundle in &bundles {
-            for entry in &bundle.models {
-                let ids = entry
-                    .features
-                    .iter()
-                    .filter_map(|f| features.get(f.as_str()).copied());
-                let allowlist = Allowlist::from_ids(ids, universe);
-                let mode = entry.mode.unwrap_or(trim.mode);
-                let versions = merged.entry(entry.model.as_str()).or_default();
-                match versions.get_mut(entry.version.as_str()) {
-                    Some(existing) => {
-                        conflicts += 1;
-                        existing.allowlist = existing.allowlist.union(&allowlist);
-                        existing.mode = existing.mode.min(mode);
-                        existing.generation = existing.generation.max(bundle.generation);
-                    }
-                    None => {
-                        versions.insert(
-                            entry.version.as_str(),
-                            VersionAllowlist {
-                                allowlist,
-                                mode,
-                                version: Some(entry.version.as_str().into()),
-                                generation: bundle.generation,
-                                verify: entry.verify.map(Box::new),
-                            },
-                        );
-                    }
-                }
-            }
-            for (model, map) in &bundle.labels {
-                let known = labels.entry(model.as_str()).or_default();
-                for (label, version) in map {
-                    match known.get(label.as_str()) {
-                        Some(existing) if *existing != version.as_str() => conflicts += 1,
-                        Some(_) => {}
-                        None => {
-                            known.insert(label.as_str(), version.as_str());
-                        }
-                    }
-                }
+        let mut used = Allowlist::default();
+        for table in tables {
+            used = used.union(&table.used);
+            for model in &table.models {
+                by_model
+                    .entry(&model.name)
+                    .or_default()
+                    .push((table, model));
             }
         }
-        let mut allowlists = 0;
-        let mut models = Vec::with_capacity(merged.len());
-        for (name, versions) in merged {
-            let versions: HashMap<Box<str>, VersionAllowlist> = versions
-                .into_iter()
-                .filter(|(_, v)| !v.allowlist.is_empty())
-                .map(|(k, v)| (Box::from(k), v))
-                .collect();
-            allowlists += versions.len();
-            let unversioned = unversioned_allowlist(&versions, trim.unversioned);
-            let labels = labels
-                .remove(name)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(l, v)| (Box::from(l), Box::from(v)))
-                .collect();
-            models.push(ModelAllowlists {
-                name: name.into(),
-                versions,
-                labels,
-                unversioned,
-            });
+        let (mut allowlists, mut conflicts) = (0, 0);
+        let mut models = Vec::with_capacity(by_model.len());
+        for (name, sources) in by_model {
+            let reused = previous
+                .and_then(|p| p.model(name))
+                .filter(|m| {
+                    m.sources.len() == sources.len()
+                        && m.sources
+                            .iter()
+                            .zip(&sources)
+                            .all(|(a, (b, _))| Arc::ptr_eq(a, b))
+                })
+                .cloned();
+            let model = reused.unwrap_or_else(|| Arc::new(ModelAllowlists::merge(&sources, trim)));
+            conflicts += model.conflicts;
+            if model.listed {
+                allowlists += model.versions.len();
+                models.push(model);
+            }
         }
         let model_index = models
             .iter()
@@ -251,11 +184,13 @@ impl AllowlistSnapshot {
             .collect();
         static BUILT: AtomicU64 = AtomicU64::new(1);
         AllowlistSnapshot {
-            features,
+            names,
             model_index,
             models,
             allowlists,
             conflicts,
+            distinct_features: used.len(),
+            trim: Some(policy),
             id: BUILT.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -292,10 +227,15 @@ impl AllowlistSnapshot {
         }
     }
 
+    /// The merged view of `model`, if it is served.
+    pub fn model(&self, model: &str) -> Option<&Arc<ModelAllowlists>> {
+        self.model_index.get(model).map(|&i| &self.models[i])
+    }
+
     /// The id of an interned feature name.
     #[inline]
     pub fn feature_id(&self, name: &str) -> Option<u32> {
-        self.features.get(name).copied()
+        self.names.id(name)
     }
 
     /// Whether `allowlist` allows the feature called `name`.
@@ -316,17 +256,14 @@ impl AllowlistSnapshot {
         let Some(&index) = self.model_index.get(model) else {
             return Vec::new();
         };
-        let mut names: Vec<&str> = vec![""; self.features.len()];
-        for (name, &id) in &self.features {
-            names[id as usize] = name;
-        }
         let mut versions: Vec<(&str, Vec<&str>)> = self.models[index]
             .versions
             .iter()
             .map(|(version, entry)| {
-                let mut allowed: Vec<&str> = (0..names.len() as u32)
-                    .filter(|&id| entry.allowlist.contains(id))
-                    .map(|id| names[id as usize])
+                let mut allowed: Vec<&str> = entry
+                    .allowlist
+                    .ids()
+                    .filter_map(|id| self.names.name(id))
                     .collect();
                 allowed.sort_unstable();
                 (version.as_ref(), allowed)
@@ -353,13 +290,80 @@ impl AllowlistSnapshot {
 
     /// Number of distinct feature names.
     pub fn distinct_features(&self) -> usize {
-        self.features.len()
+        self.distinct_features
+    }
+}
+
+impl ModelAllowlists {
+    /// Merges one model's parts from its bundles, in bundle order.
+    fn merge(sources: &[(&Arc<BundleTable>, &TableModel)], trim: &TrimConfig) -> Self {
+        let mut versions: HashMap<Arc<str>, VersionAllowlist> = HashMap::new();
+        let mut labels: HashMap<Box<str>, Arc<str>> = HashMap::new();
+        let mut conflicts = 0;
+        for (table, part) in sources {
+            for entry in &part.versions {
+                let mode = entry.mode.unwrap_or(trim.mode);
+                match versions.get_mut(&entry.version) {
+                    Some(existing) => {
+                        conflicts += 1;
+                        existing.allowlist = existing.allowlist.union(&entry.allowlist);
+                        existing.mode = existing.mode.min(mode);
+                        existing.generation = existing.generation.max(table.generation);
+                    }
+                    None => {
+                        let allowlist = entry.allowlist.clone();
+                        let version = VersionAllowlist {
+                            allowlist,
+                            mode,
+                            version: Some(entry.version.as_ref().into()),
+                            generation: table.generation,
+                            verify: entry.verify.map(Box::new),
+                        };
+                        versions.insert(entry.version.clone(), version);
+                    }
+                }
+            }
+        }
+        for (_, part) in sources {
+            for (label, version) in &part.labels {
+                match labels.get(label) {
+                    Some(existing) if existing != version => conflicts += 1,
+                    Some(_) => {}
+                    None => {
+                        labels.insert(label.clone(), version.clone());
+                    }
+                }
+            }
+        }
+        let listed = !versions.is_empty();
+        versions.retain(|_, v| !v.allowlist.is_empty());
+        let unversioned = unversioned_allowlist(&versions, trim.unversioned);
+        ModelAllowlists {
+            name: sources
+                .first()
+                .map(|(_, m)| m.name.clone())
+                .unwrap_or_default(),
+            versions,
+            labels,
+            unversioned,
+            conflicts,
+            listed,
+            sources: sources.iter().map(|(t, _)| Arc::clone(t)).collect(),
+        }
+    }
+
+    /// Every allowlist this merge holds (versions and the unversioned one).
+    pub fn allowlists(&self) -> impl Iterator<Item = &Allowlist> {
+        self.versions
+            .values()
+            .chain(&self.unversioned)
+            .map(|v| &v.allowlist)
     }
 }
 
 /// The allowlist for requests without a version, or `None` for passthrough (or no versions).
 fn unversioned_allowlist(
-    versions: &HashMap<Box<str>, VersionAllowlist>,
+    versions: &HashMap<Arc<str>, VersionAllowlist>,
     policy: Unversioned,
 ) -> Option<VersionAllowlist> {
     match policy {
@@ -444,9 +448,8 @@ mod tests {
         let Lookup::Found { entry, .. } = lookup else {
             panic!("not found: {lookup:?}")
         };
-        let mut names: Vec<String> = snapshot
-            .features
-            .keys()
+        let mut names: Vec<String> = (0..snapshot.names.len() as u32)
+            .filter_map(|id| snapshot.names.name(id))
             .filter(|f| snapshot.allows(&entry.allowlist, f))
             .map(|f| f.to_string())
             .collect();

@@ -1,17 +1,22 @@
 //! The bundle directory as last seen: one entry per bundle name with its last-known-good
-//! content. A scan lists the directory, re-reads every candidate file, and only parses the
-//! ones whose bytes changed; a file that fails keeps its predecessor's content (stale).
+//! table. A scan lists the directory, re-reads every candidate file, and only parses the
+//! ones whose bytes changed; a file that fails keeps its predecessor's table (stale). A
+//! table whose content did not change stays the same allocation, so snapshots built after
+//! the scan reuse everything merged from it.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use super::checksum::hex;
-use super::format::Bundle;
+use super::format::BundleView;
+use super::snapshot::AllowlistSnapshot;
+use super::table::{BundleTable, FeatureNames};
+use crate::config::TrimConfig;
 
 /// Name of the sentinel file whose presence disables all trimming.
 pub const KILL_SWITCH_FILE: &str = "TRIMMING_DISABLED";
@@ -21,8 +26,9 @@ pub const KILL_SWITCH_FILE: &str = "TRIMMING_DISABLED";
 pub struct BundleState {
     /// File the bundle was read from.
     pub path: PathBuf,
-    /// Last content that parsed and validated; `None` if the file never did.
-    pub good: Option<Arc<Bundle>>,
+    /// What serving keeps of the last content that parsed and validated; `None` if the file
+    /// never did.
+    pub good: Option<Arc<BundleTable>>,
     /// SHA-256 of the last good file's bytes.
     pub good_digest: Option<String>,
     /// When the last good content was loaded.
@@ -33,6 +39,60 @@ pub struct BundleState {
     pub last_error: Option<String>,
     /// SHA-256 of the bytes last examined, good or not: unchanged bytes are not re-parsed.
     seen_digest: [u8; 32],
+    /// The file's stamp when those bytes were read, and when: an unchanged stamp spares
+    /// re-reading the file at all.
+    seen_stamp: Option<(FileStamp, SystemTime)>,
+}
+
+/// How long after a write a file's stamp is not trusted: timestamps can be coarser than the
+/// time between two writes of the same size (the "racily clean" case git knows), so a file
+/// read within this of its last change is read again at the next scan.
+const RACY: Duration = Duration::from_secs(2);
+
+/// Names no bundle lists that are kept before compacting (beyond as many as are listed).
+const COMPACT_SLACK: usize = 1024;
+
+/// What `stat` says of a file's identity, size and change times. The same stamp as when the
+/// file was read (and read well after its last change) means the same bytes, so a scan of an
+/// unchanged directory reads no bundle at all: kubelet touches and renames change the stamp
+/// (times or inode) and are re-read as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The later of the two change times.
+    fn changed(&self) -> SystemTime {
+        let at = |(secs, nanos): (i64, i64)| {
+            UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+        };
+        at(self.mtime).max(at(self.ctime))
+    }
+}
+
+impl BundleState {
+    /// Whether the file still has the stamp it had when last read, and was read long enough
+    /// after its last change for the stamp to tell.
+    fn unchanged_since_read(&self, stamp: &FileStamp, racy: Duration) -> bool {
+        self.seen_stamp
+            .is_some_and(|(seen, read_at)| seen == *stamp && stamp.changed() + racy < read_at)
+    }
 }
 
 /// One file examined during a scan.
@@ -55,6 +115,8 @@ pub struct ScanReport {
     pub removed: Vec<String>,
     /// The directory could not be listed; nothing was changed.
     pub dir_error: Option<String>,
+    /// Files whose bytes were read (the others had the stamp they had when last read).
+    pub read: usize,
 }
 
 /// The bundle directory's loaded state.
@@ -68,6 +130,11 @@ pub struct BundleStore {
     entries: BTreeMap<String, BundleState>,
     /// Whether the kill-switch file was present at the last successful listing.
     kill_switch: bool,
+    /// Feature names of every table, interned once (copied on write while a snapshot shares
+    /// them).
+    names: Arc<FeatureNames>,
+    /// [`RACY`], shorter in tests.
+    racy: Duration,
 }
 
 impl BundleStore {
@@ -76,6 +143,7 @@ impl BundleStore {
         Self {
             dir,
             max_file_bytes,
+            racy: RACY,
             ..Self::default()
         }
     }
@@ -90,9 +158,24 @@ impl BundleStore {
         &self.entries
     }
 
-    /// Good bundle contents, in name order.
-    pub fn good_bundles(&self) -> impl Iterator<Item = &Bundle> {
-        self.entries.values().filter_map(|e| e.good.as_deref())
+    /// Good bundle tables, in name order.
+    pub fn good_bundles(&self) -> impl Iterator<Item = &Arc<BundleTable>> {
+        self.entries.values().filter_map(|e| e.good.as_ref())
+    }
+
+    /// The names the tables' ids refer to.
+    pub fn names(&self) -> &Arc<FeatureNames> {
+        &self.names
+    }
+
+    /// The snapshot of the good tables, reusing from `previous` what no scan changed.
+    pub fn snapshot(
+        &self,
+        previous: Option<&AllowlistSnapshot>,
+        trim: &TrimConfig,
+    ) -> AllowlistSnapshot {
+        let tables: Vec<Arc<BundleTable>> = self.good_bundles().cloned().collect();
+        AllowlistSnapshot::assemble(&tables, self.names.clone(), previous, trim)
     }
 
     /// Whether the kill-switch file is present.
@@ -115,9 +198,19 @@ impl BundleStore {
         };
         self.kill_switch = dir.join(KILL_SWITCH_FILE).exists();
         let mut present = std::collections::HashSet::new();
-        for (name, path) in listing {
-            let bytes = match read_bounded(&path, self.max_file_bytes) {
-                Ok(bytes) => bytes,
+        for (name, path, stamp) in listing {
+            if self
+                .entries
+                .get(&name)
+                .is_some_and(|e| e.unchanged_since_read(&stamp, self.racy))
+            {
+                present.insert(name);
+                continue;
+            }
+            let read_at = SystemTime::now();
+            report.read += 1;
+            let (bytes, stamp) = match read_bounded(&path, self.max_file_bytes) {
+                Ok(read) => read,
                 // A symlink whose target went away (a key removed from a ConfigMap) or a file
                 // deleted since the listing: the bundle is gone, not broken.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -130,28 +223,41 @@ impl BundleStore {
             };
             present.insert(name.clone());
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            if self
-                .entries
-                .get(&name)
-                .is_some_and(|e| e.seen_digest == digest)
-            {
-                continue;
+            let seen_stamp = Some((stamp, read_at));
+            if let Some(entry) = self.entries.get_mut(&name) {
+                if entry.seen_digest == digest {
+                    entry.seen_stamp = seen_stamp;
+                    continue;
+                }
             }
-            match Bundle::parse(&bytes, &name) {
-                Ok(bundle) => {
-                    let content_changed =
-                        self.entries.get(&name).and_then(|e| e.good.as_deref()) != Some(&bundle);
-                    report.changed |= content_changed;
+            let names = &mut self.names;
+            let parsed = BundleView::with(&bytes, Some(&name), |view| {
+                BundleTable::from_view(view, names)
+            });
+            // The file's bytes are no longer needed; the table is all that stays.
+            drop(bytes);
+            match parsed {
+                Ok(table) => {
+                    let previous = self.entries.get(&name).and_then(|e| e.good.as_ref());
+                    let table = match previous {
+                        // Same content (reformatted, say): keep the allocation snapshots share.
+                        Some(previous) if **previous == table => previous.clone(),
+                        _ => {
+                            report.changed = true;
+                            Arc::new(table)
+                        }
+                    };
                     self.entries.insert(
                         name.clone(),
                         BundleState {
                             path,
-                            good: Some(Arc::new(bundle)),
+                            good: Some(table),
                             good_digest: Some(hex(&digest)),
                             loaded_at: Some(SystemTime::now()),
                             stale: false,
                             last_error: None,
                             seen_digest: digest,
+                            seen_stamp,
                         },
                     );
                     report.loads.push(LoadEvent {
@@ -162,6 +268,9 @@ impl BundleStore {
                 Err(e) => {
                     let why = format!("{}: {e}", path.display());
                     self.record_failure(&name, path, digest, why, &mut report);
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        entry.seen_stamp = seen_stamp;
+                    }
                 }
             }
         }
@@ -177,7 +286,43 @@ impl BundleStore {
             }
             report.removed.push(name);
         }
+        if report.changed {
+            self.compact_names();
+        }
         report
+    }
+
+    /// Names only grow as bundles change; when most are no longer listed by any bundle (a
+    /// fleet that renamed its features, say), they are interned afresh from the live ones and
+    /// every table is rebuilt on the new ids. Rare, and the one reload that does it merges
+    /// every model again.
+    fn compact_names(&mut self) {
+        let live = self
+            .good_bundles()
+            .fold(super::table::Allowlist::default(), |acc, t| {
+                acc.union(t.used())
+            });
+        if self.names.len() <= 2 * live.len() + COMPACT_SLACK {
+            return;
+        }
+        let mut fresh = Arc::new(FeatureNames::default());
+        let mut map = vec![u32::MAX; self.names.len()];
+        for id in live.ids() {
+            if let Some(name) = self.names.name(id) {
+                map[id as usize] = FeatureNames::intern(&mut fresh, name);
+            }
+        }
+        for entry in self.entries.values_mut() {
+            if let Some(table) = &entry.good {
+                entry.good = Some(Arc::new(table.remap(&map)));
+            }
+        }
+        tracing::info!(
+            before = self.names.len(),
+            after = fresh.len(),
+            "feature names compacted"
+        );
+        self.names = fresh;
     }
 
     fn record_failure(
@@ -199,11 +344,13 @@ impl BundleStore {
                 stale: true,
                 last_error: None,
                 seen_digest: [0; 32],
+                seen_stamp: None,
             });
         entry.path = path;
         entry.stale = true;
         entry.last_error = Some(why.clone());
         entry.seen_digest = digest;
+        entry.seen_stamp = None;
         report.loads.push(LoadEvent {
             bundle: name.to_owned(),
             result: Err(why),
@@ -237,14 +384,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// opened handle must be a regular file: a FIFO swapped in after the listing would block a
 /// plain `open` forever, and a device or `/proc` file (size 0, endless content) is not a
 /// bundle. The bytes are counted while reading, whatever size the file claims.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, FileStamp)> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    let kind = file.metadata()?.file_type();
+    let meta = file.metadata()?;
+    // Taken before reading: a write during the read changes the stamp the next scan sees.
+    let stamp = FileStamp::of(&meta);
+    let kind = meta.file_type();
     if !kind.is_file() {
         let what = if kind.is_fifo() {
             "a FIFO"
@@ -264,7 +414,7 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut file = file;
     loop {
         let n = match file.read(&mut chunk) {
-            Ok(0) => return Ok(bytes),
+            Ok(0) => return Ok((bytes, stamp)),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -278,8 +428,8 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// `(bundle name, path)` of every `*.json` entry that is not hidden or an editor file.
-fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+/// `(bundle name, path, stamp)` of every `*.json` entry that is not hidden or an editor file.
+fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, FileStamp)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -301,9 +451,108 @@ fn list_candidates(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         // A dangling link is a deleted bundle; anything else that is not a regular file (a
         // directory, FIFO or device under a bundle's name) is listed and fails to load, so it
         // shows in `/status` and the load metrics instead of vanishing silently.
-        if std::fs::metadata(&path).is_ok() {
-            out.push((name.to_owned(), path));
+        if let Ok(meta) = std::fs::metadata(&path) {
+            out.push((name.to_owned(), path, FileStamp::of(&meta)));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUNDLE: &str = r#"{"format": "trimmer.bundle/v1", "bundle": "home", "generation": 1,
+        "models": [{"model": "m", "version": "1", "features": ["a", "b"]}]}"#;
+
+    #[test]
+    fn only_files_whose_stamp_changed_are_read_again() {
+        let dir = std::env::temp_dir().join(format!("trimmer-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("home.json");
+        std::fs::write(&file, BUNDLE).unwrap();
+        let mut store = BundleStore::new(Some(dir.clone()), 1 << 20);
+
+        // A file changed within the racy window of its read is read at every scan.
+        let first = store.scan();
+        assert_eq!((first.read, first.changed), (1, true));
+        assert_eq!(
+            store.scan().read,
+            1,
+            "just written: the stamp is not trusted yet"
+        );
+
+        // Read well after its change (no window here): the stamp alone says unchanged.
+        store.racy = Duration::ZERO;
+        let idle = store.scan();
+        assert_eq!((idle.read, idle.changed, idle.loads.len()), (0, false, 0));
+        let table = store.entries()["home"].good.clone().unwrap();
+
+        // A touch (kubelet) changes the stamp: read, same digest, nothing loaded.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let touched = store.scan();
+        assert_eq!((touched.read, touched.changed), (1, false));
+        assert!(touched.loads.is_empty());
+
+        // New content through a rename: a new inode, read and loaded.
+        let tmp = dir.join("home.json.tmp");
+        std::fs::write(&tmp, BUNDLE.replace("\"b\"", "\"c\"")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let renamed = store.scan();
+        assert_eq!((renamed.read, renamed.changed), (1, true));
+        assert!(!Arc::ptr_eq(
+            &table,
+            store.entries()["home"].good.as_ref().unwrap()
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_no_bundle_lists_any_more_are_compacted_away() {
+        let dir = std::env::temp_dir().join(format!("trimmer-compact-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("home.json");
+        let write = |prefix: &str| {
+            let features: Vec<String> = (0..2000).map(|i| format!("{prefix}{i}")).collect();
+            let bundle = serde_json::json!({"format": "trimmer.bundle/v1", "bundle": "home",
+                "generation": 1, "models": [{"model": "m", "version": "1", "features": features}]});
+            std::fs::write(&file, bundle.to_string()).unwrap();
+        };
+        let mut store = BundleStore::new(Some(dir.clone()), 1 << 20);
+        write("a");
+        store.scan();
+        write("b");
+        store.scan();
+        assert_eq!(store.names().len(), 4000, "2000 stale names are kept");
+        let before = store.snapshot(None, &TrimConfig::default());
+        write("c");
+        assert!(store.scan().changed);
+        assert_eq!(
+            store.names().len(),
+            2000,
+            "6000 names, 2000 listed: compacted"
+        );
+        let after = store.snapshot(Some(&before), &TrimConfig::default());
+        let table = store.entries()["home"].good.clone().unwrap();
+        assert_eq!(table.used().len(), 2000);
+        assert_eq!(after.distinct_features(), 2000);
+        let crate::bundle::snapshot::Lookup::Found { entry, .. } =
+            after.lookup("m", &crate::classify::VersionSpec::Version("1".into()))
+        else {
+            panic!("m@1 not found")
+        };
+        assert!(after.allows(&entry.allowlist, "c0") && after.allows(&entry.allowlist, "c1999"));
+        assert!(!after.allows(&entry.allowlist, "b0") && after.feature_id("a0").is_none());
+        assert!(
+            before.feature_id("b0").is_some(),
+            "the old snapshot keeps its own names"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

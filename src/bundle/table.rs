@@ -1,0 +1,345 @@
+//! What serving keeps of a bundle: its feature names interned to ids shared by every bundle, an
+//! allowlist per model version as a bitset over those ids, and the metadata `/status` shows.
+//! A table is built once per bundle content and shared, unchanged, by every snapshot that
+//! includes it; the parsed document is dropped as soon as the table exists.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::format::{BundleView, Stage};
+use crate::config::{Mode, VerifyOverride};
+
+/// Feature names interned to dense ids. A store keeps one instance for all its bundles, and
+/// ids are only ever added, so bitsets from different bundles and generations agree on what
+/// each bit means; a snapshot shares the instance it was built with.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureNames {
+    /// Name → id.
+    /// FxHash: keys are short, bundle-controlled strings looked up once per request feature;
+    /// SipHash's flooding resistance buys nothing here (requests never insert).
+    ids: FxHashMap<Arc<str>, u32>,
+    /// Id → name (the same allocations as the keys).
+    names: Vec<Arc<str>>,
+}
+
+impl FeatureNames {
+    /// The id of `name`, if interned.
+    #[inline]
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name of `id`.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.names.get(id as usize).map(|n| n.as_ref())
+    }
+
+    /// Number of interned names (including names no loaded bundle uses any more).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing is interned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The id of `name`, interning it if new. The names are copied first only if a snapshot
+    /// still shares them (copy on write), so a reload that adds no name copies nothing.
+    pub fn intern(names: &mut Arc<FeatureNames>, name: &str) -> u32 {
+        if let Some(id) = names.id(name) {
+            return id;
+        }
+        let names = Arc::make_mut(names);
+        let id = names.names.len() as u32;
+        let name: Arc<str> = name.into();
+        names.ids.insert(name.clone(), id);
+        names.names.push(name);
+        id
+    }
+}
+
+/// A set of interned feature ids: a bitset, shared (not copied) by every snapshot and merged
+/// view that uses it. Its words end at the highest id it holds, so two equal sets are equal
+/// word for word whatever the number of names when each was built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    /// Bit `id` is set when feature `id` is allowed; the last word is never zero.
+    bits: Arc<[u64]>,
+    /// Number of features allowed.
+    len: usize,
+}
+
+impl Allowlist {
+    /// The set of `ids`.
+    pub fn from_ids(ids: impl IntoIterator<Item = u32>) -> Allowlist {
+        let mut bits: Vec<u64> = Vec::new();
+        for id in ids {
+            let word = id as usize / 64;
+            if word >= bits.len() {
+                bits.resize(word + 1, 0);
+            }
+            bits[word] |= 1 << (id % 64);
+        }
+        Self::from_words(bits)
+    }
+
+    fn from_words(mut bits: Vec<u64>) -> Allowlist {
+        while bits.last() == Some(&0) {
+            bits.pop();
+        }
+        let len = bits.iter().map(|w| w.count_ones() as usize).sum();
+        Allowlist {
+            bits: bits.into(),
+            len,
+        }
+    }
+
+    /// Every feature either allows.
+    pub fn union(&self, other: &Allowlist) -> Allowlist {
+        let (long, short) = if self.bits.len() >= other.bits.len() {
+            (&self.bits, &other.bits)
+        } else {
+            (&other.bits, &self.bits)
+        };
+        let mut bits = long.to_vec();
+        for (w, s) in bits.iter_mut().zip(short.iter()) {
+            *w |= s;
+        }
+        Self::from_words(bits)
+    }
+
+    /// Whether feature `id` is allowed.
+    #[inline]
+    pub fn contains(&self, id: u32) -> bool {
+        self.bits
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// The allowed ids, ascending.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, &word)| {
+            let mut word = word;
+            std::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let bit = word.trailing_zeros();
+                    word &= word - 1;
+                    i as u32 * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// Number of features allowed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is allowed (such a list is never used to trim).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `self` and `other` are the same allocation (not merely equal).
+    pub fn shares_bits_with(&self, other: &Allowlist) -> bool {
+        Arc::ptr_eq(&self.bits, &other.bits)
+    }
+
+    /// Bytes the bitset holds.
+    pub fn heap_bytes(&self) -> usize {
+        self.bits.len() * 8
+    }
+}
+
+/// One bundle as serving needs it.
+#[derive(Debug, PartialEq)]
+pub struct BundleTable {
+    /// Generation set by the pipeline.
+    pub generation: u64,
+    /// The bundle's `sha256` member, if it had one.
+    pub sha256: Option<Box<str>>,
+    /// Provenance.
+    pub source: Option<Box<str>>,
+    /// Build time: kept so that a new build of the same allowlists counts as a change, as it
+    /// did when whole documents were compared.
+    created_at: Option<Box<str>>,
+    /// Models named by entries or labels, by name.
+    pub(super) models: Vec<TableModel>,
+    /// Number of model-version entries.
+    model_versions: usize,
+    /// Every feature any entry lists (for the snapshot's count of distinct names).
+    pub(super) used: Allowlist,
+}
+
+/// One model's part of a bundle.
+#[derive(Debug, PartialEq)]
+pub(super) struct TableModel {
+    /// Model name (shared with every snapshot that indexes it).
+    pub(super) name: Arc<str>,
+    /// Its entries, in bundle order.
+    pub(super) versions: Vec<TableVersion>,
+    /// Label → version, by label.
+    pub(super) labels: Vec<(Box<str>, Arc<str>)>,
+}
+
+/// One model version's entry.
+#[derive(Debug, PartialEq)]
+pub(super) struct TableVersion {
+    /// Version.
+    pub(super) version: Arc<str>,
+    /// Rollout stage (informational; kept for change detection).
+    stage: Stage,
+    /// Mode the entry sets.
+    pub(super) mode: Option<Mode>,
+    /// Allowed features.
+    pub(super) allowlist: Allowlist,
+    /// The entry's shadow verification settings.
+    pub(super) verify: Option<VerifyOverride>,
+}
+
+impl BundleTable {
+    /// The table of a validated bundle, interning its feature names into `names`.
+    pub fn from_view(view: &BundleView<'_>, names: &mut Arc<FeatureNames>) -> BundleTable {
+        let mut models: std::collections::BTreeMap<&str, TableModel> = Default::default();
+        let model = |name: &str| -> TableModel {
+            TableModel {
+                name: name.into(),
+                versions: Vec::new(),
+                labels: Vec::new(),
+            }
+        };
+        let mut used: Vec<u64> = Vec::new();
+        for entry in &view.models {
+            let ids: Vec<u32> = entry
+                .features
+                .iter()
+                .map(|f| FeatureNames::intern(names, f))
+                .collect();
+            for &id in &ids {
+                let word = id as usize / 64;
+                if word >= used.len() {
+                    used.resize(word + 1, 0);
+                }
+                used[word] |= 1 << (id % 64);
+            }
+            models
+                .entry(&entry.model)
+                .or_insert_with(|| model(&entry.model))
+                .versions
+                .push(TableVersion {
+                    version: entry.version.as_ref().into(),
+                    stage: entry.stage,
+                    mode: entry.mode,
+                    allowlist: Allowlist::from_ids(ids),
+                    verify: entry.verify,
+                });
+        }
+        for (name, labels) in &view.labels {
+            models.entry(name).or_insert_with(|| model(name)).labels = labels
+                .iter()
+                .map(|(label, version)| (Box::from(label.as_str()), Arc::from(version.as_str())))
+                .collect();
+        }
+        BundleTable {
+            generation: view.generation,
+            sha256: view.sha256.as_deref().map(Box::from),
+            source: view.source.as_deref().map(Box::from),
+            created_at: view.created_at.as_deref().map(Box::from),
+            models: models.into_values().collect(),
+            model_versions: view.models.len(),
+            used: Allowlist::from_words(used),
+        }
+    }
+
+    /// The same table with every id `i` replaced by `map[i]` (for names being compacted).
+    pub fn remap(&self, map: &[u32]) -> BundleTable {
+        let remap = |a: &Allowlist| Allowlist::from_ids(a.ids().map(|id| map[id as usize]));
+        BundleTable {
+            generation: self.generation,
+            sha256: self.sha256.clone(),
+            source: self.source.clone(),
+            created_at: self.created_at.clone(),
+            models: self
+                .models
+                .iter()
+                .map(|m| TableModel {
+                    name: m.name.clone(),
+                    versions: m
+                        .versions
+                        .iter()
+                        .map(|v| TableVersion {
+                            version: v.version.clone(),
+                            stage: v.stage,
+                            mode: v.mode,
+                            allowlist: remap(&v.allowlist),
+                            verify: v.verify,
+                        })
+                        .collect(),
+                    labels: m.labels.clone(),
+                })
+                .collect(),
+            model_versions: self.model_versions,
+            used: remap(&self.used),
+        }
+    }
+
+    /// Every feature any entry lists.
+    pub fn used(&self) -> &Allowlist {
+        &self.used
+    }
+
+    /// Number of model versions the bundle lists.
+    pub fn model_versions(&self) -> usize {
+        self.model_versions
+    }
+
+    /// Every allowlist of the table (for tests and measurements).
+    pub fn allowlists(&self) -> impl Iterator<Item = &Allowlist> {
+        self.models
+            .iter()
+            .flat_map(|m| m.versions.iter().map(|v| &v.allowlist))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitsets_end_at_their_highest_id_and_compare_by_content() {
+        let a = Allowlist::from_ids([3, 200, 64]);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.heap_bytes(), 4 * 8, "words up to id 200 only");
+        assert!(a.contains(3) && a.contains(64) && a.contains(200));
+        assert!(!a.contains(4) && !a.contains(100_000));
+        assert_eq!(a.ids().collect::<Vec<_>>(), [3, 64, 200]);
+        let b = Allowlist::from_ids([1]);
+        let u = a.union(&b);
+        assert_eq!(u.ids().collect::<Vec<_>>(), [1, 3, 64, 200]);
+        assert_eq!(b.union(&a), u, "union is symmetric across lengths");
+        assert_eq!(Allowlist::from_ids([200, 64, 3, 3]), a);
+        assert!(!Allowlist::from_ids([200, 64, 3]).shares_bits_with(&a));
+        assert!(a.clone().shares_bits_with(&a), "a clone shares its bits");
+        assert!(Allowlist::from_ids([]).is_empty());
+    }
+
+    #[test]
+    fn names_are_interned_once_and_copied_only_when_shared() {
+        let mut names = Arc::new(FeatureNames::default());
+        assert_eq!(FeatureNames::intern(&mut names, "x"), 0);
+        assert_eq!(FeatureNames::intern(&mut names, "y"), 1);
+        assert_eq!(FeatureNames::intern(&mut names, "x"), 0);
+        let shared = names.clone();
+        assert_eq!(FeatureNames::intern(&mut names, "y"), 1);
+        assert!(Arc::ptr_eq(&names, &shared), "a known name copies nothing");
+        assert_eq!(FeatureNames::intern(&mut names, "z"), 2);
+        assert!(
+            !Arc::ptr_eq(&names, &shared),
+            "a new name copies shared names"
+        );
+        assert_eq!(shared.len(), 2, "the shared copy is untouched");
+        assert_eq!((names.id("z"), names.name(1)), (Some(2), Some("y")));
+    }
+}
