@@ -151,6 +151,12 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
         "draining": shared.draining.load(Ordering::Relaxed),
         "listen": shared.config.listen,
         "clusters": shared.upstreams.status(),
+        "signatures": shared
+            .upstreams
+            .clusters()
+            .iter()
+            .filter_map(|c| c.signatures.as_ref().map(|s| s.status()))
+            .collect::<Vec<_>>(),
         "bundle_dir": shared.config.bundles.dir,
         "directory_error": state.directory_error,
         "bundles": state.bundles,

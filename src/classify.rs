@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 /// Serving protocol a URL belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// TensorFlow Serving REST (`/v1/models/...`).
     TfServing,

@@ -147,6 +147,50 @@ pub struct ClusterConfig {
     pub preserve_host: bool,
     /// Encode request bodies towards this cluster (`lz4`: for a trimmer next to the leaf).
     pub compression: Compression,
+    /// On an allowlist miss, ask the leaf for the model's signature and trim by it.
+    pub discover_signatures: bool,
+    /// Compare every bundle allowlist of this cluster's models with the leaf's signature.
+    pub verify_signatures: bool,
+    /// How long a request that missed may wait for its model's signature (0: it goes on
+    /// untouched and later requests use the answer).
+    pub signature_wait_ms: u64,
+    /// What a bundle version that lacks inputs the leaf declares does until a bundle fixes it.
+    pub on_drift: OnDrift,
+    /// How long a fetched signature is used before it is fetched again (in the background).
+    pub signature_ttl_ms: u64,
+    /// How long a 404, an error or an unreadable answer is remembered before asking again.
+    pub signature_negative_ttl_ms: u64,
+    /// Signatures (and remembered failures) cached for this cluster, at most.
+    pub signature_cache_entries: usize,
+    /// Bytes of cached signatures for this cluster, at most.
+    pub signature_cache_bytes: usize,
+    /// Metadata requests per second towards this cluster, at most (a burst of as many).
+    pub metadata_requests_per_second: u32,
+    /// Period of the drift check (it also runs whenever a bundle loads).
+    pub verify_interval_ms: u64,
+}
+
+/// What a drifted bundle version (one that lacks inputs the leaf declares) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDrift {
+    /// Trim it by the leaf's live signature instead (right for strict leaves).
+    Live,
+    /// Stop trimming it: mode observe (right for leaves that accept extra features).
+    Observe,
+    /// Only report it.
+    Ignore,
+}
+
+impl OnDrift {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDrift::Live => "live",
+            OnDrift::Observe => "observe",
+            OnDrift::Ignore => "ignore",
+        }
+    }
 }
 
 /// Request body encoding towards a cluster.
@@ -247,6 +291,16 @@ impl Default for ClusterConfig {
             max_idle_per_endpoint: 64,
             preserve_host: false,
             compression: Compression::None,
+            discover_signatures: false,
+            verify_signatures: false,
+            signature_wait_ms: 0,
+            on_drift: OnDrift::Observe,
+            signature_ttl_ms: 300_000,
+            signature_negative_ttl_ms: 30_000,
+            signature_cache_entries: 1024,
+            signature_cache_bytes: 8 * 1024 * 1024,
+            metadata_requests_per_second: 10,
+            verify_interval_ms: 300_000,
         }
     }
 }
@@ -420,6 +474,37 @@ impl Config {
                 if value == 0 {
                     problems.push(format!("{label}: `{name}` must be greater than 0"));
                 }
+            }
+            if cluster.discover_signatures || cluster.verify_signatures {
+                for (name, value) in [
+                    ("signature_ttl_ms", cluster.signature_ttl_ms),
+                    (
+                        "signature_negative_ttl_ms",
+                        cluster.signature_negative_ttl_ms,
+                    ),
+                    (
+                        "signature_cache_entries",
+                        cluster.signature_cache_entries as u64,
+                    ),
+                    (
+                        "signature_cache_bytes",
+                        cluster.signature_cache_bytes as u64,
+                    ),
+                    (
+                        "metadata_requests_per_second",
+                        u64::from(cluster.metadata_requests_per_second),
+                    ),
+                    ("verify_interval_ms", cluster.verify_interval_ms),
+                ] {
+                    if value == 0 {
+                        problems.push(format!("{label}: `{name}` must be greater than 0"));
+                    }
+                }
+            }
+            if cluster.signature_wait_ms >= cluster.request_timeout_ms {
+                problems.push(format!(
+                    "{label}: `signature_wait_ms` must be less than `request_timeout_ms`"
+                ));
             }
         }
         problems

@@ -17,6 +17,8 @@
 //! - [`state`]: what the listeners share for the life of the process.
 //! - [`bundle`]: the allowlist artefact, directory loading with last-known-good, the snapshot,
 //!   the directory watcher.
+//! - [`signatures`]: live signatures: a model's inputs learned from the leaf's metadata, a
+//!   second allowlist layer under the bundles, and the drift check of bundles against them.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
 //!   that fills the cache directory the reloader loads.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
@@ -51,6 +53,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod signatures;
 pub mod state;
 pub mod trim;
 pub mod upstream;

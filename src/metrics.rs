@@ -226,6 +226,8 @@ pub struct Metrics {
     pub trimming_disabled: IntGauge,
     /// The object-store poller's families.
     pub source: SourceMetrics,
+    /// Live signatures: discovery, the cache, drift.
+    pub signatures: SignatureMetrics,
 }
 
 impl Metrics {
@@ -387,6 +389,7 @@ impl Metrics {
         registry.register(Box::new(rejected_requests.clone()))?;
         registry.register(Box::new(hyper_handoffs.clone()))?;
         let source = SourceMetrics::new(&registry)?;
+        let signatures = SignatureMetrics::new(&registry)?;
         Ok(Self {
             registry,
             upstream_requests,
@@ -410,6 +413,7 @@ impl Metrics {
             miss_rate,
             trimming_disabled,
             source,
+            signatures,
         })
     }
 
@@ -514,6 +518,76 @@ impl SourceMetrics {
             objects,
             bytes,
             rejected,
+        })
+    }
+}
+
+/// What live signatures (discovery and drift checks, per cluster) export.
+#[derive(Clone)]
+pub struct SignatureMetrics {
+    /// Metadata requests to leaves by cluster and result (`ok`, `not_found`, `error`,
+    /// `invalid`), and `throttled` for fetches the per-cluster budget refused.
+    pub fetches: IntCounterVec,
+    /// Cached signatures and remembered failures, by cluster.
+    pub cache_entries: IntGaugeVec,
+    /// Bytes of cached signatures, by cluster.
+    pub cache_bytes: IntGaugeVec,
+    /// Score requests whose allowlist came from the leaf, by model and source (`discovered`:
+    /// no bundle had it; `drift`: it replaced a drifted bundle version under `on_drift = "live"`).
+    pub live_requests: IntCounterVec,
+    /// Inputs a bundle allowlist lacks (`missing`) or has beyond (`extra`) the leaf's
+    /// signature, summed over the model's versions.
+    pub drift: IntGaugeVec,
+}
+
+impl SignatureMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let fetches = IntCounterVec::new(
+            Opts::new(
+                "trimmer_signature_fetches_total",
+                "Metadata requests to leaves for model signatures, by cluster and result (throttled: refused by the budget, never sent).",
+            ),
+            &["upstream", "result"],
+        )?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_signature_cache_entries",
+                "Live signatures and remembered failures cached, by cluster.",
+            ),
+            &["upstream"],
+        )?;
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_signature_cache_bytes",
+                "Bytes of live signatures cached, by cluster.",
+            ),
+            &["upstream"],
+        )?;
+        let live_requests = IntCounterVec::new(
+            Opts::new(
+                "trimmer_live_signature_requests_total",
+                "Score requests whose allowlist was the leaf's live signature, by source (discovered, drift).",
+            ),
+            &["model", "source"],
+        )?;
+        let drift = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_allowlist_drift",
+                "Inputs the leaf declares that the bundle allowlist lacks (missing) or that it lists beyond them (extra), summed over the model's versions.",
+            ),
+            &["model", "kind"],
+        )?;
+        registry.register(Box::new(fetches.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(live_requests.clone()))?;
+        registry.register(Box::new(drift.clone()))?;
+        Ok(Self {
+            fetches,
+            cache_entries,
+            cache_bytes,
+            live_requests,
+            drift,
         })
     }
 }

@@ -219,6 +219,7 @@ impl Reloader {
             );
         }
         let summary = ReloadSummary::from_report(&report, allowlists.allowlists());
+        let changed = report.changed;
         self.shared.trim_state.store(Arc::new(TrimState {
             allowlists,
             bundles: statuses,
@@ -227,6 +228,17 @@ impl Reloader {
             last_reload,
             models,
         }));
+        if changed {
+            for live in self
+                .shared
+                .upstreams
+                .clusters()
+                .iter()
+                .filter_map(|c| c.signatures.as_ref())
+            {
+                live.bundles_changed();
+            }
+        }
         summary
     }
 

@@ -112,6 +112,15 @@ impl Server {
         let reloader =
             tokio::spawn(Reloader::new(shared.clone(), reload_requests).run(reloader_stopped));
         let sighup = tokio::spawn(reload_on_sighup(shared.clone()));
+        let signature_tasks: Vec<_> = (0..shared.upstreams.clusters().len())
+            .filter(|&index| shared.upstreams.clusters()[index].signatures.is_some())
+            .flat_map(|index| {
+                crate::signatures::worker::spawn(ClusterLeaves {
+                    shared: shared.clone(),
+                    index,
+                })
+            })
+            .collect();
         let (stop_proxy, proxy_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let proxy_task = tokio::spawn(accept_loop(
@@ -146,6 +155,9 @@ impl Server {
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
         sighup.abort();
+        for task in signature_tasks {
+            task.abort();
+        }
         let _ = stop_reloader.send(true);
         let _ = reloader.await;
         if let Some(poller) = poller {
@@ -239,5 +251,52 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
         tracing::info!("SIGHUP received: rescanning bundles");
         let (reply, _) = tokio::sync::oneshot::channel();
         let _ = shared.reload.send(reply).await;
+    }
+}
+
+/// One cluster with live signatures, as their tasks see it.
+struct ClusterLeaves {
+    shared: Arc<Shared>,
+    /// Index of the cluster (it has `signatures`).
+    index: usize,
+}
+
+impl ClusterLeaves {
+    fn cluster(&self) -> &crate::upstream::Cluster {
+        &self.shared.upstreams.clusters()[self.index]
+    }
+}
+
+impl crate::signatures::worker::Leaves for ClusterLeaves {
+    fn name(&self) -> &str {
+        &self.cluster().name
+    }
+
+    fn live(&self) -> &crate::signatures::LiveSignatures {
+        // `spawn` is only called for clusters that have them.
+        self.cluster()
+            .signatures
+            .as_ref()
+            .expect("a cluster with live signatures")
+    }
+
+    async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), String> {
+        self.cluster()
+            .get(path, limit)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn snapshot(&self) -> Arc<crate::bundle::AllowlistSnapshot> {
+        self.shared.trim_state.load().allowlists.clone()
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        std::ptr::eq(self.shared.upstreams.route(Some(model)), self.cluster())
+    }
+
+    fn model_metrics(&self, model: &str) -> Arc<crate::metrics::ModelMetrics> {
+        let window = ms(self.shared.config.trim.miss_rate_window_ms);
+        Arc::new(self.shared.metrics.model(model, window))
     }
 }

@@ -99,73 +99,9 @@ async fn tritonclient_json_and_binary_requests_are_trimmed() {
     sidecar.stop().await;
 }
 
-/// An MLServer process serving `tests/peers/mlserver` (a strict model) on loopback.
-struct MlServer {
-    child: std::process::Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Drop for MlServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_mlserver() -> MlServer {
-    let dir = TempDir::new("mlserver");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mlserver");
-    for file in ["model-settings.json", "strict_runtime.py"] {
-        std::fs::copy(format!("{source}/{file}"), dir.path(file)).unwrap();
-    }
-    let (http, grpc, metrics) = (
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-    );
-    let child = Command::new("mlserver")
-        .arg("start")
-        .arg(&dir.0)
-        .env("MLSERVER_HOST", "127.0.0.1")
-        .env("MLSERVER_HTTP_PORT", http.to_string())
-        .env("MLSERVER_GRPC_PORT", grpc.to_string())
-        .env("MLSERVER_METRICS_PORT", metrics.to_string())
-        .env("MLSERVER_PARALLEL_WORKERS", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mlserver is needed (bash .ci/run installs it)");
-    let server = MlServer {
-        child,
-        url: format!("http://127.0.0.1:{http}"),
-        _dir: dir,
-    };
-    let ready = format!("{}/v2/models/strict/versions/1/ready", server.url);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let client = h1_client();
-        let request = http::Request::get(&ready)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        if client
-            .request(request)
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return server;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mlserver did not become ready in 90 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mlserver_rejects_the_full_request_and_answers_the_trimmed_one() {
-    let mlserver = start_mlserver().await;
+    let mlserver = MlServer::start("mlserver", "strict").await;
     let dir = TempDir::new("peers-mlserver");
     std::fs::write(dir.path("peers.json"), BUNDLE.replace("triton_m", "strict")).unwrap();
     let mut config = config_with(&[("mlserver", vec![mlserver.url.clone()], vec![])]);

@@ -288,6 +288,37 @@ impl AllowlistSnapshot {
             .is_some_and(|id| allowlist.contains(id))
     }
 
+    /// The version a model's label names.
+    pub fn label_version(&self, model: &str, label: &str) -> Option<&str> {
+        let m = &self.models[*self.model_index.get(model)?];
+        m.labels.get(label).map(|v| v.as_ref())
+    }
+
+    /// A model's versions with their allowed feature names (sorted), for the drift check.
+    pub fn version_features(&self, model: &str) -> Vec<(&str, Vec<&str>)> {
+        let Some(&index) = self.model_index.get(model) else {
+            return Vec::new();
+        };
+        let mut names: Vec<&str> = vec![""; self.features.len()];
+        for (name, &id) in &self.features {
+            names[id as usize] = name;
+        }
+        let mut versions: Vec<(&str, Vec<&str>)> = self.models[index]
+            .versions
+            .iter()
+            .map(|(version, entry)| {
+                let mut allowed: Vec<&str> = (0..names.len() as u32)
+                    .filter(|&id| entry.allowlist.contains(id))
+                    .map(|id| names[id as usize])
+                    .collect();
+                allowed.sort_unstable();
+                (version.as_ref(), allowed)
+            })
+            .collect();
+        versions.sort_unstable();
+        versions
+    }
+
     /// Model names in index order (the index `Lookup` reports).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
         self.models.iter().map(|m| m.name.as_ref())

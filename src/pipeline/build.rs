@@ -75,8 +75,10 @@ impl std::fmt::Display for VersionRef {
 pub struct BuildInput<'a> {
     /// Bundle name.
     pub bundle: &'a str,
-    /// Directory of signatures.
-    pub signatures: &'a Path,
+    /// Directory of signatures, if any.
+    pub signatures: Option<&'a Path>,
+    /// Signatures fetched from running leaves (`--signatures-from`); they win over files.
+    pub fetched: Vec<Signature>,
     /// TF Serving signature to read.
     pub tf_signature: &'a str,
     /// Policy, if any.
@@ -106,8 +108,24 @@ pub struct Built {
 
 /// Builds a sealed bundle, or every problem found.
 pub fn build(input: &BuildInput<'_>) -> Result<Built, Vec<String>> {
-    let scan = signature::scan(input.signatures, input.tf_signature)
-        .map_err(|e| vec![format!("cannot read {}: {e}", input.signatures.display())])?;
+    let mut scan = match input.signatures {
+        Some(dir) => signature::scan(dir, input.tf_signature)
+            .map_err(|e| vec![format!("cannot read {}: {e}", dir.display())])?,
+        None => Default::default(),
+    };
+    for fetched in &input.fetched {
+        let key = (fetched.model.clone(), fetched.version.clone());
+        if let Some(file) = scan.signatures.get(&key) {
+            scan.warnings.push(format!(
+                "{}@{}: {} is replaced by the leaf's answer ({})",
+                key.0,
+                key.1,
+                file.file.display(),
+                fetched.file.display()
+            ));
+        }
+        scan.signatures.insert(key, fetched.clone());
+    }
     let mut problems = Vec::new();
     if input.strict {
         problems.extend(scan.warnings.iter().cloned());

@@ -23,8 +23,14 @@ pub enum BundleCommand {
         #[arg(long)]
         bundle: String,
         /// Directory of signatures: files, or DIR/MODEL/VERSION/<file>.
-        #[arg(long)]
-        signatures: PathBuf,
+        #[arg(long, required_unless_present = "signatures_from")]
+        signatures: Option<PathBuf>,
+        /// A running leaf (http://HOST:PORT) to ask for the signatures of every --model.
+        #[arg(long, value_name = "URL", requires = "model")]
+        signatures_from: Option<String>,
+        /// A model version to ask the leaf for (MODEL@VERSION; repeat).
+        #[arg(long, value_name = "MODEL@VERSION", requires = "signatures_from")]
+        model: Vec<VersionRef>,
         /// Policy file (TOML): stages, modes, labels.
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -126,6 +132,8 @@ pub fn run(command: BundleCommand) -> ExitCode {
         BundleCommand::Build {
             bundle,
             signatures,
+            signatures_from,
+            model,
             policy,
             previous,
             out,
@@ -144,9 +152,14 @@ pub fn run(command: BundleCommand) -> ExitCode {
                 .map(|p| read_bundle(&p))
                 .transpose()
                 .map_err(|e| vec![e])?;
+            let fetched = match &signatures_from {
+                Some(leaf) => fetch_signatures(leaf, &model, &signature)?,
+                None => Vec::new(),
+            };
             let input = pipeline::BuildInput {
                 bundle: &bundle,
-                signatures: &signatures,
+                signatures: signatures.as_deref(),
+                fetched,
                 tf_signature: &signature,
                 policy: policy.as_ref(),
                 previous: previous.as_ref(),
@@ -292,6 +305,29 @@ pub fn run(command: BundleCommand) -> ExitCode {
             problems.iter().for_each(|p| eprintln!("error: {p}"));
             ExitCode::from(EXIT_INVALID)
         }
+    }
+}
+
+/// Asks `leaf` for each model version's signature; every failure is reported.
+fn fetch_signatures(
+    leaf: &str,
+    models: &[VersionRef],
+    tf_signature: &str,
+) -> Result<Vec<super::signature::Signature>, Vec<String>> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| vec![format!("cannot start the runtime: {e}")])?;
+    let (mut fetched, mut problems) = (Vec::new(), Vec::new());
+    for m in models {
+        let asked = super::signature::fetch_from_leaf(leaf, &m.model, &m.version, tf_signature);
+        match runtime.block_on(asked) {
+            Ok(signature) => fetched.push(signature),
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(fetched)
+    } else {
+        Err(problems)
     }
 }
 

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::classify::Protocol;
+use crate::signatures::metadata;
+
 /// The inputs of one model version, and where they came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
@@ -168,16 +171,11 @@ fn read(file: &Path, relative: &[String], tf_signature: &str) -> Result<Option<S
                 text_field(&doc["version"]),
                 inputs,
             )
-        } else if let Some(defs) = doc.pointer("/metadata/signature_def/signature_def") {
-            let signature = defs
-                .get(tf_signature)
-                .ok_or_else(|| format!("no signature `{tf_signature}` (has: {})", keys(defs)))?;
-            let inputs = signature
-                .get("inputs")
-                .and_then(Value::as_object)
-                .ok_or_else(|| format!("signature `{tf_signature}` has no inputs"))?;
-            // The keys are what clients send; the inner "name" is a graph tensor name.
-            let inputs = inputs.keys().cloned().collect();
+        } else if doc
+            .pointer("/metadata/signature_def/signature_def")
+            .is_some()
+        {
+            let inputs = metadata::tf_signature_inputs(&doc, tf_signature)?;
             let spec = &doc["model_spec"];
             (
                 Form::TfServingMetadata,
@@ -185,12 +183,8 @@ fn read(file: &Path, relative: &[String], tf_signature: &str) -> Result<Option<S
                 text_field(&spec["version"]),
                 inputs,
             )
-        } else if let Some(list) = doc.get("inputs").and_then(Value::as_array) {
-            let inputs: Vec<String> = list
-                .iter()
-                .map(|i| i.get("name").and_then(Value::as_str).map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or("an input has no name")?;
+        } else if doc.get("inputs").is_some_and(Value::is_array) {
+            let inputs = metadata::kserve_inputs(&doc)?;
             (Form::KServeMetadata, text_field(&doc["name"]), None, inputs)
         } else if path_version.is_some() {
             return Err("not a signature (no input_names, signature_def or inputs)".into());
@@ -230,9 +224,65 @@ fn string_list(value: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-fn keys(value: &Value) -> String {
-    value
-        .as_object()
-        .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
+/// Asks a running leaf for the signature of `model@version`: KServe V2 metadata
+/// (`GET /v2/models/NAME/versions/V`), else TF Serving's (`GET /v1/models/NAME/versions/V/metadata`,
+/// the inputs of `tf_signature`). `leaf` is `http://host:port`.
+pub async fn fetch_from_leaf(
+    leaf: &str,
+    model: &str,
+    version: &str,
+    tf_signature: &str,
+) -> Result<Signature, String> {
+    use http_body_util::BodyExt;
+    let authority = crate::config::parse_endpoint(leaf)
+        .map_err(|why| format!("--signatures-from {leaf}: {why}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut tried = Vec::new();
+    for protocol in [Protocol::KServeV2, Protocol::TfServing] {
+        let path = metadata::metadata_path(protocol, model, Some(Ok(version)));
+        let url = format!("http://{authority}{path}");
+        let request = http::Request::get(&url)
+            .header("accept", "application/json")
+            .body(Default::default())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+                .await
+                .map_err(|_| format!("{url}: no answer within 30 s"))?
+                .map_err(|e| format!("{url}: {e}"))?;
+        let status = answer.status();
+        let body = http_body_util::Limited::new(answer.into_body(), 16 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        if status == http::StatusCode::NOT_FOUND {
+            tried.push(format!("{url}: 404"));
+            continue;
+        }
+        if !status.is_success() {
+            return Err(format!("{url}: status {status}"));
+        }
+        let doc: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON ({e})"))?;
+        let (form, inputs) = match protocol {
+            Protocol::KServeV2 => (Form::KServeMetadata, metadata::kserve_inputs(&doc)),
+            Protocol::TfServing => (
+                Form::TfServingMetadata,
+                metadata::tf_signature_inputs(&doc, tf_signature),
+            ),
+        };
+        return Ok(Signature {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            inputs: inputs.map_err(|e| format!("{url}: {e}"))?,
+            file: PathBuf::from(url),
+            form,
+        });
+    }
+    Err(format!(
+        "{model}@{version}: the leaf does not know it ({})",
+        tried.join("; ")
+    ))
 }

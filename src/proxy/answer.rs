@@ -95,6 +95,38 @@ impl SyntheticError {
         response
     }
 
+    /// As a gRPC status: HTTP 200, trailers-only (`grpc-status`, `grpc-message` percent-encoded,
+    /// and `x-trimmer-error`). Too large → `RESOURCE_EXHAUSTED`, a timeout →
+    /// `DEADLINE_EXCEEDED`, a client that failed while sending → `CANCELLED`, everything else
+    /// (no endpoint, a failed or HTTP/1.1-only upstream) → `UNAVAILABLE`.
+    pub fn grpc_response(&self) -> Response<ProxyBody> {
+        let code: u16 = match self.kind {
+            "body_too_large" => 8,
+            "upstream_timeout" | "body_read_timeout" => 4,
+            "body_read_error" => 1,
+            _ => 14,
+        };
+        let mut message = String::with_capacity(self.message.len());
+        for b in self.message.bytes() {
+            match b {
+                b' '..=b'~' if b != b'%' => message.push(char::from(b)),
+                _ => message.push_str(&format!("%{b:02X}")),
+            }
+        }
+        let mut response = Response::new(full(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(message) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", message);
+        }
+        headers.insert(TRIMMER_ERROR, HeaderValue::from_static(self.kind));
+        response
+    }
+
     /// As HTTP/1.1 bytes on the wire, for the lean path.
     pub fn to_http1(&self) -> Vec<u8> {
         let body = error_json(&self.message);

@@ -16,8 +16,8 @@ use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::answer::{ProxyBody, SyntheticError};
-use super::{forwards_header, own_lines, prepare, route, RequestHead};
+use super::answer::{full, ProxyBody, SyntheticError};
+use super::{await_signature, forwards_header, own_lines, prepare, route, RequestHead};
 use crate::compression;
 use crate::headers::{push_header, strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
@@ -29,6 +29,10 @@ pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if request.version() == http::Version::HTTP_2 && super::grpc::is_grpc(request.headers()) {
+        let (parts, body) = request.into_parts();
+        return Ok(super::grpc::forward(shared, parts, body).await);
+    }
     Ok(forward(&shared, request)
         .await
         .unwrap_or_else(|response| response))
@@ -62,6 +66,7 @@ async fn forward(
             .map(HeaderValue::as_bytes),
     };
     let (target, cluster) = route(shared, path);
+    await_signature(shared, cluster, target.as_ref().filter(|_| head.post)).await;
     let prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
     let expects_body = matches!(
         parts.method,
@@ -69,22 +74,7 @@ async fn forward(
     );
     let body_len = prepared.body.as_ref().map_or(body.len(), Vec::len);
     let body_len = (framed || expects_body || body_len > 0).then_some(body_len);
-    // The client's end-to-end headers, then the lifecycle's own: the same lines either way.
-    let mut lines = Vec::with_capacity(512);
-    let mut host_kept = false;
-    for (name, value) in &parts.headers {
-        if forwards_header(name.as_str(), value.as_bytes(), cluster.preserve_host) {
-            host_kept |= name == header::HOST;
-            push_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    if cluster.preserve_host && !host_kept {
-        // An h2 client names the host in `:authority` only.
-        if let Some(authority) = parts.uri.authority() {
-            push_header(&mut lines, b"host", authority.as_str().as_bytes());
-            host_kept = true;
-        }
-    }
+    let (mut lines, host_kept) = client_lines(&parts, cluster.preserve_host);
     own_lines(&mut lines, &prepared, head.binary_json_len, body_len);
     let body = prepared.body.map_or(body, Bytes::from);
     let answered = match cluster
@@ -92,33 +82,56 @@ async fn forward(
             &parts.method,
             parts.uri.path_and_query(),
             &lines,
-            body.clone(),
+            &|| full(body.clone()),
+            None,
         )
         .await
     {
-        Some(answered) => answered.map(|response| {
-            let (mut parts, body) = response.into_parts();
-            // The lean client already framed HTTP/1.1 answers (`upstream::h1`); an h2 leaf's
-            // 204 or 304 has no body either, whatever length it claims.
-            if matches!(parts.status.as_u16(), 204 | 304) {
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
-        }),
+        Some(answered) => answered.map(leaf_answer),
         None => exchange_h1(cluster, &parts, &lines, host_kept, &body).await,
     };
     match answered {
-        Ok(mut response) => {
-            // The downstream connection decides its own version.
-            *response.version_mut() = http::Version::default();
-            Ok(response)
-        }
+        Ok(response) => Ok(response),
         Err(e) => {
             tracing::warn!(error = %e, path, "upstream request failed");
             Err(SyntheticError::upstream(&e).response())
         }
     }
+}
+
+/// The client's end-to-end header lines for the leaf (the lifecycle's own follow), and
+/// whether they name the host.
+pub(super) fn client_lines(parts: &http::request::Parts, preserve_host: bool) -> (Vec<u8>, bool) {
+    let mut lines = Vec::with_capacity(512);
+    let mut host_kept = false;
+    for (name, value) in &parts.headers {
+        if forwards_header(name.as_str(), value.as_bytes(), preserve_host) {
+            host_kept |= name == header::HOST;
+            push_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if preserve_host && !host_kept {
+        // An h2 client names the host in `:authority` only.
+        if let Some(authority) = parts.uri.authority() {
+            push_header(&mut lines, b"host", authority.as_str().as_bytes());
+            host_kept = true;
+        }
+    }
+    (lines, host_kept)
+}
+
+/// An h2c leaf's answer as the client's response, streamed with its trailers.
+pub(super) fn leaf_answer(response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    // The lean client already framed HTTP/1.1 answers (`upstream::h1`); an h2 leaf's 204 or
+    // 304 has no body either, whatever length it claims.
+    if matches!(parts.status.as_u16(), 204 | 304) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    // The downstream connection decides its own version.
+    parts.version = http::Version::default();
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
 
 /// Sends a request to an HTTP/1.1 cluster with the lean client (one pool per endpoint for

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::answer::SyntheticError;
 use super::io::{ClientStream, Rewind};
-use super::{forwards_header, own_lines, prepare, route, RequestHead};
+use super::{await_signature, forwards_header, own_lines, prepare, route, RequestHead};
 use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
@@ -241,6 +241,7 @@ async fn forward(
     };
     let cluster = request.cluster;
     let (target, _) = route(shared, path);
+    await_signature(shared, cluster, target.as_ref()).await;
     let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
     let body = prepared.body.take().unwrap_or(body);
     own_lines(

@@ -1,12 +1,13 @@
 //! The request lifecycle, written once for every transport: classify → route to a cluster →
 //! one snapshot load and the trim decision → the forwarded request → attempts against the
 //! cluster's endpoints → the answer. Transports only parse, read within limits and write:
-//! [`lean`] (HTTP/1.1 parsed in place, the common case) and [`general`] (hyper: HTTP/1.1 and
-//! h2c, everything else). [`answer`] is what the sidecar answers itself; [`io`] wraps client
+//! [`lean`] (HTTP/1.1 parsed in place, the common case), [`general`] (hyper: HTTP/1.1 and
+//! h2c, everything else) and [`grpc`] (gRPC on h2c, message by message). [`answer`] is what the sidecar answers itself; [`io`] wraps client
 //! connections.
 
 pub mod answer;
 pub mod general;
+pub mod grpc;
 pub mod io;
 pub mod lean;
 
@@ -14,14 +15,17 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use crate::bundle::snapshot::Lookup;
+use crate::bundle::snapshot::SnapshotAllowlist;
 use crate::classify::{classify, Protocol, Target, Verb};
 use crate::compression;
 use crate::config::{Compression, Mode};
 use crate::headers::{is_hop_by_hop, push_header, INFERENCE_HEADER_LENGTH};
 use crate::metrics::{ModelMetrics, Outcome};
+use crate::signatures::{LiveAllowlist, LiveDecision, LiveUse};
 use crate::state::Shared;
+use crate::trim::grpc::GrpcBody;
 use crate::trim::tf_serving::TfBody;
-use crate::trim::{kserve, tf_serving, Untrimmable};
+use crate::trim::{kserve, tf_serving, Allowed, TrimResult, Untrimmable};
 use crate::upstream::Cluster;
 
 /// What the trim step decided for one score request.
@@ -105,8 +109,9 @@ pub fn prepare(
         let headers = TrimHeaders {
             encoded: head.encoding.is_some(),
             binary_json_len: head.binary_json_len,
+            grpc: false,
         };
-        let trimmed = trim_request(shared, target, headers, body);
+        let trimmed = trim_request(shared, cluster, target, headers, body);
         prepared.body = trimmed.body;
         prepared.json_len = trimmed.json_len;
     }
@@ -126,6 +131,32 @@ pub fn prepare(
         }
     }
     prepared
+}
+
+/// discover → wait: when the cluster discovers signatures with a `signature_wait_ms` and a
+/// score request's model version has no bundle allowlist, gives discovery up to that long
+/// (queueing the fetch), so that the request itself can be trimmed. Call before [`prepare`].
+pub async fn await_signature(shared: &Shared, cluster: &Cluster, target: Option<&Target<'_>>) {
+    let Some(live) = cluster.signatures.as_ref() else {
+        return;
+    };
+    let Some(target) = target.filter(|t| t.verb.is_some()) else {
+        return;
+    };
+    if !live.settings.discover || live.settings.wait.is_zero() {
+        return;
+    }
+    let missed = matches!(
+        shared
+            .trim_state
+            .load()
+            .allowlists
+            .lookup(&target.model, &target.version),
+        Lookup::UnknownModel | Lookup::UnknownVersion { .. }
+    );
+    if missed {
+        live.wait_for(target).await;
+    }
 }
 
 /// Whether a header the client sent goes on to the leaf as it is, on every transport:
@@ -172,12 +203,33 @@ pub fn own_lines(
     lines.extend_from_slice(b"\r\n");
 }
 
+/// Trims one gRPC score message (without its 5-byte prefix, decoded) for the model and
+/// version it names, by the same decision and metrics as an HTTP body; `None`: forward it as
+/// it came.
+pub fn trim_message(shared: &Shared, target: &Target<'_>, msg: &[u8]) -> Option<Vec<u8>> {
+    let headers = TrimHeaders {
+        encoded: false,
+        binary_json_len: None,
+        grpc: true,
+    };
+    let cluster = shared.upstreams.route(Some(target.model.as_ref()));
+    trim_request(shared, cluster, target, headers, msg).body
+}
+
+/// Counts a score message whose model the sidecar cannot read (forwarded untouched) under
+/// `_unknown`.
+pub fn count_unread(shared: &Shared, outcome: Outcome, len: usize) {
+    shared.unknown_model.record(outcome, len, len, 0);
+}
+
 /// What `decide` needs of the request's headers.
 struct TrimHeaders<'h> {
     /// Whether the body carries a `Content-Encoding` other than `identity`.
     encoded: bool,
     /// `Inference-Header-Content-Length` (Triton's binary extension), if present.
     binary_json_len: Option<&'h [u8]>,
+    /// The body is a gRPC message (protobuf), not REST.
+    grpc: bool,
 }
 
 /// What trimming did to one score request: the body to forward instead of the original and
@@ -193,11 +245,12 @@ struct Trimmed {
 /// model's metrics.
 fn trim_request(
     shared: &Shared,
+    cluster: &Cluster,
     target: &Target<'_>,
     headers: TrimHeaders<'_>,
     body: &[u8],
 ) -> Trimmed {
-    let decision = decide(shared, target, headers, body);
+    let decision = decide(shared, cluster, target, headers, body);
     let forwarded = decision.body.as_ref().map_or(body.len(), Vec::len);
     decision
         .model
@@ -208,9 +261,12 @@ fn trim_request(
     }
 }
 
-/// Looks the request up in the current snapshot (one load) and runs the protocol's engine.
+/// Looks the request up in the current snapshot (one load), lets the cluster's live signatures
+/// fill a miss or overrule a drifted version (a bundle otherwise wins), and runs the
+/// protocol's engine.
 fn decide<'a>(
     shared: &'a Shared,
+    cluster: &Cluster,
     target: &Target<'_>,
     headers: TrimHeaders<'_>,
     body: &[u8],
@@ -223,65 +279,79 @@ fn decide<'a>(
         json_len: None,
         removed: 0,
     };
-    let (index, entry) = match state.allowlists.lookup(&target.model, &target.version) {
-        Lookup::UnknownModel => {
-            let outcome = if shared.kill_switch(&state) {
-                Outcome::Disabled
-            } else {
-                Outcome::UnknownModel
-            };
-            return untouched(outcome, ModelHandle::Unknown(&shared.unknown_model));
-        }
-        Lookup::UnknownVersion { model } => (model, None),
-        Lookup::Passthrough { model } => (model, Some(None)),
-        Lookup::Found { model, entry } => (model, Some(Some(entry))),
+    let snapshot = &state.allowlists;
+    let lookup = snapshot.lookup(&target.model, &target.version);
+    let live = match &cluster.signatures {
+        Some(live) => live.resolve(snapshot, &lookup, target, body, shared.config.trim.mode),
+        None => LiveDecision::None,
     };
-    let model = match state.models.get(index) {
-        Some(handles) => ModelHandle::Known(handles.clone()),
-        None => ModelHandle::Unknown(&shared.unknown_model),
+    // A TF Serving gRPC message names its signature in protobuf, which a live signature is
+    // not matched against (yet): it never trims one; a drifted version is contained instead.
+    let live = match live {
+        LiveDecision::Use(_) if headers.grpc && target.protocol == Protocol::TfServing => {
+            LiveDecision::Observe
+        }
+        live => live,
+    };
+    let (index, entry) = match lookup {
+        Lookup::UnknownModel => (None, None),
+        Lookup::UnknownVersion { model } => (Some(model), None),
+        Lookup::Passthrough { model } => (Some(model), Some(None)),
+        Lookup::Found { model, entry } => (Some(model), Some(Some(entry))),
+    };
+    let bundle_model = index.and_then(|i| state.models.get(i));
+    let model = match (bundle_model, &live) {
+        (Some(handles), _) => ModelHandle::Known(handles.clone()),
+        (
+            None,
+            LiveDecision::Use(LiveUse {
+                metrics: Some(handles),
+                ..
+            }),
+        ) => ModelHandle::Known(handles.clone()),
+        (None, _) => ModelHandle::Unknown(&shared.unknown_model),
     };
     if shared.kill_switch(&state) {
         return untouched(Outcome::Disabled, model);
     }
-    let entry = match entry {
-        None => return untouched(Outcome::UnknownVersion, model),
-        Some(None) => return untouched(Outcome::NotTrimmable, model),
-        Some(Some(entry)) => entry,
+    let (allowed, mode) = match (&live, entry) {
+        (LiveDecision::Use(used), _) => match used.allowed() {
+            Some(allowed) => {
+                used.counter.inc();
+                (Allow::Live(allowed), used.mode)
+            }
+            None => return untouched(Outcome::UnknownVersion, model),
+        },
+        (_, None) if index.is_none() => return untouched(Outcome::UnknownModel, model),
+        (_, None) => return untouched(Outcome::UnknownVersion, model),
+        (_, Some(None)) => return untouched(Outcome::NotTrimmable, model),
+        (LiveDecision::Observe, Some(Some(entry))) => (
+            Allow::Bundle(snapshot.allowed(&entry.allowlist)),
+            entry.mode.min(Mode::Observe),
+        ),
+        (LiveDecision::None, Some(Some(entry))) => (
+            Allow::Bundle(snapshot.allowed(&entry.allowlist)),
+            entry.mode,
+        ),
     };
-    if entry.mode == Mode::Off {
+    if mode == Mode::Off {
         return untouched(Outcome::Disabled, model);
     }
     if headers.encoded {
         return untouched(Outcome::UnsupportedEncoding, model);
     }
-    let snapshot = &state.allowlists;
-    let allowed = snapshot.allowed(&entry.allowlist);
     let started = std::time::Instant::now();
-    let result = match (target.protocol, target.verb) {
-        (Protocol::TfServing, Some(Verb::Predict)) => {
-            tf_serving::trim(body, TfBody::Predict, allowed)
-        }
-        (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
-        (Protocol::KServeV2, _) => match headers.binary_json_len {
-            None => kserve::trim_json(body, allowed),
-            Some(value) => match std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                Some(json_len) => kserve::trim_binary(body, json_len, allowed),
-                None => Err(Untrimmable::Parse {
-                    offset: 0,
-                    reason: "a numeric Inference-Header-Content-Length",
-                }),
-            },
-        },
+    // One monomorphic engine run per allowlist kind: the bundle path pays nothing for the other.
+    let result = match allowed {
+        Allow::Bundle(allowed) => run_engine(target, &headers, body, allowed),
+        Allow::Live(allowed) => run_engine(target, &headers, body, allowed),
     };
     shared
         .metrics
         .trim_duration
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(trimmed) if entry.mode == Mode::Observe => Decision {
+        Ok(trimmed) if mode == Mode::Observe => Decision {
             outcome: Outcome::Observed,
             model,
             body: None,
@@ -303,5 +373,47 @@ fn decide<'a>(
             tracing::debug!(model = %target.model, offset, expected = reason, "body not understood; forwarded untouched");
             untouched(Outcome::ParseError, model)
         }
+    }
+}
+
+/// The allowlist a request is trimmed with: a bundle's, or the leaf's live signature.
+enum Allow<'a> {
+    Bundle(SnapshotAllowlist<'a>),
+    Live(LiveAllowlist<'a>),
+}
+
+/// The protocol's engine for a score request.
+fn run_engine(
+    target: &Target<'_>,
+    headers: &TrimHeaders<'_>,
+    body: &[u8],
+    allowed: impl Allowed,
+) -> TrimResult {
+    match (target.protocol, target.verb) {
+        _ if headers.grpc => {
+            let message = match target.verb {
+                Some(Verb::Predict) => GrpcBody::Predict,
+                Some(Verb::Classify | Verb::Regress) => GrpcBody::Examples,
+                _ => GrpcBody::Infer,
+            };
+            crate::trim::grpc::trim(body, message, allowed)
+        }
+        (Protocol::TfServing, Some(Verb::Predict)) => {
+            tf_serving::trim(body, TfBody::Predict, allowed)
+        }
+        (Protocol::TfServing, _) => tf_serving::trim(body, TfBody::Examples, allowed),
+        (Protocol::KServeV2, _) => match headers.binary_json_len {
+            None => kserve::trim_json(body, allowed),
+            Some(value) => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                Some(json_len) => kserve::trim_binary(body, json_len, allowed),
+                None => Err(Untrimmable::Parse {
+                    offset: 0,
+                    reason: "a numeric Inference-Header-Content-Length",
+                }),
+            },
+        },
     }
 }

@@ -70,6 +70,31 @@ pub fn trim(body: &[u8], shape: TfBody, allowed: impl Allowed) -> TrimResult {
     Ok(o.finish(body))
 }
 
+/// The body's top-level `signature_name` (which TF Serving signature the request uses), if it
+/// has one and the body reads as a JSON object; scanned without building anything.
+pub fn signature_name(body: &[u8]) -> Option<String> {
+    let mut c = open_root(body).ok()?;
+    if c.empty_container(b'}') {
+        return None;
+    }
+    let mut scratch = String::new();
+    loop {
+        let key = c.key().ok()?;
+        if c.text(key, &mut scratch) == "signature_name" {
+            if c.peek() != Some(b'"') {
+                return None;
+            }
+            let value = c.string().ok()?;
+            let mut text = String::new();
+            return Some(c.text(value, &mut text).to_owned());
+        }
+        c.skip_value().ok()?;
+        if !c.next_or_close(b'}').ok()? {
+            return None;
+        }
+    }
+}
+
 /// Top-level members the trimmer rewrites.
 enum Field {
     /// `instances` or `examples`: an array of feature maps.
@@ -103,6 +128,24 @@ fn rows(c: &mut Cursor<'_>, o: &mut Output, allowed: &impl Allowed) -> Result<u3
         if !c.next_or_close(b']')? {
             return Ok(maps);
         }
+    }
+}
+
+#[cfg(test)]
+mod signature_name_tests {
+    use super::signature_name;
+
+    #[test]
+    fn finds_the_top_level_member_only() {
+        let body =
+            br#"{"instances":[{"signature_name":"no"}],"signature_name":"regress_x2_to_y3"}"#;
+        assert_eq!(signature_name(body).as_deref(), Some("regress_x2_to_y3"));
+        assert_eq!(signature_name(br#"{"instances":[1]}"#), None);
+        assert_eq!(
+            signature_name(br#"{"signature_name":"a\u0062"}"#).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(signature_name(b"not json"), None);
     }
 }
 

@@ -320,6 +320,91 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Reads a leaf's whole answer body for a request the sidecar made itself (metadata), at most
+/// `limit` bytes of it; `buf` holds the head and what came with it, as after
+/// [`read_response_head`]. The bool says whether the connection ended cleanly (may be pooled).
+pub async fn read_body(
+    head: &ResponseHead,
+    buf: &mut Vec<u8>,
+    leaf: &mut TcpStream,
+    limit: usize,
+) -> io::Result<(Vec<u8>, bool)> {
+    // Chunk framing the relay writes costs a few bytes per chunk of at least one byte.
+    let mut out = Capped {
+        bytes: Vec::new(),
+        limit: head.client_head.len() + limit.saturating_mul(8),
+    };
+    let clean = relay(head, buf, leaf, &mut out).await?;
+    let body = &out.bytes[head.client_head.len().min(out.bytes.len())..];
+    let body = match head.framing {
+        Framing::Chunked | Framing::Close => dechunk(body)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body"))?,
+        Framing::Empty | Framing::Length(_) => body.to_vec(),
+    };
+    if body.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("answer body larger than {limit} bytes"),
+        ));
+    }
+    Ok((body, clean))
+}
+
+/// An in-memory writer that fails once more than `limit` bytes were written.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.bytes.len() + buf.len() > this.limit {
+            return std::task::Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answer body too large",
+            )));
+        }
+        this.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The data of a complete chunked body (extensions and trailers dropped); `None` if malformed.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let digits = line.split(';').next()?.trim();
+        let size = usize::from_str_radix(digits, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size..)?.strip_prefix(b"\r\n")?;
+    }
+}
+
 /// Reads the next bytes of a body of known length, at most `left`, into `buf` (cleared
 /// first); the leaf closing before the end is an error.
 async fn read_length_part(leaf: &mut TcpStream, buf: &mut Vec<u8>, left: u64) -> io::Result<u64> {
@@ -571,6 +656,17 @@ impl ChunkedEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dechunks_bodies() {
+        assert_eq!(
+            dechunk(b"3;ext=1\r\n{\"a\r\n2\r\n\":\r\n0\r\nx-t: 1\r\n\r\n").as_deref(),
+            Some(&b"{\"a\":"[..])
+        );
+        assert_eq!(dechunk(b"0\r\n\r\n").as_deref(), Some(&b""[..]));
+        assert_eq!(dechunk(b"5\r\nab"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
+    }
 
     fn end_of(body: &[u8], pieces: usize) -> Option<usize> {
         let mut chunks = ChunkedEnd::default();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{ms, Balance, ClusterConfig, Compression, Config, UpstreamProtocol};
 use crate::metrics::Metrics;
+use crate::signatures::LiveSignatures;
 
 pub mod h1;
 
@@ -133,6 +134,11 @@ impl Upstreams {
         &self.clusters[index]
     }
 
+    /// Every cluster, in configuration order.
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
     /// A view of every cluster for `/status`.
     pub fn status(&self) -> Vec<ClusterStatus> {
         self.clusters.iter().map(Cluster::status).collect()
@@ -230,7 +236,7 @@ pub struct Cluster {
     /// Round-robin cursor.
     next: AtomicUsize,
     /// hyper's client, for h2c clusters only.
-    h2c: Option<Client<HttpConnector, Full<Bytes>>>,
+    h2c: Option<Client<HttpConnector, BoxBody<Bytes, h1::BoxError>>>,
     /// Time allowed until response headers.
     request_timeout: Duration,
     /// How long a refusing endpoint is skipped.
@@ -247,6 +253,8 @@ pub struct Cluster {
     epoch: Instant,
     /// Pre-resolved metric handles for this cluster.
     stats: ClusterStats,
+    /// Live signatures learned from these leaves (`discover_signatures`/`verify_signatures`).
+    pub signatures: Option<LiveSignatures>,
 }
 
 /// Metric children for one cluster, resolved once at start-up.
@@ -347,6 +355,8 @@ impl Cluster {
             connect_timeout: ms(config.connect_timeout_ms),
             epoch: Instant::now(),
             stats,
+            signatures: (config.discover_signatures || config.verify_signatures)
+                .then(|| LiveSignatures::new(config, &metrics.signatures)),
         }
     }
 
@@ -377,18 +387,19 @@ impl Cluster {
     }
 
     /// One attempt against `endpoint`, with the rules every attempt follows: counted as
-    /// outstanding, bounded by `request_timeout_ms`, recorded in the metrics. Only a connection
+    /// outstanding, bounded by `timeout`, recorded in the metrics. Only a connection
     /// that could not be opened lets the caller go on to the next endpoint of
     /// [`Cluster::attempt_order`] (the request was then never sent, so trying again is safe for
     /// any method); any other failure, and a timeout, is the answer.
     async fn attempt<T>(
         &self,
         endpoint: &Endpoint,
+        timeout: Duration,
         work: impl std::future::Future<Output = Result<(T, u16), Attempt>>,
     ) -> Step<T> {
         endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = tokio::time::timeout(self.request_timeout, work).await;
+        let result = tokio::time::timeout(timeout, work).await;
         endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(Ok((answer, status))) => {
@@ -399,19 +410,21 @@ impl Cluster {
             Ok(Err(Attempt::Failed(cause))) => {
                 Step::Done(Err(self.transport_failed(endpoint, cause)))
             }
-            Err(_elapsed) => Step::Done(Err(self.timed_out(endpoint))),
+            Err(_elapsed) => Step::Done(Err(self.timed_out(endpoint, timeout))),
         }
     }
 
     /// Sends a request to an h2c cluster with hyper's client, its head being the same header
-    /// `lines` the lean client would send; `None` for HTTP/1.1 clusters, which
-    /// [`Cluster::exchange`] serves.
+    /// `lines` the lean client would send and its body a fresh one from `body` for each
+    /// attempt; `None` for HTTP/1.1 clusters, which [`Cluster::exchange`] serves. `deadline`
+    /// (a gRPC client's `grpc-timeout`) shortens the cluster's `request_timeout_ms`.
     pub async fn send_h2c(
         &self,
         method: &http::Method,
         target: Option<&PathAndQuery>,
         lines: &[u8],
-        body: Bytes,
+        body: &(dyn Fn() -> BoxBody<Bytes, h1::BoxError> + Sync),
+        deadline: Option<Duration>,
     ) -> Option<Result<Response<Incoming>, UpstreamError>> {
         let client = self.h2c.as_ref()?;
         let path = target
@@ -423,7 +436,7 @@ impl Cluster {
         };
         let mut refused = None;
         for endpoint in self.attempt_order() {
-            let mut request = Request::new(Full::new(body.clone()));
+            let mut request = Request::new(body());
             *request.method_mut() = method.clone();
             // Built from parts that were already valid; cannot fail.
             *request.uri_mut() = Uri::builder()
@@ -443,7 +456,8 @@ impl Cluster {
                     Err(e) => Err(Attempt::Failed(error_chain(&e))),
                 }
             };
-            match self.attempt(endpoint, work).await {
+            let timeout = deadline.map_or(self.request_timeout, |d| d.min(self.request_timeout));
+            match self.attempt(endpoint, timeout, work).await {
                 Step::Done(result) => return Some(result),
                 Step::Next(failure) => refused = Some(failure),
             }
@@ -486,12 +500,12 @@ impl Cluster {
         }
     }
 
-    fn timed_out(&self, endpoint: &Endpoint) -> UpstreamError {
+    fn timed_out(&self, endpoint: &Endpoint, timeout: Duration) -> UpstreamError {
         self.stats.timeouts.inc();
         UpstreamError::Timeout {
             upstream: self.name.clone(),
             endpoint: endpoint.authority.to_string(),
-            timeout_ms: self.request_timeout.as_millis() as u64,
+            timeout_ms: timeout.as_millis() as u64,
         }
     }
 
@@ -544,7 +558,7 @@ impl Cluster {
                 };
                 Ok(((head, connection), status))
             };
-            match self.attempt(endpoint, work).await {
+            match self.attempt(endpoint, self.request_timeout, work).await {
                 Step::Done(result) => return result,
                 Step::Next(failure) => refused = Some(failure),
             }
@@ -610,6 +624,59 @@ impl Cluster {
                 "no connection within {} ms",
                 self.connect_timeout.as_millis()
             ))),
+        }
+    }
+
+    /// `GET path` on an endpoint of the cluster (the attempt rules of every request), for the
+    /// sidecar's own metadata requests: the status and the body, read whole up to `limit`.
+    pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), UpstreamError> {
+        const LINES: &[u8] = b"accept: application/json\r\n\r\n";
+        if self.h2c.is_some() {
+            let target = PathAndQuery::try_from(path)
+                .map_err(|e| self.malformed("-", format!("bad metadata path {path}: {e}")))?;
+            let method = http::Method::GET;
+            let empty = || {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Empty::<Bytes>::new(),
+                    |never: std::convert::Infallible| -> h1::BoxError { match never {} },
+                ))
+            };
+            let sent = self.send_h2c(&method, Some(&target), LINES, &empty, None);
+            let response = match sent.await {
+                Some(result) => result?,
+                None => return Err(self.malformed("-", "no h2c client".into())),
+            };
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), limit);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map_err(|e| self.malformed("-", format!("metadata body: {e}")))?;
+            return Ok((status, body.to_bytes().to_vec()));
+        }
+        let request = Outgoing {
+            method: "GET",
+            target: path,
+            host_kept: false,
+            lines: LINES,
+            body: &[],
+            bodiless_answer: false,
+        };
+        let mut buf = Vec::new();
+        let (head, mut connection) = self.exchange(&request, &mut buf).await?;
+        let read = h1::read_body(&head, &mut buf, &mut connection.stream, limit);
+        match tokio::time::timeout(self.request_timeout, read).await {
+            Ok(Ok((body, clean))) => {
+                if clean && head.reusable {
+                    connection.release();
+                }
+                Ok((head.status, body))
+            }
+            Ok(Err(e)) => Err(self.malformed("-", format!("metadata body: {e}"))),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                endpoint: "-".into(),
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            }),
         }
     }
 

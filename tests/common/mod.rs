@@ -468,3 +468,87 @@ pub fn spawn_trimmer(args: &[&str], env: &[(&str, &str)]) -> Spawned {
         logs,
     }
 }
+
+/// An MLServer process (a real V2 server, HTTP and gRPC) serving a copy of the model folder
+/// `tests/peers/NAME` on loopback ports of its own. `.ci/run` installs MLServer.
+pub struct MlServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT` of its REST side.
+    pub url: String,
+    /// `127.0.0.1:PORT` of its gRPC side.
+    pub grpc: String,
+    _dir: TempDir,
+}
+
+impl Drop for MlServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MlServer {
+    /// Starts MLServer on `tests/peers/NAME` and waits (up to 90 s) until `ready_model`
+    /// version 1 is ready.
+    pub async fn start(name: &str, ready_model: &str) -> MlServer {
+        let dir = TempDir::new("mlserver");
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/peers")
+            .join(name);
+        copy_tree(&source, &dir.0);
+        let (http, grpc, metrics) = (
+            dead_addr().await.port(),
+            dead_addr().await.port(),
+            dead_addr().await.port(),
+        );
+        let child = std::process::Command::new("mlserver")
+            .arg("start")
+            .arg(&dir.0)
+            .env("MLSERVER_HOST", "127.0.0.1")
+            .env("MLSERVER_HTTP_PORT", http.to_string())
+            .env("MLSERVER_GRPC_PORT", grpc.to_string())
+            .env("MLSERVER_METRICS_PORT", metrics.to_string())
+            .env("MLSERVER_PARALLEL_WORKERS", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mlserver is needed (bash .ci/run installs it)");
+        let server = MlServer {
+            child,
+            url: format!("http://127.0.0.1:{http}"),
+            grpc: format!("127.0.0.1:{grpc}"),
+            _dir: dir,
+        };
+        let ready = format!("{}/v2/models/{ready_model}/versions/1/ready", server.url);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let request = Request::get(&ready).body(Full::new(Bytes::new())).unwrap();
+            if h1_client()
+                .request(request)
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mlserver did not become ready in 90 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Copies a folder and everything under it.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
