@@ -40,7 +40,7 @@ pub async fn handle(
             response
         }
         (&Method::GET, "/status") => status(&shared),
-        (&Method::POST, "/reload" | "/trimming/disable" | "/trimming/enable")
+        (&Method::POST, "/reload" | "/trimming/disable" | "/trimming/enable" | "/verify/rearm")
             if !mutation_allowed(&shared, &request) =>
         {
             SyntheticError::new(
@@ -53,10 +53,11 @@ pub async fn handle(
         (&Method::POST, "/reload") => reload(&shared).await,
         (&Method::POST, "/trimming/disable") => kill_switch(&shared, true),
         (&Method::POST, "/trimming/enable") => kill_switch(&shared, false),
+        (&Method::POST, "/verify/rearm") => rearm(&shared, request.uri().query()),
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/status" | "/reload" | "/trimming/disable"
-            | "/trimming/enable",
+            | "/trimming/enable" | "/verify/rearm",
         ) => SyntheticError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -98,6 +99,37 @@ fn kill_switch(shared: &Shared, disabled: bool) -> Response<ProxyBody> {
         "file": state.kill_switch_file,
         "trimming_disabled": shared.kill_switch(&state),
     });
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+/// Re-arms versions shadow verification switched to observe: `?model=M&version=V`, `?model=M`
+/// (all its versions) or nothing (every one).
+fn rearm(shared: &Shared, query: Option<&str>) -> Response<ProxyBody> {
+    let (mut model, mut version) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = crate::classify::decode(&value.replace('+', "%20")).map(|v| v.into_owned());
+        match (key, value) {
+            ("model", Some(v)) => model = Some(v),
+            ("version", Some(v)) => version = Some(v),
+            _ => {
+                return SyntheticError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unexpected query parameter `{pair}` (model=M&version=V)"),
+                )
+                .response()
+            }
+        }
+    }
+    let rearmed = shared.verifier.rearm(model.as_deref(), version.as_deref());
+    if !rearmed.is_empty() {
+        tracing::warn!(
+            ?rearmed,
+            "shadow verification re-armed through the admin port"
+        );
+    }
+    let body = serde_json::json!({ "rearmed": rearmed });
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
@@ -173,6 +205,7 @@ fn status(shared: &Shared) -> Response<ProxyBody> {
             "file": state.kill_switch_file,
             "trimming_disabled": shared.kill_switch(&state),
         },
+        "verify": shared.verifier.status(),
     });
     json_response(
         StatusCode::OK,

@@ -123,7 +123,7 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// Percent-decodes a path segment; `None` if it is empty, malformed, or not UTF-8.
-fn decode(segment: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn decode(segment: &str) -> Option<Cow<'_, str>> {
     if segment.is_empty() {
         return None;
     }

@@ -35,6 +35,8 @@ pub struct Config {
     pub bundles: BundlesConfig,
     /// How requests are trimmed.
     pub trim: TrimConfig,
+    /// Shadow verification of trimmed requests against the untrimmed original.
+    pub verify: VerifyConfig,
     /// Cluster that receives requests no cluster's `models` claims.
     pub default_cluster: String,
     /// Upstream clusters of leaf model servers.
@@ -83,6 +85,131 @@ pub struct TrimConfig {
     pub unversioned: Unversioned,
     /// Window over which `trim_miss_rate` is computed.
     pub miss_rate_window_ms: u64,
+}
+
+/// Shadow verification: on a sample of trimmed requests the original goes to the same
+/// cluster too, off the client's path, and the two answers are compared (see `verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct VerifyConfig {
+    /// Fraction of trimmed requests verified (0 = off).
+    pub sample: f64,
+    /// Verifications in flight at once, process-wide; a sampled request over it is skipped.
+    pub max_inflight: usize,
+    /// Shadow request bytes sent per second, process-wide (one second of burst); over it, skipped.
+    pub max_bytes_per_second: u64,
+    /// Time a verification may take (shadow answer and the client's answer), then `error`.
+    pub timeout_ms: u64,
+    /// Two numbers are equal when they differ by at most this much...
+    pub abs: f64,
+    /// ...or by at most this fraction of the larger magnitude.
+    pub rel: f64,
+    /// Fraction of verified requests that also send the trimmed request a second time, to
+    /// learn how much the leaf differs from itself.
+    pub noise_sample: f64,
+    /// Mismatches within `window_ms` that switch a model version to observe.
+    pub mismatches_to_disable: u32,
+    /// Window over which mismatches are counted.
+    pub window_ms: u64,
+}
+
+/// A bundle entry's `verify` object: the `[verify]` keys a model version may set for itself.
+/// The budgets (`max_inflight`, `max_bytes_per_second`) are the process's and stay global.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyOverride {
+    /// Fraction of this version's trimmed requests verified (0 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample: Option<f64>,
+    /// Time a verification may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: Option<u64>,
+    /// Absolute tolerance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub abs: Option<f64>,
+    /// Relative tolerance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub rel: Option<f64>,
+    /// Fraction of verified requests that also send a noise pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub noise_sample: Option<f64>,
+    /// Mismatches within `window_ms` that switch this version to observe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub mismatches_to_disable: Option<u32>,
+    /// Window over which mismatches are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub window_ms: Option<u64>,
+}
+
+impl VerifyConfig {
+    /// These settings with a model version's override applied.
+    pub fn with(&self, o: &VerifyOverride) -> VerifyConfig {
+        VerifyConfig {
+            sample: o.sample.unwrap_or(self.sample),
+            timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
+            abs: o.abs.unwrap_or(self.abs),
+            rel: o.rel.unwrap_or(self.rel),
+            noise_sample: o.noise_sample.unwrap_or(self.noise_sample),
+            mismatches_to_disable: o
+                .mismatches_to_disable
+                .unwrap_or(self.mismatches_to_disable),
+            window_ms: o.window_ms.unwrap_or(self.window_ms),
+            ..*self
+        }
+    }
+
+    /// Every problem with these values, one line each, keys prefixed with `prefix`.
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in [("sample", self.sample), ("noise_sample", self.noise_sample)] {
+            if !(0.0..=1.0).contains(&value) {
+                problems.push(format!("`{prefix}{key}` must be between 0 and 1"));
+            }
+        }
+        for (key, value) in [("abs", self.abs), ("rel", self.rel)] {
+            if !(value >= 0.0 && value.is_finite()) {
+                problems.push(format!("`{prefix}{key}` must be a finite number >= 0"));
+            }
+        }
+        for (key, value) in [
+            ("max_inflight", self.max_inflight as u64),
+            ("max_bytes_per_second", self.max_bytes_per_second),
+            ("timeout_ms", self.timeout_ms),
+            (
+                "mismatches_to_disable",
+                u64::from(self.mismatches_to_disable),
+            ),
+            ("window_ms", self.window_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("`{prefix}{key}` must be greater than 0"));
+            }
+        }
+        problems
+    }
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            sample: 0.0,
+            max_inflight: 8,
+            max_bytes_per_second: 4 * 1024 * 1024,
+            timeout_ms: 2_000,
+            abs: 1e-6,
+            rel: 1e-6,
+            noise_sample: 0.1,
+            mismatches_to_disable: 3,
+            window_ms: 60_000,
+        }
+    }
 }
 
 /// Trimming mode.
@@ -237,6 +364,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             bundles: BundlesConfig::default(),
             trim: TrimConfig::default(),
+            verify: VerifyConfig::default(),
             default_cluster: "default".to_owned(),
             clusters: Vec::new(),
         }
@@ -422,6 +550,7 @@ impl Config {
         );
         positive("trim.miss_rate_window_ms", self.trim.miss_rate_window_ms);
         problems.extend(self.bundles.source_problems());
+        problems.extend(self.verify.problems("verify."));
         if self.listen == self.admin.listen && self.listen.port() != 0 {
             problems.push(format!(
                 "`listen` and `admin.listen` are both {}: the admin port never shares the proxy port",
@@ -567,6 +696,36 @@ mod tests {
             "{:?}",
             config.problems()
         );
+    }
+
+    #[test]
+    fn verify_keys_are_checked() {
+        let mut problems = Vec::new();
+        let config = Config::parse(
+            "[verify]\nsample = 1.5\nmax_inflight = 0\nrel = -1.0\nwindow = 5\n",
+            &mut problems,
+        )
+        .unwrap();
+        problems.extend(config.verify.problems("verify."));
+        for expected in [
+            "`verify.window`",
+            "`verify.sample` must be between 0 and 1",
+            "`verify.max_inflight` must be greater than 0",
+            "`verify.rel` must be a finite number >= 0",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
+        let o = VerifyOverride {
+            sample: Some(0.5),
+            abs: Some(0.01),
+            ..VerifyOverride::default()
+        };
+        let merged = VerifyConfig::default().with(&o);
+        assert_eq!((merged.sample, merged.abs), (0.5, 0.01));
+        assert_eq!(merged.rel, VerifyConfig::default().rel);
     }
 
     #[test]

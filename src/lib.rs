@@ -21,6 +21,9 @@
 //!   second allowlist layer under the bundles, and the drift check of bundles against them.
 //! - [`objstore`]: bundles from S3-compatible storage: layout, publish/rollback, the poller
 //!   that fills the cache directory the reloader loads.
+//! - [`verify`]: shadow verification: a sample of trimmed requests also sent untrimmed, off
+//!   the client's path and within budgets; answers compared by protocol; versions whose
+//!   answers disagree switched to observe.
 //! - [`reload`]: rescans on events, timer and demand; swaps the serving state whole.
 //! - [`metrics`]: the Prometheus families.
 //! - [`admin`]: health, readiness, metrics and status on a separate port.
@@ -57,5 +60,6 @@ pub mod signatures;
 pub mod state;
 pub mod trim;
 pub mod upstream;
+pub mod verify;
 #[cfg(feature = "testkit")]
 pub mod workload;

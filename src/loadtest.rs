@@ -1,23 +1,28 @@
-//! Support for the end-to-end harness in `benches/e2e/`: a leaf that parses every JSON body as
-//! a real model server must (so a smaller body costs it less) and checks what it received
-//! against the workload, and a way to write a workload's body and allowlist to files.
+//! Support for the end-to-end harness in `benches/e2e/`: a leaf that parses every body as a
+//! real model server must (JSON, or a gRPC `ModelInferRequest`: so a smaller body costs it
+//! less) and checks what it received against the workload, a way to write a workload's body
+//! and allowlist to files, and (in `grpc`) a gRPC load generator.
+
+pub mod grpc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::workload::{self, Workload};
+use crate::workload::{self, Workload, KSERVE_INFER};
 
 /// What the leaf has seen: bodies equal to the full request, equal to the correctly trimmed
 /// one, or anything else (a changed value, a missing feature, a rounded number).
@@ -37,10 +42,17 @@ enum Verdict {
     Unparsable,
 }
 
+/// A body as the leaf's server parsed it.
+#[derive(PartialEq)]
+enum Doc {
+    Json(Value),
+    Infer(grpc::ModelInferRequest),
+}
+
 /// The leaf's work on one body: the parse a model server does, then the harness's check.
 struct Checker {
-    full: Value,
-    trimmed: Value,
+    full: Doc,
+    trimmed: Doc,
     /// Verdicts by exact body bytes. Comparing two parsed documents cost the leaf about a fifth
     /// of its time on trimmed tfs-rows (perf); an observer that no real server has should not
     /// set the rate. A body byte-equal to one already judged gets the same verdict; every
@@ -50,27 +62,48 @@ struct Checker {
 
 impl Checker {
     fn new(w: &Workload) -> Self {
-        let json_len = w.json_len.unwrap_or(w.body.len());
+        let (full, trimmed) = if w.path == KSERVE_INFER {
+            let full = grpc::decode_unary(&grpc::framed(&w.body)).unwrap_or_default();
+            let trimmed = grpc::filtered(&full, &w.allowed);
+            (Doc::Infer(full), Doc::Infer(trimmed))
+        } else {
+            let json_len = w.json_len.unwrap_or(w.body.len());
+            let full = serde_json::from_slice(&w.body[..json_len]).unwrap_or_default();
+            (Doc::Json(full), Doc::Json(expected_trimmed(w)))
+        };
         Checker {
-            full: serde_json::from_slice(&w.body[..json_len]).unwrap_or_default(),
-            trimmed: expected_trimmed(w),
+            full,
+            trimmed,
             seen: Mutex::default(),
         }
     }
 
-    fn check(&self, body: &Bytes) -> Verdict {
+    /// Parses `body` as the workload's kind of request (`None`: it does not parse).
+    fn parse(&self, body: &[u8]) -> Option<Doc> {
+        match self.full {
+            Doc::Json(_) => serde_json::from_slice(body).ok().map(Doc::Json),
+            Doc::Infer(_) => grpc::decode_unary(body).map(Doc::Infer),
+        }
+    }
+
+    /// The body parsed (`None`: it does not parse) and its verdict.
+    fn check(&self, body: &Bytes) -> (Option<Doc>, Verdict) {
         // Parse like a model server does before it can run the model, whatever the memo knows.
-        let doc = match serde_json::from_slice::<Value>(body) {
-            Ok(doc) => doc,
-            Err(_) => return Verdict::Unparsable,
+        let Some(doc) = self.parse(body) else {
+            return (None, Verdict::Unparsable);
         };
+        let verdict = self.verdict(body, &doc);
+        (Some(doc), verdict)
+    }
+
+    fn verdict(&self, body: &Bytes, doc: &Doc) -> Verdict {
         let seen = |seen: &[(Bytes, Verdict)]| seen.iter().find(|(b, _)| b == body).map(|e| e.1);
         if let Some(verdict) = seen(&self.seen.lock().unwrap()) {
             return verdict;
         }
-        let verdict = if doc == self.trimmed {
+        let verdict = if *doc == self.trimmed {
             Verdict::Trimmed
-        } else if doc == self.full {
+        } else if *doc == self.full {
             Verdict::Full
         } else {
             Verdict::Wrong
@@ -83,9 +116,13 @@ impl Checker {
     }
 }
 
-/// The workload with this bench name.
+/// The workload with this bench name: the JSON ones and the KServe gRPC ones.
 pub fn by_name(name: &str) -> Option<Workload> {
-    workload::all().into_iter().find(|w| w.name == name)
+    let grpc = [workload::kserve_grpc(), workload::kserve_grpc_batch()];
+    workload::all()
+        .into_iter()
+        .chain(grpc)
+        .find(|w| w.name == name)
 }
 
 /// Writes `body` (the request body), `allowlist.txt` (one feature per line) and
@@ -129,11 +166,49 @@ pub async fn serve_leaf(addr: SocketAddr, w: Workload) -> std::io::Result<()> {
     }
 }
 
+/// The leaf's answer body: one chunk, then trailers (gRPC's `grpc-status`) if any.
+pub struct LeafBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl LeafBody {
+    fn json(data: Bytes) -> Self {
+        LeafBody {
+            data: Some(data),
+            trailers: None,
+        }
+    }
+}
+
+impl Body for LeafBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
 async fn answer(
     request: Request<Incoming>,
     checker: Arc<Checker>,
     tally: Arc<Tally>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<LeafBody>, Infallible> {
     if request.uri().path() == "/stats" {
         let stats = serde_json::json!({
             "full": tally.full.load(Ordering::Relaxed),
@@ -141,7 +216,7 @@ async fn answer(
             "wrong": tally.wrong.load(Ordering::Relaxed),
             "unparsable": tally.unparsable.load(Ordering::Relaxed),
         });
-        return Ok(Response::new(Full::new(Bytes::from(stats.to_string()))));
+        return Ok(Response::new(LeafBody::json(stats.to_string().into())));
     }
     let body = request
         .into_body()
@@ -149,16 +224,21 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let counter = match checker.check(&body) {
+    let (doc, verdict) = checker.check(&body);
+    let counter = match verdict {
         Verdict::Trimmed => &tally.trimmed,
         Verdict::Full => &tally.full,
         Verdict::Wrong => &tally.wrong,
         Verdict::Unparsable => &tally.unparsable,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    Ok(Response::new(Full::new(Bytes::from_static(
-        br#"{"predictions":[0.5]}"#,
-    ))))
+    Ok(match (&checker.full, doc) {
+        (Doc::Json(_), _) => Response::new(LeafBody::json(Bytes::from_static(
+            br#"{"predictions":[0.5]}"#,
+        ))),
+        (Doc::Infer(_), Some(Doc::Infer(request))) => grpc::answer(Some(&request)),
+        (Doc::Infer(_), _) => grpc::answer(None),
+    })
 }
 
 #[cfg(test)]
@@ -178,17 +258,36 @@ mod tests {
             .unwrap();
         let rounded = text.replacen(long, &long[..16], 1);
         for _ in 0..2 {
-            assert_eq!(
-                checker.check(&Bytes::from(trimmed.clone())),
-                Verdict::Trimmed
-            );
-            assert_eq!(checker.check(&w.body.clone().into()), Verdict::Full);
-            assert_eq!(checker.check(&Bytes::from(rounded.clone())), Verdict::Wrong);
-            assert_eq!(
-                checker.check(&Bytes::from_static(b"{\"in")),
-                Verdict::Unparsable
-            );
+            let verdict = |body: Vec<u8>| checker.check(&body.into()).1;
+            assert_eq!(verdict(trimmed.clone()), Verdict::Trimmed);
+            assert_eq!(verdict(w.body.clone()), Verdict::Full);
+            assert_eq!(verdict(rounded.clone().into_bytes()), Verdict::Wrong);
+            assert_eq!(verdict(b"{\"in".to_vec()), Verdict::Unparsable);
         }
         assert_eq!(checker.seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_grpc_leaf_tells_full_trimmed_and_misaligned_messages_apart() {
+        use prost::Message;
+        let w = by_name("kserve-grpc").unwrap();
+        let checker = Checker::new(&w);
+        let allowed = |k: &str| w.allowed.iter().any(|a| a == k);
+        let trimmed = w.trim(allowed).unwrap().body;
+        // The right inputs, but two raw entries swapped: what an alignment bug delivers.
+        let mut misaligned = grpc::decode_unary(&grpc::framed(&trimmed)).unwrap();
+        misaligned.raw_input_contents.swap(0, 1);
+        let verdict = |message: &[u8]| checker.check(&grpc::framed(message)).1;
+        for _ in 0..2 {
+            assert_eq!(verdict(&trimmed), Verdict::Trimmed);
+            assert_eq!(verdict(&w.body), Verdict::Full);
+            assert_eq!(verdict(&misaligned.encode_to_vec()), Verdict::Wrong);
+            assert_eq!(verdict(&w.body[..1000]), Verdict::Unparsable);
+        }
+        assert_eq!(
+            checker.check(&Bytes::from(w.body.clone())).1,
+            Verdict::Unparsable,
+            "a message without its gRPC prefix"
+        );
     }
 }

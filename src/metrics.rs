@@ -74,6 +74,43 @@ impl Outcome {
     }
 }
 
+/// What shadow verification concluded for one sampled request (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyResult {
+    /// Both answers agree within the tolerances.
+    Match,
+    /// They differ beyond the tolerances and the leaf's own noise.
+    Mismatch,
+    /// They differ beyond the tolerances, but no more than the leaf differs from itself.
+    Noise,
+    /// Nothing to compare: the shadow failed, timed out or answered an error (a strict leaf).
+    Error,
+    /// Sampled but not verified: over a budget, or an answer too large to keep.
+    Skipped,
+}
+
+impl VerifyResult {
+    /// Every result, in declaration order, so `result as usize` indexes label handles.
+    pub const ALL: [VerifyResult; 5] = [
+        VerifyResult::Match,
+        VerifyResult::Mismatch,
+        VerifyResult::Noise,
+        VerifyResult::Error,
+        VerifyResult::Skipped,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyResult::Match => "match",
+            VerifyResult::Mismatch => "mismatch",
+            VerifyResult::Noise => "noise",
+            VerifyResult::Error => "error",
+            VerifyResult::Skipped => "skipped",
+        }
+    }
+}
+
 /// Label value for models no loaded bundle names (request data never creates series).
 pub const UNKNOWN_MODEL: &str = "_unknown";
 
@@ -93,6 +130,12 @@ pub struct ModelMetrics {
     features_observed: IntCounter,
     /// Score requests and misses over the recent window, for `trim_miss_rate`.
     window: MissWindow,
+    /// `trimmer_verify_total` by result, indexed like `VerifyResult::ALL`.
+    verify: [IntCounter; 5],
+    /// `trimmer_verify_shadow_bytes_total`.
+    shadow_bytes: IntCounter,
+    /// `trimmer_verify_contained`.
+    contained: IntGauge,
 }
 
 impl ModelMetrics {
@@ -107,6 +150,21 @@ impl ModelMetrics {
             _ => {}
         }
         self.window.record(outcome.is_miss());
+    }
+
+    /// Records what one shadow verification concluded.
+    pub fn verified(&self, result: VerifyResult) {
+        self.verify[result as usize].inc();
+    }
+
+    /// Counts request bytes sent to a leaf for verification (shadows and noise pairs).
+    pub fn shadow_sent(&self, bytes: usize) {
+        self.shadow_bytes.inc_by(bytes as u64);
+    }
+
+    /// Sets how many of the model's versions verification has switched to observe.
+    pub fn set_contained(&self, versions: usize) {
+        self.contained.set(versions as i64);
     }
 }
 
@@ -218,6 +276,12 @@ pub struct Metrics {
     features_removed: IntCounterVec,
     /// Feature values observe mode would have removed, by model.
     features_observed: IntCounterVec,
+    /// Shadow verifications by model and result.
+    verify: IntCounterVec,
+    /// Request bytes sent for verification, by model.
+    verify_shadow_bytes: IntCounterVec,
+    /// Versions of a model that verification switched to observe.
+    verify_contained: IntGaugeVec,
     /// Time spent in a trim engine.
     pub trim_duration: Histogram,
     /// Misses / score requests over the window, by model; set when scraped.
@@ -349,6 +413,27 @@ impl Metrics {
             ),
             &["model"],
         )?;
+        let verify = IntCounterVec::new(
+            Opts::new(
+                "trimmer_verify_total",
+                "Shadow verifications of trimmed requests, by model and result.",
+            ),
+            &["model", "result"],
+        )?;
+        let verify_shadow_bytes = IntCounterVec::new(
+            Opts::new(
+                "trimmer_verify_shadow_bytes_total",
+                "Request body bytes sent to leaves for shadow verification (originals and noise pairs).",
+            ),
+            &["model"],
+        )?;
+        let verify_contained = IntGaugeVec::new(
+            Opts::new(
+                "trimmer_verify_contained",
+                "Versions of the model that shadow verification switched to observe (re-armed by POST /verify/rearm or a new bundle generation).",
+            ),
+            &["model"],
+        )?;
         let trim_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "trimmer_trim_duration_seconds",
@@ -372,6 +457,9 @@ impl Metrics {
         registry.register(Box::new(features_removed.clone()))?;
         registry.register(Box::new(features_observed.clone()))?;
         registry.register(Box::new(trim_duration.clone()))?;
+        registry.register(Box::new(verify.clone()))?;
+        registry.register(Box::new(verify_shadow_bytes.clone()))?;
+        registry.register(Box::new(verify_contained.clone()))?;
         registry.register(Box::new(miss_rate.clone()))?;
         registry.register(Box::new(trimming_disabled.clone()))?;
         registry.register(Box::new(bundle_loads.clone()))?;
@@ -409,6 +497,9 @@ impl Metrics {
             request_bytes,
             features_removed,
             features_observed,
+            verify,
+            verify_shadow_bytes,
+            verify_contained,
             trim_duration,
             miss_rate,
             trimming_disabled,
@@ -432,6 +523,9 @@ impl Metrics {
             features_removed: self.features_removed.with_label_values(&[name]),
             features_observed: self.features_observed.with_label_values(&[name]),
             window: MissWindow::new(window),
+            verify: VerifyResult::ALL.map(|r| self.verify.with_label_values(&[name, r.as_str()])),
+            shadow_bytes: self.verify_shadow_bytes.with_label_values(&[name]),
+            contained: self.verify_contained.with_label_values(&[name]),
         }
     }
 
@@ -595,6 +689,13 @@ impl SignatureMetrics {
 #[cfg(test)]
 mod tests {
     use super::Outcome;
+
+    #[test]
+    fn verify_results_index_their_handles() {
+        for (i, result) in super::VerifyResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, i, "{}", result.as_str());
+        }
+    }
 
     #[test]
     fn outcomes_index_their_handles() {

@@ -218,6 +218,9 @@ impl Reloader {
                 }
             );
         }
+        if report.changed {
+            self.shared.verifier.snapshot_changed(&allowlists);
+        }
         let summary = ReloadSummary::from_report(&report, allowlists.allowlists());
         let changed = report.changed;
         self.shared.trim_state.store(Arc::new(TrimState {

@@ -66,6 +66,7 @@ impl Server {
         let upstreams = Upstreams::new(&config, &metrics);
         let metrics_unknown = metrics.model(UNKNOWN_MODEL, ms(config.trim.miss_rate_window_ms));
         let (reload, reload_requests) = mpsc::channel(8);
+        let config_verify = config.verify;
         let shared = Arc::new(Shared {
             config,
             upstreams,
@@ -77,6 +78,7 @@ impl Server {
             reload,
             unknown_model: metrics_unknown,
             trimming_disabled: Default::default(),
+            verifier: crate::verify::Verifier::new(config_verify),
         });
         Ok(Server {
             shared,

@@ -35,6 +35,8 @@ pub struct Shared {
     pub unknown_model: ModelMetrics,
     /// Kill switch set through the admin port (`POST /trimming/disable`).
     pub trimming_disabled: AtomicBool,
+    /// Shadow verification: budgets, what it learned, versions it switched to observe.
+    pub verifier: crate::verify::Verifier,
 }
 
 impl Shared {

@@ -2,7 +2,7 @@
 //! the end-to-end harness share the same bodies.
 
 use crate::bundle::format::{Bundle, ModelEntry, FORMAT_V1};
-use crate::trim::grpc::{self, put_bytes, put_uint};
+use crate::trim::grpc::{self, put_bytes, put_uint, put_varint};
 use crate::trim::tf_serving::{self, TfBody};
 use crate::trim::{kserve, Allowed, TrimResult};
 use serde_json::Value;
@@ -10,7 +10,7 @@ use serde_json::Value;
 /// One reference workload: a request body and the allowlist that applies to it.
 pub struct Workload {
     /// Name used by benches (`tfs-rows`, `kserve-json`, `kserve-binary`, `small`, `tfs-text`,
-    /// `tfs-grpc`, `kserve-grpc`).
+    /// `tfs-grpc`, `kserve-grpc`, `kserve-grpc-batch`).
     pub name: &'static str,
     /// Score URL path (for gRPC, the method's path).
     pub path: &'static str,
@@ -246,19 +246,35 @@ fn shape_proto(dims: &[u64], scratch: &mut Vec<u8>) -> Vec<u8> {
 /// `kserve-grpc`: a KServe gRPC `ModelInferRequest`, 1,000 FP32 [1, 64] inputs whose values
 /// are in `raw_input_contents` (as tritonclient sends them), allowlist 100.
 pub fn kserve_grpc() -> Workload {
+    model_infer("kserve-grpc", [1, 64])
+}
+
+/// `kserve-grpc-batch`: not one of DESIGN.md's; `kserve-grpc` with FP32 [400, 1] inputs (a
+/// batch of 400 candidates, ~1.6 MB), the end-to-end harness's gRPC request.
+pub fn kserve_grpc_batch() -> Workload {
+    model_infer("kserve-grpc-batch", [400, 1])
+}
+
+/// A `ModelInferRequest` with 1,000 FP32 inputs of `shape`, values in `raw_input_contents`,
+/// allowlist 100.
+fn model_infer(name: &'static str, shape: [u64; 2]) -> Workload {
     let features = names(1000);
+    let values = (shape[0] * shape[1]) as usize;
     let mut rng = crate::trim::Lcg(7);
-    let mut body = Vec::with_capacity(features.len() * 300);
+    let mut body = Vec::with_capacity(features.len() * (4 * values + 40));
     put_bytes(&mut body, 1, MODEL.as_bytes());
     put_bytes(&mut body, 2, VERSION.as_bytes());
     put_bytes(&mut body, 3, b"bench");
     let mut input = Vec::new();
+    let mut packed = Vec::new();
     for f in &features {
         input.clear();
         put_bytes(&mut input, 1, f.as_bytes());
         put_bytes(&mut input, 2, b"FP32");
         // `repeated int64 shape = 3`, packed.
-        put_bytes(&mut input, 3, &[1, 64]);
+        packed.clear();
+        shape.iter().for_each(|&d| put_varint(&mut packed, d));
+        put_bytes(&mut input, 3, &packed);
         put_bytes(&mut body, 5, &input);
     }
     input.clear();
@@ -266,14 +282,14 @@ pub fn kserve_grpc() -> Workload {
     put_bytes(&mut body, 6, &input);
     for _ in &features {
         input.clear();
-        for _ in 0..64 {
+        for _ in 0..values {
             input.extend_from_slice(&fp32(&mut rng).to_le_bytes());
         }
         put_bytes(&mut body, 7, &input);
     }
     let allowed = allow_every(&features, 100);
     Workload {
-        name: "kserve-grpc",
+        name,
         path: KSERVE_INFER,
         body,
         json_len: None,
@@ -313,6 +329,7 @@ impl Workload {
                 stage: Default::default(),
                 features: self.allowed.clone(),
                 mode: None,
+                verify: None,
             }],
             labels: Default::default(),
             sha256: None,
@@ -383,6 +400,15 @@ mod tests {
             let trimmed = w.trim(allowed).unwrap();
             assert_eq!((trimmed.kept, trimmed.removed), (100, 900), "{}", w.name);
         }
+        let batch = kserve_grpc_batch();
+        assert!(
+            (1_500_000..1_800_000).contains(&batch.body.len()),
+            "{}",
+            batch.body.len()
+        );
+        let allowed = |k: &str| batch.allowed.iter().any(|a| a == k);
+        let trimmed = batch.trim(allowed).unwrap();
+        assert_eq!((trimmed.kept, trimmed.removed), (100, 900));
         let infer = kserve_grpc();
         assert_eq!(
             grpc::infer_target(&infer.body).unwrap(),

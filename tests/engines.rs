@@ -484,6 +484,7 @@ fn key_answers_carry_over_to_the_next_request_only_when_exact() {
         stage: Default::default(),
         features: features.iter().map(|f| f.to_string()).collect(),
         mode: None,
+        verify: None,
     };
     let mut bundle = Bundle {
         format: FORMAT_V1.into(),

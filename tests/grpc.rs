@@ -130,6 +130,45 @@ async fn tritonclient_grpc_through_the_sidecar_to_mlserver() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_signatures_come_from_the_model_metadata_rpc_of_a_grpc_leaf() {
+    // No bundle: the strict model's inputs come from MLServer's gRPC `ModelMetadata`, asked
+    // on the first miss (the cluster is its gRPC port only).
+    let mlserver = MlServer::start("mlserver-grpc", "strict").await;
+    let dir = TempDir::new("grpc-discover");
+    let mut config = config_with(&[(
+        "mlserver",
+        vec![format!("http://{}", mlserver.grpc)],
+        vec![],
+    )]);
+    let cluster = &mut config.clusters[0];
+    cluster.protocol = UpstreamProtocol::H2c;
+    cluster.discover_signatures = true;
+    cluster.signature_wait_ms = 5_000;
+    config.bundles.dir = Some(dir.0.clone());
+    let sidecar = Sidecar::start(config).await;
+    let report = peers("kserve", sidecar.addr.to_string(), mlserver.grpc.clone()).await;
+
+    // Trimmed from the first request on, to what the leaf declares; the same answers as a
+    // direct call with only those inputs.
+    let allowed = &report["direct_allowed"];
+    assert_eq!(&report["via_sidecar"], allowed);
+    assert_eq!(&report["via_sidecar_gzip"], allowed);
+    assert_eq!(report["stream"].as_array().unwrap().len(), 3);
+    // `lenient` declares no inputs: nothing to trim by, untouched.
+    assert_eq!(
+        report["miss"]["order"],
+        serde_json::json!(["d0", "x", "d1", "z", "d2"])
+    );
+    let metrics = get_text(&sidecar.admin_url("/metrics")).await;
+    let fetched = metric(
+        &metrics,
+        r#"trimmer_signature_fetches_total{result="ok",upstream="mlserver"}"#,
+    );
+    assert!(fetched.is_some_and(|n| n >= 1.0), "{metrics}");
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tf_serving_predict_classify_regress_through_a_recording_stand_in() {
     let leaf_port = dead_addr().await.port();
     let dir = TempDir::new("grpc-tfs");

@@ -106,6 +106,8 @@ async fn mlserver_rejects_the_full_request_and_answers_the_trimmed_one() {
     std::fs::write(dir.path("peers.json"), BUNDLE.replace("triton_m", "strict")).unwrap();
     let mut config = config_with(&[("mlserver", vec![mlserver.url.clone()], vec![])]);
     config.bundles.dir = Some(dir.0.clone());
+    // Shadow verification of every trimmed request: this strict leaf refuses the originals.
+    config.verify.sample = 1.0;
     let sidecar = Sidecar::start(config).await;
     let client = h1_client();
     let body = r#"{"id": "r-1", "inputs": [
@@ -160,6 +162,27 @@ async fn mlserver_rejects_the_full_request_and_answers_the_trimmed_one() {
     assert_eq!(
         metric(&metrics, r#"trim_miss_rate{model="strict"}"#),
         Some(0.5)
+    );
+    // The shadow of the trimmed request (the original) was refused: `error`, never `mismatch`,
+    // and the version keeps trimming.
+    let verified = |result: &'static str| {
+        let url = sidecar.admin_url("/metrics");
+        async move {
+            let text = get_text(&url).await;
+            metric(
+                &text,
+                &format!(r#"trimmer_verify_total{{model="strict",result="{result}"}}"#),
+            )
+        }
+    };
+    eventually("the verification to conclude", || async {
+        verified("error").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(verified("mismatch").await, Some(0.0));
+    assert_eq!(
+        status(&sidecar).await["verify"]["contained"],
+        serde_json::json!([])
     );
     sidecar.stop().await;
 }

@@ -435,7 +435,7 @@ fn diff_shows_per_version_changes_as_text_and_json() {
         &[("m", "1", &["a", "b"]), ("m", "2", &["a"])],
         &[],
     );
-    write(tmp.path("policy.toml"), "[models.m.versions.3]\nstage = \"pending\"\nmode = \"observe\"\n[models.m.versions.2]\nmode = \"off\"\n");
+    write(tmp.path("policy.toml"), "[models.m.versions.3]\nstage = \"pending\"\nmode = \"observe\"\n[models.m.versions.2]\nmode = \"off\"\nverify = { sample = 0.5, abs = 0.01 }\n");
     let policy = tmp.path("policy.toml");
     let (o, new) = build_from(
         &tmp,
@@ -465,7 +465,9 @@ fn diff_shows_per_version_changes_as_text_and_json() {
     );
     assert!(text.contains("- m@1"), "{text}");
     assert!(
-        text.contains("~ m@2  mode default -> off; features added: c"),
+        text.contains(
+            r#"~ m@2  mode default -> off; verify default -> {"sample":0.5,"abs":0.01}; features added: c"#
+        ),
         "{text}"
     );
     let o = trimmer(&[
@@ -481,6 +483,10 @@ fn diff_shows_per_version_changes_as_text_and_json() {
         serde_json::json!(["c"])
     );
     assert_eq!(json["removed"][0]["version"], "1");
+    assert_eq!(
+        json["changed"][0]["verify"],
+        serde_json::json!([null, {"sample": 0.5, "abs": 0.01}])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

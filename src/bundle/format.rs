@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::checksum::bundle_checksum;
-use crate::config::Mode;
+use crate::config::{Mode, VerifyConfig, VerifyOverride};
 
 /// The value of `format` for this version.
 pub const FORMAT_V1: &str = "trimmer.bundle/v1";
@@ -61,6 +61,9 @@ pub struct ModelEntry {
     /// Trimming mode for this version; the configured default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Shadow verification settings for this version, over the configured `[verify]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyOverride>,
 }
 
 /// Rollout stage of a model version.
@@ -161,6 +164,14 @@ impl Bundle {
                     "models[{i}]: `model` and `version` must not be empty"
                 ));
             }
+            if let Some(verify) = &entry.verify {
+                let problems = VerifyConfig::default()
+                    .with(verify)
+                    .problems(&format!("models[{i}].verify."));
+                if !problems.is_empty() {
+                    return fail(problems.join("; "));
+                }
+            }
             if !seen.insert((entry.model.as_str(), entry.version.as_str())) {
                 return fail(format!(
                     "models[{i}]: {}@{} is listed twice",
@@ -219,7 +230,8 @@ mod tests {
       "format": "trimmer.bundle/v1", "bundle": "homefeed", "generation": 42,
       "models": [
         {"model": "homefeed_ranker", "version": "17", "stage": "current", "features": ["f_a", "f_b"]},
-        {"model": "homefeed_ranker", "version": "18", "stage": "pending", "features": ["f_a", "f_c"], "mode": "observe"}
+        {"model": "homefeed_ranker", "version": "18", "stage": "pending", "features": ["f_a", "f_c"], "mode": "observe",
+         "verify": {"sample": 0.05, "abs": 0.001}}
       ],
       "labels": {"homefeed_ranker": {"stable": "17", "canary": "18"}}
     }"#;
@@ -230,6 +242,12 @@ mod tests {
         assert_eq!(bundle.generation, 42);
         assert_eq!(bundle.models[1].mode, Some(Mode::Observe));
         assert_eq!(bundle.models[1].stage, Stage::Pending);
+        let verify = bundle.models[1].verify.unwrap();
+        assert_eq!(
+            (verify.sample, verify.abs, verify.rel),
+            (Some(0.05), Some(0.001), None)
+        );
+        assert_eq!(bundle.models[0].verify, None);
     }
 
     #[test]
@@ -266,6 +284,14 @@ mod tests {
                 "listed twice",
             ),
             (GOOD[..GOOD.len() / 2].to_owned(), "not valid JSON"),
+            (
+                GOOD.replace("\"sample\": 0.05", "\"sample\": 5"),
+                "models[1].verify.sample",
+            ),
+            (
+                GOOD.replace("\"sample\": 0.05", "\"max_inflight\": 5"),
+                "unknown field",
+            ),
         ];
         for (text, expected) in cases {
             let error = Bundle::parse(text.as_bytes(), "homefeed")
@@ -293,6 +319,9 @@ mod tests {
             "labels",
             "sha256",
             "pending",
+            "verify",
+            "noise_sample",
+            "mismatches_to_disable",
         ] {
             assert!(schema.contains(field), "{field} missing from schema");
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustc_hash::FxHashMap;
 
 use crate::classify::VersionSpec;
-use crate::config::{Mode, TrimConfig, Unversioned};
+use crate::config::{Mode, TrimConfig, Unversioned, VerifyOverride};
 use crate::trim::{Allowed, AllowlistId};
 
 use super::format::Bundle;
@@ -91,6 +91,14 @@ pub struct VersionAllowlist {
     pub allowlist: Allowlist,
     /// Mode from the bundle, or the configured default.
     pub mode: Mode,
+    /// The version this is (`None`: the union of a model's versions), which shadow
+    /// verification keys its state by.
+    pub version: Option<Box<str>>,
+    /// Highest generation of the bundles listing this version: a new one re-arms a version
+    /// that shadow verification switched to observe.
+    pub generation: u64,
+    /// The bundle entry's `verify` object (the first bundle's, on a conflict).
+    pub verify: Option<Box<VerifyOverride>>,
 }
 
 /// Everything known about one model.
@@ -184,10 +192,19 @@ impl AllowlistSnapshot {
                         conflicts += 1;
                         existing.allowlist = existing.allowlist.union(&allowlist);
                         existing.mode = existing.mode.min(mode);
+                        existing.generation = existing.generation.max(bundle.generation);
                     }
                     None => {
-                        versions
-                            .insert(entry.version.as_str(), VersionAllowlist { allowlist, mode });
+                        versions.insert(
+                            entry.version.as_str(),
+                            VersionAllowlist {
+                                allowlist,
+                                mode,
+                                version: Some(entry.version.as_str().into()),
+                                generation: bundle.generation,
+                                verify: entry.verify.map(Box::new),
+                            },
+                        );
                     }
                 }
             }
@@ -354,12 +371,20 @@ fn unversioned_allowlist(
                 .max_by(|a, b| compare_versions(numeric, a.0, b.0))
                 .map(|(_, v)| v.clone())
         }
+        // The union is no one version: verification neither samples nor contains it as one.
         Unversioned::Union => versions
             .values()
-            .cloned()
+            .map(|v| VersionAllowlist {
+                version: None,
+                verify: None,
+                ..v.clone()
+            })
             .reduce(|acc, v| VersionAllowlist {
                 allowlist: acc.allowlist.union(&v.allowlist),
                 mode: acc.mode.min(v.mode),
+                version: None,
+                generation: acc.generation.max(v.generation),
+                verify: None,
             }),
     }
 }
@@ -407,6 +432,7 @@ mod tests {
                     stage: Default::default(),
                     features: features.iter().map(|f| (*f).into()).collect(),
                     mode: *mode,
+                    verify: None,
                 })
                 .collect(),
             labels: label_map,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::signature::{self, Signature};
 use crate::bundle::format::{Bundle, ModelEntry, Stage, FORMAT_V1};
-use crate::config::Mode;
+use crate::config::{Mode, VerifyOverride};
 
 /// The policy file: rollout stage, mode and labels per model version. Configuration as code,
 /// validated against the signatures.
@@ -40,6 +40,8 @@ pub struct VersionPolicy {
     pub stage: Option<Stage>,
     /// Trimming mode (default: the sidecar's configured mode).
     pub mode: Option<Mode>,
+    /// Shadow verification settings (default: the sidecar's `[verify]`).
+    pub verify: Option<VerifyOverride>,
 }
 
 /// A `MODEL@VERSION` reference from the command line.
@@ -171,6 +173,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Built, Vec<String>> {
                 stage: v.and_then(|v| v.stage).unwrap_or_default(),
                 features,
                 mode: v.and_then(|v| v.mode),
+                verify: v.and_then(|v| v.verify),
             }
         })
         .collect();

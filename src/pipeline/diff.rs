@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::bundle::format::{Bundle, ModelEntry, Stage};
-use crate::config::Mode;
+use crate::config::{Mode, VerifyOverride};
 
 /// Differences between two bundles.
 #[derive(Debug, Default, Serialize)]
@@ -39,6 +39,8 @@ pub struct VersionSummary {
     pub mode: Option<Mode>,
     /// Number of features.
     pub features: usize,
+    /// Shadow verification override, if set.
+    pub verify: Option<VerifyOverride>,
 }
 
 /// What changed in one model version.
@@ -56,6 +58,8 @@ pub struct VersionChange {
     pub stage: Option<(Stage, Stage)>,
     /// `(old, new)` mode when it changed.
     pub mode: Option<(Option<Mode>, Option<Mode>)>,
+    /// `(old, new)` shadow verification override when it changed.
+    pub verify: Option<(Option<VerifyOverride>, Option<VerifyOverride>)>,
 }
 
 /// A label that changed.
@@ -86,6 +90,7 @@ pub fn diff(old: &Bundle, new: &Bundle) -> BundleDiff {
         stage: m.stage,
         mode: m.mode,
         features: m.features.len(),
+        verify: m.verify,
     };
     let mut d = BundleDiff {
         bundle: new.bundle.clone(),
@@ -114,11 +119,13 @@ pub fn diff(old: &Bundle, new: &Bundle) -> BundleDiff {
                         .collect(),
                     stage: (o.stage != m.stage).then_some((o.stage, m.stage)),
                     mode: (o.mode != m.mode).then_some((o.mode, m.mode)),
+                    verify: (o.verify != m.verify).then_some((o.verify, m.verify)),
                 };
                 if !change.features_added.is_empty()
                     || !change.features_removed.is_empty()
                     || change.stage.is_some()
                     || change.mode.is_some()
+                    || change.verify.is_some()
                 {
                     d.changed.push(change);
                 }
@@ -174,12 +181,15 @@ impl BundleDiff {
         let stage = |s: Stage| format!("{s:?}").to_lowercase();
         for a in &self.added {
             out += &format!(
-                "  + {}@{}  {}, mode {}, {} features\n",
+                "  + {}@{}  {}, mode {}, {} features{}\n",
                 a.model,
                 a.version,
                 stage(a.stage),
                 mode(a.mode),
-                a.features
+                a.features,
+                a.verify
+                    .map(|v| format!(", verify {}", verify_text(Some(v))))
+                    .unwrap_or_default()
             );
         }
         for r in &self.removed {
@@ -198,6 +208,13 @@ impl BundleDiff {
             }
             if let Some((from, to)) = c.mode {
                 parts.push(format!("mode {} -> {}", mode(from), mode(to)));
+            }
+            if let Some((from, to)) = c.verify {
+                parts.push(format!(
+                    "verify {} -> {}",
+                    verify_text(from),
+                    verify_text(to)
+                ));
             }
             if !c.features_added.is_empty() {
                 parts.push(format!("features added: {}", c.features_added.join(", ")));
@@ -225,4 +242,11 @@ impl BundleDiff {
         }
         out
     }
+}
+
+/// A `verify` override as compact JSON (`default` when absent).
+fn verify_text(verify: Option<VerifyOverride>) -> String {
+    verify.map_or("default".to_owned(), |v| {
+        serde_json::to_string(&v).unwrap_or_default()
+    })
 }

@@ -17,12 +17,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::answer::{full, ProxyBody, SyntheticError};
-use super::{await_signature, forwards_header, own_lines, prepare, route, RequestHead};
+use super::{await_signature, forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::compression;
 use crate::headers::{push_header, strip_hop_by_hop, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{self, BoxError, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing, UpstreamError};
+use crate::verify::capture::TeeBody;
+use crate::verify::{Shadow, Verifier};
 
 /// Handles one downstream request; never fails (errors are responses).
 pub async fn handle(
@@ -41,7 +43,7 @@ pub async fn handle(
 /// read (within the limit and time) → decode what is accepted → the lifecycle → send →
 /// the answer as a response.
 async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let (mut parts, body) = request.into_parts();
@@ -67,7 +69,8 @@ async fn forward(
     };
     let (target, cluster) = route(shared, path);
     await_signature(shared, cluster, target.as_ref().filter(|_| head.post)).await;
-    let prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
+    let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
+    let ticket = prepared.verify.take();
     let expects_body = matches!(
         parts.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
@@ -75,8 +78,37 @@ async fn forward(
     let body_len = prepared.body.as_ref().map_or(body.len(), Vec::len);
     let body_len = (framed || expects_body || body_len > 0).then_some(body_len);
     let (mut lines, host_kept) = client_lines(&parts, cluster.preserve_host);
+    // A verified request keeps its original body and head for the shadow.
+    let original = ticket.as_ref().map(|_| {
+        let mut original_lines = lines.clone();
+        own_lines(
+            &mut original_lines,
+            &Prepared::default(),
+            head.binary_json_len,
+            Some(body.len()),
+        );
+        (original_lines, body.clone())
+    });
     own_lines(&mut lines, &prepared, head.binary_json_len, body_len);
     let body = prepared.body.map_or(body, Bytes::from);
+    let verification = match (ticket, original) {
+        (Some(ticket), Some((original_lines, original))) => {
+            let shadow = Shadow {
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                host_kept,
+                original_lines,
+                original,
+                trimmed_lines: lines.clone(),
+                trimmed: body.clone(),
+            };
+            Some(Verifier::start(shared.clone(), ticket, shadow))
+        }
+        _ => None,
+    };
     let answered = match cluster
         .send_h2c(
             &parts.method,
@@ -91,7 +123,16 @@ async fn forward(
         None => exchange_h1(cluster, &parts, &lines, host_kept, &body).await,
     };
     match answered {
-        Ok(response) => Ok(response),
+        Ok(response) => match verification {
+            None => Ok(response),
+            Some(verification) => {
+                // The client reads the answer as always; a copy is kept for the comparison.
+                let status = response.status().as_u16();
+                let (parts, body) = response.into_parts();
+                let body = TeeBody::new(body, status, &parts.headers, verification);
+                Ok(Response::from_parts(parts, body.boxed()))
+            }
+        },
         Err(e) => {
             tracing::warn!(error = %e, path, "upstream request failed");
             Err(SyntheticError::upstream(&e).response())

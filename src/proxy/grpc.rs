@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::answer::{ProxyBody, SyntheticError};
 use super::general::{client_lines, leaf_answer};
-use super::{count_unread, trim_message};
+use super::{await_signature, count_unread, trim_message};
 use crate::classify::{Protocol, Target, Verb, VersionSpec};
 use crate::headers::strip_hop_by_hop;
 use crate::metrics::Outcome;
@@ -233,6 +233,26 @@ fn trimmed_frame(
     }
 }
 
+/// Trims the next score message of a call: made readable, given up to `signature_wait_ms`
+/// for its model's live signature where the cluster discovers them, trimmed and framed. Also
+/// the model it names, for routing.
+async fn trim_next(
+    shared: &Shared,
+    verb: Verb,
+    encoding: Encoding,
+    message: &Message,
+) -> (Framed, Option<String>) {
+    let plain = readable(message, encoding, shared.config.max_body_bytes);
+    let mut model = None;
+    if let Ok(Ok(target)) = plain.as_ref().map(|p| target_of(verb, p)) {
+        let cluster = shared.upstreams.route(Some(target.model.as_ref()));
+        await_signature(shared, cluster, Some(&target)).await;
+        model = Some(target.model.into_owned());
+    }
+    let framed = trimmed_frame(shared, verb, message, plain.as_ref().map_err(|o| *o));
+    (framed, model)
+}
+
 /// A message as its 5-byte prefix and its payload, sent as two chunks (the payload is never
 /// copied to sit behind its prefix).
 type Framed = [Bytes; 2];
@@ -320,10 +340,7 @@ fn pump(
             let chunks: Vec<Result<Bytes, BoxError>> = match verb {
                 Some(verb) => match messages.next().await {
                     Ok(Some(message)) => {
-                        let max = shared.config.max_body_bytes;
-                        let plain = readable(&message, encoding, max);
-                        let plain = plain.as_ref().map_err(|o| *o);
-                        let framed = trimmed_frame(&shared, verb, &message, plain);
+                        let (framed, _) = trim_next(&shared, verb, encoding, &message).await;
                         framed.into_iter().map(Ok).collect()
                     }
                     Ok(None) => break,
@@ -393,12 +410,9 @@ async fn exchange(
             });
         let message = read.inspect_err(|e| shared.metrics.rejected(e.kind).inc())?;
         if let Some(message) = message {
-            let plain = readable(&message, encoding, max);
-            if let Ok(plain) = &plain {
-                model = target_of(verb, plain).ok().map(|t| t.model.into_owned());
-            }
-            let plain = plain.as_ref().map_err(|o| *o);
-            first = VecDeque::from(trimmed_frame(&shared, verb, &message, plain));
+            let (framed, named) = trim_next(&shared, verb, encoding, &message).await;
+            first = VecDeque::from(framed);
+            model = named;
         }
     }
     let cluster = shared.upstreams.route(model.as_deref());

@@ -11,16 +11,20 @@
 //! connection: the socket and the bytes already read go to hyper ([`Rewind`]), which serves
 //! the rest of the connection as before and answers errors as before.
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::answer::SyntheticError;
 use super::io::{ClientStream, Rewind};
-use super::{await_signature, forwards_header, own_lines, prepare, route, RequestHead};
+use super::{await_signature, forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
 use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing};
+use crate::verify::capture::{parse_http1, Tee};
+use crate::verify::{Shadow, Verifier};
 
 /// Headers per head; more go to hyper.
 const MAX_HEADERS: usize = 100;
@@ -31,7 +35,7 @@ const MAX_UPFRONT: usize = 16 * 1024 * 1024;
 /// shutdown begins (`None`), or until a request needs hyper: then the socket comes back with
 /// the bytes already read, unconsumed.
 pub async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut stream: ClientStream,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Rewind> {
@@ -226,7 +230,7 @@ fn parse_request<'s>(shared: &'s Shared, buf: &[u8]) -> Parsed<'s> {
 /// Runs the lifecycle for a request read whole, relays the answer; `false` when the
 /// connection must close.
 async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stream: &mut ClientStream,
     mut request: LeanRequest<'_>,
     body: Vec<u8>,
@@ -243,13 +247,42 @@ async fn forward(
     let (target, _) = route(shared, path);
     await_signature(shared, cluster, target.as_ref()).await;
     let mut prepared = prepare(shared, cluster, target.as_ref(), &head, &body);
-    let body = prepared.body.take().unwrap_or(body);
+    // A verified request keeps its original body and head for the shadow.
+    let original = prepared.verify.as_ref().map(|_| {
+        let mut lines = request.lines.clone();
+        own_lines(
+            &mut lines,
+            &Prepared::default(),
+            head.binary_json_len,
+            Some(body.len()),
+        );
+        lines
+    });
+    let (body, original) = match (prepared.body.take(), original) {
+        (Some(trimmed), Some(lines)) => (trimmed, Some((lines, body))),
+        (Some(trimmed), None) => (trimmed, None),
+        (None, _) => (body, None),
+    };
     own_lines(
         &mut request.lines,
         &prepared,
         head.binary_json_len,
         Some(body.len()),
     );
+    let verification = match (prepared.verify.take(), original) {
+        (Some(ticket), Some((original_lines, original))) => {
+            let shadow = Shadow {
+                target: request.target.clone(),
+                host_kept: request.host_kept,
+                original_lines,
+                original: original.into(),
+                trimmed_lines: request.lines.clone(),
+                trimmed: bytes::Bytes::copy_from_slice(&body),
+            };
+            Some(Verifier::start(shared.clone(), ticket, shadow))
+        }
+        _ => None,
+    };
     let outgoing = Outgoing {
         method: "POST",
         target: &request.target,
@@ -268,7 +301,21 @@ async fn forward(
             return stream.write_all(&answer).await.is_ok();
         }
     };
-    match relay(&head, answer, &mut leaf.stream, stream).await {
+    let relayed = match verification {
+        None => relay(&head, answer, &mut leaf.stream, stream).await,
+        Some(verification) => {
+            // The client's answer is relayed as always; a copy is kept for the comparison.
+            let mut tee = Tee::new(&mut *stream);
+            let relayed = relay(&head, answer, &mut leaf.stream, &mut tee).await;
+            // An answer that failed on its way is not sent: the verification counts `error`.
+            if relayed.is_ok() {
+                let kept = tee.capture.into_bytes().and_then(|b| parse_http1(&b));
+                let _ = verification.send(kept);
+            }
+            relayed
+        }
+    };
+    match relayed {
         Ok(clean) => {
             if clean && head.reusable {
                 leaf.release();

@@ -27,6 +27,7 @@ use crate::trim::grpc::GrpcBody;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Allowed, TrimResult, Untrimmable};
 use crate::upstream::Cluster;
+use crate::verify::Ticket;
 
 /// What the trim step decided for one score request.
 struct Decision<'a> {
@@ -40,6 +41,8 @@ struct Decision<'a> {
     json_len: Option<usize>,
     /// Features removed (or, in mode observe, that would have been).
     removed: u64,
+    /// Shadow verification admitted for this trimmed request.
+    verify: Option<Ticket>,
 }
 
 /// Metric handles that outlive the snapshot guard: the model's (shared) or `_unknown`'s.
@@ -71,7 +74,9 @@ pub struct RequestHead<'h> {
     pub binary_json_len: Option<&'h [u8]>,
 }
 
-/// The body and head additions the lifecycle decided for one request.
+/// The body and head additions the lifecycle decided for one request (`Default`: none, the
+/// request as it came).
+#[derive(Default)]
 pub struct Prepared {
     /// The body to send instead of the one received (trimmed and/or encoded), if any.
     pub body: Option<Vec<u8>>,
@@ -79,6 +84,9 @@ pub struct Prepared {
     pub json_len: Option<usize>,
     /// `Content-Encoding` the lifecycle applied towards the cluster (`lz4`).
     pub encoding: Option<&'static str>,
+    /// Shadow verification admitted for this request: the transport keeps the original body
+    /// and starts it ([`crate::verify::Verifier::start`]).
+    pub verify: Option<Ticket>,
 }
 
 /// classify → route: the score target a path names, if any, and the cluster that serves its
@@ -104,6 +112,7 @@ pub fn prepare(
         body: None,
         json_len: None,
         encoding: None,
+        verify: None,
     };
     if let Some(target) = target.filter(|t| t.verb.is_some() && head.post) {
         let headers = TrimHeaders {
@@ -114,8 +123,13 @@ pub fn prepare(
         let trimmed = trim_request(shared, cluster, target, headers, body);
         prepared.body = trimmed.body;
         prepared.json_len = trimmed.json_len;
+        prepared.verify = trimmed.verify;
     }
     if cluster.compression == Compression::Lz4 && head.encoding.is_none() {
+        // The shadow would need the same encoding: clusters with compression are not verified.
+        if let Some(ticket) = prepared.verify.take() {
+            ticket.skip();
+        }
         let plain = prepared.body.as_deref().unwrap_or(body);
         if !plain.is_empty() {
             match compression::encode(plain) {
@@ -239,6 +253,8 @@ struct Trimmed {
     body: Option<Vec<u8>>,
     /// New `Inference-Header-Content-Length` of a trimmed Triton binary body.
     json_len: Option<usize>,
+    /// Shadow verification admitted for this request.
+    verify: Option<Ticket>,
 }
 
 /// Trims a score request (`target` has a verb and the method is POST) and records it in the
@@ -258,6 +274,7 @@ fn trim_request(
     Trimmed {
         body: decision.body,
         json_len: decision.json_len,
+        verify: decision.verify,
     }
 }
 
@@ -278,6 +295,7 @@ fn decide<'a>(
         body: None,
         json_len: None,
         removed: 0,
+        verify: None,
     };
     let snapshot = &state.allowlists;
     let lookup = snapshot.lookup(&target.model, &target.version);
@@ -325,14 +343,24 @@ fn decide<'a>(
         (_, None) if index.is_none() => return untouched(Outcome::UnknownModel, model),
         (_, None) => return untouched(Outcome::UnknownVersion, model),
         (_, Some(None)) => return untouched(Outcome::NotTrimmable, model),
+        // Shadow verification may hold a bundle's version in observe.
         (LiveDecision::Observe, Some(Some(entry))) => (
             Allow::Bundle(snapshot.allowed(&entry.allowlist)),
-            entry.mode.min(Mode::Observe),
+            shared
+                .verifier
+                .mode(&target.model, entry)
+                .min(Mode::Observe),
         ),
         (LiveDecision::None, Some(Some(entry))) => (
             Allow::Bundle(snapshot.allowed(&entry.allowlist)),
-            entry.mode,
+            shared.verifier.mode(&target.model, entry),
         ),
+    };
+    // Only a bundle's allowlist is verified (a live signature is the leaf's own word), and only
+    // for REST: gRPC answers are not compared (yet).
+    let verified_entry = match (&allowed, entry) {
+        (Allow::Bundle(_), Some(Some(entry))) if !headers.grpc => Some(entry),
+        _ => None,
     };
     if mode == Mode::Off {
         return untouched(Outcome::Disabled, model);
@@ -357,9 +385,23 @@ fn decide<'a>(
             body: None,
             json_len: None,
             removed: trimmed.removed,
+            verify: None,
         },
         Ok(trimmed) => Decision {
             outcome: Outcome::Trimmed,
+            verify: match (&model, verified_entry) {
+                (ModelHandle::Known(metrics), Some(entry)) if trimmed.removed > 0 => {
+                    shared.verifier.sample(
+                        metrics,
+                        &target.model,
+                        target.protocol,
+                        entry,
+                        body.len(),
+                        trimmed.body.len(),
+                    )
+                }
+                _ => None,
+            },
             model,
             removed: trimmed.removed,
             json_len: trimmed.json_len.filter(|_| trimmed.removed > 0),

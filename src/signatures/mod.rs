@@ -5,9 +5,10 @@
 //! queues a fetch; [`worker`] makes every metadata request, off the request path, within the
 //! cluster's budget. [`metadata`] reads the leaves' documents.
 //!
-//! gRPC: a cluster whose leaves speak only gRPC (h2c without REST) would need the metadata
-//! RPCs (`ModelMetadata`, `GetModelMetadata`); they are not asked yet, so discovery and the drift
-//! check there see every fetch fail (counted, negative-cached) and change nothing.
+//! gRPC: on an h2c cluster a KServe model's metadata is asked as the `ModelMetadata` RPC
+//! first (the upstream client gives its answer in the REST document's shape), then over REST.
+//! TF Serving's `GetModelMetadata` is not asked: an h2c TF Serving leaf without REST sees
+//! every fetch fail (counted, negative-cached) and nothing change.
 
 pub mod metadata;
 pub mod worker;

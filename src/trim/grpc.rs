@@ -635,6 +635,45 @@ pub fn infer_target(msg: &[u8]) -> Result<InferTarget<'_>, Untrimmable> {
     Ok(target)
 }
 
+/// What live signatures read of a KServe `ModelMetadataResponse { string name = 1; repeated
+/// string versions = 2; string platform = 3; repeated TensorMetadata inputs = 4; … }`: the
+/// versions and the input names (`TensorMetadata { string name = 1; … }`), in order.
+pub fn metadata_inputs(msg: &[u8]) -> Result<(Vec<&str>, Vec<&str>), Untrimmable> {
+    let (mut versions, mut inputs) = (Vec::new(), Vec::new());
+    let mut fields = Fields::new(msg, 0, msg.len());
+    while let Some(f) = fields.next()? {
+        match f.number {
+            2 => versions.push(f.string(msg)?),
+            4 => {
+                f.expect_len()?;
+                let mut name = "";
+                let mut inner = Fields::new(msg, f.value, f.end);
+                while let Some(g) = inner.next()? {
+                    if g.number == 1 {
+                        name = g.string(msg)?;
+                    }
+                }
+                inputs.push(name);
+            }
+            _ => {}
+        }
+    }
+    Ok((versions, inputs))
+}
+
+/// A KServe `ModelMetadataRequest { string name = 1; string version = 2; }`.
+pub fn metadata_request(name: &str, version: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + version.len() + 8);
+    for (number, value) in [(1u64, name), (2, version)] {
+        if !value.is_empty() {
+            put_varint(&mut out, number << 3 | u64::from(LEN));
+            put_varint(&mut out, value.len() as u64);
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+    out
+}
+
 const VARINT: u8 = 0;
 const I64: u8 = 1;
 const LEN: u8 = 2;

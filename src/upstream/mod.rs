@@ -629,9 +629,23 @@ impl Cluster {
 
     /// `GET path` on an endpoint of the cluster (the attempt rules of every request), for the
     /// sidecar's own metadata requests: the status and the body, read whole up to `limit`.
+    /// On an h2c cluster a KServe metadata path is asked as the `ModelMetadata` RPC first (h2c
+    /// leaves are usually gRPC ports) and its answer given as the REST document would be;
+    /// REST follows when the endpoint does not answer as a gRPC server.
     pub async fn get(&self, path: &str, limit: usize) -> Result<(u16, Vec<u8>), UpstreamError> {
         const LINES: &[u8] = b"accept: application/json\r\n\r\n";
         if self.h2c.is_some() {
+            let kserve = crate::classify::classify(path)
+                .filter(|t| t.protocol == crate::classify::Protocol::KServeV2 && t.verb.is_none());
+            if let Some(target) = kserve {
+                let version = match &target.version {
+                    crate::classify::VersionSpec::Version(v) => v.as_ref(),
+                    _ => "",
+                };
+                if let Some(answer) = self.grpc_metadata(&target.model, version, limit).await {
+                    return answer;
+                }
+            }
             let target = PathAndQuery::try_from(path)
                 .map_err(|e| self.malformed("-", format!("bad metadata path {path}: {e}")))?;
             let method = http::Method::GET;
@@ -678,6 +692,74 @@ impl Cluster {
                 timeout_ms: self.request_timeout.as_millis() as u64,
             }),
         }
+    }
+
+    /// KServe's `ModelMetadata` RPC, its answer as the REST document (`versions`, `inputs[]`
+    /// with their names); a gRPC `NOT_FOUND` as 404. `None` when the endpoint did not answer
+    /// as a gRPC server.
+    async fn grpc_metadata(
+        &self,
+        model: &str,
+        version: &str,
+        limit: usize,
+    ) -> Option<Result<(u16, Vec<u8>), UpstreamError>> {
+        use http_body_util::BodyExt as _;
+        const LINES: &[u8] = b"content-type: application/grpc\r\nte: trailers\r\n\r\n";
+        let message = crate::trim::grpc::metadata_request(model, version);
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let framed = Bytes::from(framed);
+        let body = || {
+            http_body_util::Full::new(framed.clone())
+                .map_err(|never: std::convert::Infallible| -> h1::BoxError { match never {} })
+                .boxed()
+        };
+        let method = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelMetadata");
+        let sent = self.send_h2c(&http::Method::POST, Some(&method), LINES, &body, None);
+        let response = match sent.await? {
+            Ok(response) => response,
+            Err(e) => return Some(Err(e)),
+        };
+        let grpc = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return None;
+        }
+        let head_status = response.headers().get("grpc-status").cloned();
+        let limited = http_body_util::Limited::new(response.into_body(), limit);
+        let collected = match limited.collect().await {
+            Ok(collected) => collected,
+            Err(e) => return Some(Err(self.malformed("-", format!("ModelMetadata: {e}")))),
+        };
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(head_status);
+        let body = collected.to_bytes();
+        Some(Ok(match status.as_ref().map(|s| s.as_bytes()) {
+            Some(b"0") => match body.get(5..).map(crate::trim::grpc::metadata_inputs) {
+                Some(Ok((versions, inputs))) => {
+                    let inputs: Vec<_> = inputs
+                        .iter()
+                        .map(|name| serde_json::json!({ "name": name }))
+                        .collect();
+                    let doc = serde_json::json!({ "versions": versions, "inputs": inputs });
+                    (200, doc.to_string().into_bytes())
+                }
+                _ => (200, b"not a ModelMetadataResponse".to_vec()),
+            },
+            Some(b"5") => (404, Vec::new()),
+            other => {
+                let code = other.map(|s| String::from_utf8_lossy(s).into_owned());
+                (
+                    502,
+                    format!("ModelMetadata: grpc-status {code:?}").into_bytes(),
+                )
+            }
+        }))
     }
 
     fn status(&self) -> ClusterStatus {
