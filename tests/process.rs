@@ -295,12 +295,14 @@ async fn sighup_rescans_the_bundle_directory() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// `TRIMMER_AVX512=off` makes the engines take the path of a CPU without AVX-512BW (no map
-/// index; SSE2 number arrays), so CI on AVX-512 hardware runs it end to end too. Through a real
-/// process it must trim byte for byte as this test process's engines do (the AVX-512 path here
-/// when the CPU has it; on a CPU without, both are portable and the test only checks the switch).
+/// `TRIMMER_AVX512=off` makes the engines take the path of a CPU without AVX-512BW (the AVX2
+/// map index, or none without AVX2), and `TRIMMER_AVX2=off` with it the path of a CPU without
+/// either (no map index; SSE2 number arrays), so CI on AVX-512 hardware runs them end to end
+/// too. Through a real process each must trim byte for byte as this test process's engines do
+/// (the AVX-512 path here when the CPU has it; where the paths are the same, the test only
+/// checks the switches, and says so).
 #[tokio::test]
-async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
+async fn each_vector_path_the_switches_pick_trims_the_same_bytes() {
     use feature_trimmer::bundle::snapshot::{AllowlistSnapshot, Lookup};
     use feature_trimmer::classify::VersionSpec;
     use feature_trimmer::config::TrimConfig;
@@ -333,47 +335,59 @@ async fn with_avx512_off_the_portable_engine_trims_the_same_bytes() {
 
     let leaf = Leaf::start("leaf").await;
     let bundles = dir.path("bundles");
-    let spawned = spawn_trimmer(
-        &[
-            "--upstream",
-            &leaf.url(),
-            "--bundles",
-            bundles.to_str().unwrap(),
-        ],
-        &[("TRIMMER_AVX512", "off")],
-    );
-    assert_eq!(spawned.engine, "portable");
-    let ready = format!("http://{}/readyz", spawned.admin);
-    eventually("readiness", || async {
-        send(&h1_client(), "GET", &ready, "").await.status == 200
-    })
-    .await;
-    let client = h1_client();
-    for w in [&text, &json] {
-        let expected = w.trim(snapshot.allowed(&entry.allowlist)).unwrap();
-        assert!(expected.removed > 0, "{}", w.name);
-        let url = format!("http://{}{}", spawned.proxy, w.path);
-        assert_eq!(
-            send(&client, "POST", &url, w.body.clone()).await.status,
-            200
+    let here = vector_path();
+    let off: &[(&str, &str)] = &[("TRIMMER_AVX512", "off")];
+    let both_off: &[(&str, &str)] = &[("TRIMMER_AVX512", "off"), ("TRIMMER_AVX2", "off")];
+    for (env, engines) in [
+        (off, &["avx2", "portable"][..]),
+        (both_off, &["portable"][..]),
+    ] {
+        let spawned = spawn_trimmer(
+            &[
+                "--upstream",
+                &leaf.url(),
+                "--bundles",
+                bundles.to_str().unwrap(),
+            ],
+            env,
         );
-        let seen = leaf.seen();
-        let got = &seen.last().unwrap().body;
         assert!(
-            got[..] == expected.body[..],
-            "{}: the leaf got other bytes",
-            w.name
+            engines.contains(&spawned.engine.as_str()),
+            "{env:?} picked {}",
+            spawned.engine
         );
-    }
-    let vector = vector_path();
-    if vector != "avx512" {
-        // Past the harness's output capture: on this path the comparison is portable against
-        // portable, which checks the switch but not that the two paths agree.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "PARTLY SKIPPED in with_avx512_off_the_portable_engine_trims_the_same_bytes: this \
-             process runs the {vector} path too, so no AVX-512 output was compared"
-        );
+        let ready = format!("http://{}/readyz", spawned.admin);
+        eventually("readiness", || async {
+            send(&h1_client(), "GET", &ready, "").await.status == 200
+        })
+        .await;
+        let client = h1_client();
+        for w in [&text, &json] {
+            let expected = w.trim(snapshot.allowed(&entry.allowlist)).unwrap();
+            assert!(expected.removed > 0, "{}", w.name);
+            let url = format!("http://{}{}", spawned.proxy, w.path);
+            assert_eq!(
+                send(&client, "POST", &url, w.body.clone()).await.status,
+                200
+            );
+            let seen = leaf.seen();
+            let got = &seen.last().unwrap().body;
+            assert!(
+                got[..] == expected.body[..],
+                "{} on {}: the leaf got other bytes",
+                w.name,
+                spawned.engine
+            );
+        }
+        if spawned.engine == here {
+            // Past the harness's output capture: this comparison is a path against itself,
+            // which checks the switch but not that two paths agree.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "PARTLY SKIPPED in each_vector_path_the_switches_pick_trims_the_same_bytes: with \
+                 {env:?} the child runs the {here} path as this process does"
+            );
+        }
     }
 }

@@ -1,9 +1,15 @@
-//! A bit-parallel index of one feature map (a JSON object), eight 64-byte blocks at a time,
-//! one per 64-bit lane of an AVX-512 register: byte classes become one bit per byte, strings
-//! and arrays become bit regions, and the JSON grammar of the object becomes conditions on those
-//! masks, so a member costs a few bit operations instead of a branch per byte and per token.
-//! The result is the member boundaries the engine splices by. Without AVX-512BW (checked at run
-//! time, see `vector_path`) there is no index and the cursor does all the work.
+//! A bit-parallel index of one feature map (a JSON object): byte classes become one bit per
+//! byte, strings and arrays become bit regions, and the JSON grammar of the object becomes
+//! conditions on those masks, so a member costs a few bit operations instead of a branch per
+//! byte and per token. The result is the member boundaries the engine splices by.
+//!
+//! The grammar is written once, over [`Lanes`]; two shapes run it (picked at run time, see
+//! `vector_path`): with AVX-512BW, eight 64-byte blocks at a time, one per 64-bit lane of a
+//! register; with AVX2 (and PCLMULQDQ), one block at a time in a plain `u64`, as simdjson's
+//! stage 1 does: only the classifier (compares and a nibble lookup into one mask per class)
+//! and the string mask (a carry-less multiply) are vector code, so another CPU needs only
+//! those two (see [`Classify`]). Without either there is no index and the cursor does all the
+//! work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
 //! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; whether a
@@ -69,13 +75,14 @@ macro_rules! each_class {
 /// next key), which the engine does only for the members it keeps.
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    /// For each member in order: its key's opening quote, one past its closing quote.
+    /// For each member in order: its key's opening quote, one past its closing quote. Only
+    /// the first `found` are this object's; the rest is room the scan writes into (a chunk's
+    /// worth and sixteen more), so that positions go straight to their place.
     spans: Vec<u32>,
+    /// How many of `spans` hold positions.
+    found: usize,
     /// How many keys were found (half the spans for a valid object).
     keys: u32,
-    /// The positions found in one chunk (one per byte at most, and room to write sixteen
-    /// past the last).
-    found: Vec<u32>,
     /// Whether the map has bytes above 0x7F (in its strings), which are not checked here.
     pub(super) high: bool,
 }
@@ -83,7 +90,7 @@ pub(super) struct Members {
 impl Members {
     /// Each member's key bounds, quotes included.
     pub(super) fn keys(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (pairs, _) = self.spans.as_chunks::<2>();
+        let (pairs, _) = self.spans[..self.found].as_chunks::<2>();
         pairs
             .iter()
             .map(|&[start, end]| (start as usize, end as usize))
@@ -95,7 +102,7 @@ impl Members {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.spans.len() / 2
+        self.found / 2
     }
 
     /// One past the value of member `i` of the object that ends at `end` (one past its `}`):
@@ -108,7 +115,9 @@ impl Members {
             }
             at
         };
-        let next = self.spans.get(2 * (i + 1)).map_or(end - 1, |&k| k as usize);
+        let next = self.spans[..self.found]
+            .get(2 * (i + 1))
+            .map_or(end - 1, |&k| k as usize);
         let at = space(next);
         if bytes[at - 1] == b',' {
             space(at - 1)
@@ -118,47 +127,58 @@ impl Members {
     }
 }
 
-/// Bytes per chunk: eight blocks, one per lane.
-const CHUNK: usize = 512;
+/// How far ahead of the scan the body is asked into the cache, in bytes.
+const PREFETCH_AHEAD: usize = 2048;
 
 /// Indexes the object whose `{` is at `open`. Returns the offset one past its `}` with
 /// `members` filled, or `None` (members unspecified) when the cursor must decide.
 pub(super) fn index(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(cpu) = Avx512::get() {
-        return cpu.index(bytes, open, members);
+    {
+        if let Some(cpu) = Avx512::get() {
+            return cpu.index(bytes, open, members);
+        }
+        if let Some(cpu) = Avx2::get() {
+            return cpu.index(bytes, open, members);
+        }
     }
     let _ = (bytes, open, members);
     None
 }
 
-/// Whether [`index`] runs here: the CPU has AVX-512BW, POPCNT and BMI1, and they are not
-/// turned off (see [`Avx512`]).
-pub(super) fn runs() -> bool {
+/// Which index runs here: `"avx512"` (see [`Avx512`]), `"avx2"` (see [`Avx2`]), or `None`
+/// (the cursor alone).
+pub(super) fn runs() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
-    return Avx512::get().is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    {
+        if Avx512::get().is_some() {
+            return Some("avx512");
+        }
+        if Avx2::get().is_some() {
+            return Some("avx2");
+        }
+    }
+    None
 }
 
 #[cfg(target_arch = "x86_64")]
+use avx2::Avx2;
+#[cfg(target_arch = "x86_64")]
 use avx512::Avx512;
 
-/// The scan over chunks of eight blocks; `L` does the classifying and the lane arithmetic, on
-/// the CPU `cpu` vouches for.
+/// The scan over chunks of `L::BLOCKS` blocks; `L` does the classifying and the lane
+/// arithmetic, on the CPU `cpu` vouches for.
 #[inline(always)]
 fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-    if bytes.len() >= u32::MAX as usize - CHUNK {
+    let chunk_len = 64 * L::BLOCKS;
+    if bytes.len() >= u32::MAX as usize - chunk_len {
         return None;
     }
-    members.found.resize(CHUNK + 16, 0);
-    // Room for the keys of a first chunk full of members, instead of growing from nothing.
-    members.spans.reserve(CHUNK / 2);
     // A small map would pay for eight blocks: its first chunk stops after the first block
     // holding a `}`; the blocks after it count as control bytes. If that `}` was in a string,
     // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
     for mut short in [true, false] {
-        members.spans.clear();
+        members.found = 0;
         members.keys = 0;
         let mut state = State::<L>::new(cpu);
         let mut at = open + 1;
@@ -168,7 +188,8 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
             // ahead (-10 % trim time per tfs-rows request end to end; no change measurable in
             // the bench, which reads the same body again and again).
             #[cfg(target_arch = "x86_64")]
-            if let Some(ahead) = bytes.get(at + 4 * CHUNK..at + 5 * CHUNK) {
+            let ahead = at + PREFETCH_AHEAD;
+            if let Some(ahead) = bytes.get(ahead..ahead + chunk_len) {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                 for line in ahead.chunks(64) {
                     // SAFETY: a prefetch is a hint, of bytes of `bytes`.
@@ -176,9 +197,14 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                 }
             }
             // Each block's classes go straight to their lane.
-            let mut chunk = Classes::<[u64; 8]>::default();
-            let mut filled = 8;
-            for j in 0..8 {
+            // Room for every position this chunk can hold, and sixteen slots more.
+            let room = members.found + chunk_len + 16;
+            if members.spans.len() < room {
+                members.spans.resize(room.max(2 * members.spans.len()), 0);
+            }
+            let mut chunk = Classes::<L::Words>::default();
+            let mut filled = L::BLOCKS;
+            for j in 0..L::BLOCKS {
                 let from = at + 64 * j;
                 let classes = match bytes.get(from..from + 64) {
                     Some(block) => L::classify(cpu, block.try_into().ok()?),
@@ -191,7 +217,7 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                     }
                 };
                 macro_rules! set {
-                    ($($field:ident),*) => { $(chunk.$field[j] = classes.$field;)* };
+                    ($($field:ident),*) => { $(chunk.$field.as_mut()[j] = classes.$field;)* };
                 }
                 each_class!(set);
                 high |= classes.high;
@@ -201,7 +227,7 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                 }
             }
             // Blocks not read count as control bytes, which nothing in a map may be.
-            chunk.escape[filled..].fill(!0);
+            chunk.escape.as_mut()[filled..].fill(!0);
             macro_rules! load {
                 ($($field:ident),*) => {
                     Classes {
@@ -211,13 +237,13 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                 };
             }
             match state.step(&each_class!(load), at as u32, members) {
-                Some(None) => at += CHUNK,
+                Some(None) => at += chunk_len,
                 Some(Some(end)) => {
                     // The grammar kept bytes above 0x7F inside strings; the caller checks them.
                     members.high = high != 0;
                     return finish(members, at + end);
                 }
-                None if filled < 8 => break,
+                None if filled < L::BLOCKS => break,
                 None => return None,
             }
             // Only the first chunk is ever short.
@@ -231,7 +257,7 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
 /// value, not a map, which the cursor tells apart).
 fn finish(members: &Members, end: usize) -> Option<usize> {
     let keys = members.keys as usize;
-    (keys >= 2 && members.spans.len() == 2 * keys).then_some(end + 1)
+    (keys >= 2 && members.found == 2 * keys).then_some(end + 1)
 }
 
 /// Classifies a block byte by byte: the reference for the vector classifier.
@@ -272,18 +298,38 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
     k
 }
 
-/// Eight 64-bit words, one per block of a chunk (bit `i` of lane `j` is byte `64 * j + i`),
-/// and the block classifier that goes with them. The grammar is written once over this.
-trait Lanes: Bits<Carry = u8> {
+/// One 64-bit word per block of a chunk of [`Lanes::BLOCKS`] blocks (bit `i` of lane `j` is
+/// byte `64 * j + i`), and the block classifier that goes with them. The grammar is written
+/// once over this.
+trait Lanes: Bits {
     /// What vouches for the instructions the lanes run (a lane value exists only with one).
     type Cpu: Copy;
+    /// The lanes as plain words.
+    type Words: Copy + Default + AsRef<[u64]> + AsMut<[u64]>;
+    /// Blocks per chunk, eight at most (sets of lanes are `u8`s).
+    const BLOCKS: usize;
     fn classify(cpu: Self::Cpu, block: &[u8; 64]) -> Classes<u64>;
-    fn from_words(cpu: Self::Cpu, words: [u64; 8]) -> Self;
-    fn words(self) -> [u64; 8];
+    fn from_words(cpu: Self::Cpu, words: Self::Words) -> Self;
+    fn words(self) -> Self::Words;
     /// Writes `base + i` for each set bit `i` of `bits` to `out` from `n` on, and returns the
     /// new `n`. May write up to sixteen slots past it.
     fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize;
     fn splat(cpu: Self::Cpu, x: u64) -> Self;
+    /// Bit `i` set where the bits up to `i`, in this and all earlier lanes and chunks, have
+    /// odd parity; `carry` holds the previous chunk's result.
+    fn prefix_xor(self, carry: &mut Self) -> Self;
+    /// The lowest set bit of each lane.
+    fn lowest(self) -> Self;
+    /// For each lane holding one bit: that bit and all below it; all ones for zero lanes.
+    fn through(self) -> Self;
+    /// Lanes with any bit set.
+    fn nonzero(self) -> u8;
+    /// Lanes not in `lanes` cleared.
+    fn keep(self, lanes: u8) -> Self;
+}
+
+/// The lane arithmetic of eight lanes in one value, which [`Lanes`] on them is made of.
+trait Wide: Lanes<Carry = u8> {
     fn shl<const N: u32>(self) -> Self;
     /// Bit 63 moved to bit 0.
     fn top(self) -> Self;
@@ -297,26 +343,18 @@ trait Lanes: Bits<Carry = u8> {
     fn add(self, o: Self) -> (Self, u8);
     /// Adds one in `lanes`; returns the lanes that wrapped to zero.
     fn inc(self, lanes: u8) -> (Self, u8);
-    /// The lowest set bit of each lane.
-    fn lowest(self) -> Self;
-    /// For each lane holding one bit: that bit and all below it; all ones for zero lanes.
-    fn through(self) -> Self;
-    /// Lanes with any bit set.
-    fn nonzero(self) -> u8;
-    /// Lanes not in `lanes` cleared.
-    fn keep(self, lanes: u8) -> Self;
 }
 
 /// [`Bits::later`] for lanes: bit 0 of lane 0 from the previous chunk's last byte.
 #[inline(always)]
-fn later<L: Lanes>(x: L, before: L) -> L {
+fn later<L: Wide>(x: L, before: L) -> L {
     x.shl::<1>().or(x.up1(before).top())
 }
 
 /// [`Bits::add_carried`] for lanes: carries between lanes, and from the previous chunk's top
 /// lane (`carry` is 1 when it carried out).
 #[inline(always)]
-fn add_carried<L: Lanes>(run: L, seeds: L, carry: &mut u8) -> L {
+fn add_carried<L: Wide>(run: L, seeds: L, carry: &mut u8) -> L {
     let (mut sum, carried) = run.add(seeds);
     let mut out = carried >> 7;
     let mut lanes = (carried << 1) | *carry;
@@ -331,10 +369,10 @@ fn add_carried<L: Lanes>(run: L, seeds: L, carry: &mut u8) -> L {
     sum
 }
 
-/// Bit `i` set where the bits up to `i`, in this and all earlier lanes and chunks, have odd
-/// parity; `carry` holds the previous chunk's result.
+/// [`Lanes::prefix_xor`] for eight lanes.
 #[inline(always)]
-fn prefix_xor<L: Lanes>(x: L, carry: &mut L, zero: L) -> L {
+fn prefix_xor<L: Wide>(x: L, carry: &mut L) -> L {
+    let zero = x.xor(x);
     let mut x = x;
     x = x.xor(x.shl::<1>());
     x = x.xor(x.shl::<2>());
@@ -354,9 +392,9 @@ fn prefix_xor<L: Lanes>(x: L, carry: &mut L, zero: L) -> L {
 /// The first significant byte after each byte of a class: the next byte, or the first byte
 /// past the run of whitespace that follows.
 #[derive(Clone, Copy)]
-struct After<L> {
+struct After<L: Bits> {
     prev: Prev<L>,
-    carry: u8,
+    carry: L::Carry,
 }
 
 impl<L: Lanes> After<L> {
@@ -375,7 +413,7 @@ struct State<L: Lanes> {
     cpu: L::Cpu,
     in_string: L,
     in_array: L,
-    key_close_carry: u8,
+    key_close_carry: L::Carry,
     numbers: NumberGrammar<L>,
     key_end: Prev<L>,
     after_key_start: After<L>,
@@ -390,18 +428,21 @@ impl<L: Lanes> State<L> {
     fn new(cpu: L::Cpu) -> Self {
         let zero = L::splat(cpu, 0);
         let prev = Prev(zero);
-        let after = After { prev, carry: 0 };
+        let after = After {
+            prev,
+            carry: L::Carry::default(),
+        };
         State {
             cpu,
             in_string: zero,
             in_array: zero,
-            key_close_carry: 0,
+            key_close_carry: L::Carry::default(),
             numbers: NumberGrammar::new(zero),
             key_end: prev,
             // The object's `{` precedes the first chunk: its successor must be a key.
             after_key_start: After {
                 prev: Prev(L::splat(cpu, 1 << 63)),
-                carry: 0,
+                carry: L::Carry::default(),
             },
             after_key_close: after,
             after_colon: after,
@@ -417,8 +458,7 @@ impl<L: Lanes> State<L> {
     #[inline(always)]
     fn step(&mut self, k: &Classes<L>, base: u32, members: &mut Members) -> Option<Option<usize>> {
         // Strings: with no backslash, quotes alternate open and close.
-        let zero = L::splat(self.cpu, 0);
-        let in_string = prefix_xor(k.quote, &mut self.in_string, zero);
+        let in_string = k.quote.prefix_xor(&mut self.in_string);
         let open_quote = k.quote.and(in_string);
         let close_quote = k.quote.but(in_string);
         let string_or_quote = in_string.or(k.quote);
@@ -427,12 +467,14 @@ impl<L: Lanes> State<L> {
         let open_bracket = k.open_bracket.but(string_or_quote);
         let close_bracket = k.close_bracket.but(string_or_quote);
         // Arrays: with no nesting, brackets alternate open and close (checked below).
-        let in_array = prefix_xor(open_bracket.or(close_bracket), &mut self.in_array, zero);
+        let in_array = open_bracket
+            .or(close_bracket)
+            .prefix_xor(&mut self.in_array);
         // Live: up to and including the first `}` outside strings.
         let ends = close_brace.lowest();
         let end_lanes = ends.nonzero();
         let live_lanes = if end_lanes == 0 {
-            0xff
+            ((1u16 << L::BLOCKS) - 1) as u8
         } else {
             ((2u16 << end_lanes.trailing_zeros()) - 1) as u8
         };
@@ -511,17 +553,18 @@ impl<L: Lanes> State<L> {
         let key_end = self.key_end.of(key_close);
         let key = key.and(live).words();
         let key_end = key_end.and(live).words();
-        let mut n = 0;
+        let mut n = members.found;
         let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
-            members.keys += key[j].count_ones();
+            let (key, key_end) = (key.as_ref()[j], key_end.as_ref()[j]);
+            members.keys += key.count_ones();
             let base = base + 64 * j as u32;
-            n = L::positions(key[j] | key_end[j], base, &mut members.found, n);
+            n = L::positions(key | key_end, base, &mut members.spans, n);
         }
-        members.spans.extend_from_slice(&members.found[..n]);
+        members.found = n;
         Some((end_lanes != 0).then(|| {
             let lane = end_lanes.trailing_zeros() as usize;
-            64 * lane + ends.words()[lane].trailing_zeros() as usize
+            64 * lane + ends.words().as_ref()[lane].trailing_zeros() as usize
         }))
     }
 }
@@ -582,6 +625,8 @@ impl Bits for Words {
 impl Lanes for Words {
     /// Plain words run on any CPU.
     type Cpu = ();
+    type Words = [u64; 8];
+    const BLOCKS: usize = 8;
     fn classify((): (), block: &[u8; 64]) -> Classes<u64> {
         classify_bytewise(block)
     }
@@ -591,17 +636,37 @@ impl Lanes for Words {
     fn words(self) -> [u64; 8] {
         self.0
     }
-    fn positions(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
-        while bits != 0 {
-            out[n] = base + bits.trailing_zeros();
-            n += 1;
-            bits &= bits - 1;
-        }
-        n
+    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+        positions_loop(bits, base, out, n)
     }
     fn splat((): (), x: u64) -> Self {
         Words([x; 8])
     }
+    fn prefix_xor(self, carry: &mut Self) -> Self {
+        prefix_xor(self, carry)
+    }
+    fn lowest(self) -> Self {
+        Words(self.0.map(|a| a & a.wrapping_neg()))
+    }
+    fn through(self) -> Self {
+        Words(self.0.map(|a| a | a.wrapping_sub(1)))
+    }
+    fn nonzero(self) -> u8 {
+        Words::lanes(|j| self.0[j] != 0)
+    }
+    fn keep(self, lanes: u8) -> Self {
+        Words(std::array::from_fn(|j| {
+            if lanes >> j & 1 == 1 {
+                self.0[j]
+            } else {
+                0
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+impl Wide for Words {
     fn shl<const N: u32>(self) -> Self {
         Words(self.0.map(|a| a << N))
     }
@@ -630,30 +695,196 @@ impl Lanes for Words {
         }));
         (sum, Words::lanes(|j| lanes >> j & 1 == 1 && sum.0[j] == 0))
     }
-    fn lowest(self) -> Self {
-        Words(self.0.map(|a| a & a.wrapping_neg()))
+}
+
+/// [`Lanes::positions`] one bit at a time: for one block of a map, a handful of positions.
+#[inline(always)]
+fn positions_loop(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
+    while bits != 0 {
+        out[n] = base + bits.trailing_zeros();
+        n += 1;
+        bits &= bits - 1;
     }
-    fn through(self) -> Self {
-        Words(self.0.map(|a| a | a.wrapping_sub(1)))
-    }
-    fn nonzero(self) -> u8 {
-        Words::lanes(|j| self.0[j] != 0)
-    }
-    fn keep(self, lanes: u8) -> Self {
-        Words(std::array::from_fn(|j| {
-            if lanes >> j & 1 == 1 {
-                self.0[j]
-            } else {
-                0
+    n
+}
+
+/// [`Lanes::positions`] for the vector paths: eight slots written whatever the count (a
+/// branch only for denser words). Each step clears the bit its `tzcnt` found: with `blsr`
+/// instead, the compiler turns the eight `tzcnt`s into a vector popcount sequence.
+#[inline(always)]
+fn positions_unrolled(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+    let count = bits.count_ones() as usize;
+    let Some(slots) = out.get_mut(n..n + 16) else {
+        return positions_slow(bits, base, out, n);
+    };
+    let mut write = |slots: &mut [u32]| {
+        for slot in slots {
+            let at = bits.trailing_zeros();
+            *slot = base + at;
+            bits &= !1u64.wrapping_shl(at);
+        }
+    };
+    write(&mut slots[..8]);
+    if count > 8 {
+        write(&mut slots[8..]);
+        if count > 16 {
+            let mut i = n + 16;
+            while bits != 0 {
+                out[i] = base + bits.trailing_zeros();
+                bits &= bits - 1;
+                i += 1;
             }
-        }))
+        }
+    }
+    n + count
+}
+
+/// Never taken (the caller leaves sixteen slots of room), but a slice index is not proof.
+#[cold]
+fn positions_slow(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
+    while bits != 0 {
+        out[n] = base + bits.trailing_zeros();
+        n += 1;
+        bits &= bits - 1;
+    }
+    n
+}
+
+/// What a CPU must provide to run the grammar one block at a time ([`Word`]): the block
+/// classifier and a prefix xor. The x86 AVX2 one is in `avx2`; NEON would be another.
+trait Classify: Copy {
+    fn classify(self, block: &[u8; 64]) -> Classes<u64>;
+    /// Bit `i` set where bits `0..=i` of `x` have odd parity.
+    fn prefix_xor(self, x: u64) -> u64;
+}
+
+/// The lanes as one `u64`: one block per chunk, the grammar in scalar instructions (carries
+/// and shifts across blocks are plain word arithmetic), classified by `C`.
+#[derive(Clone, Copy)]
+struct Word<C> {
+    bits: u64,
+    cpu: C,
+}
+
+impl<C: Copy> Word<C> {
+    #[inline(always)]
+    fn with(self, bits: u64) -> Self {
+        Word {
+            bits,
+            cpu: self.cpu,
+        }
+    }
+}
+
+impl<C: Copy> Bits for Word<C> {
+    /// 0 or 1: in a register, where a `bool` went through flags and byte registers.
+    type Carry = u64;
+    #[inline(always)]
+    fn and(self, o: Self) -> Self {
+        self.with(self.bits & o.bits)
+    }
+    #[inline(always)]
+    fn or(self, o: Self) -> Self {
+        self.with(self.bits | o.bits)
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        self.with(self.bits ^ o.bits)
+    }
+    #[inline(always)]
+    fn but(self, o: Self) -> Self {
+        self.with(self.bits & !o.bits)
+    }
+    #[inline(always)]
+    fn later(self, before: Self) -> Self {
+        self.with(self.bits.later(before.bits))
+    }
+    #[inline(always)]
+    fn add_carried(self, seeds: Self, carry: &mut u64) -> Self {
+        let (a, b) = (self.bits, seeds.bits);
+        let sum = a.wrapping_add(b).wrapping_add(*carry);
+        // A full adder's carry out of the top bit.
+        *carry = ((a & b) | ((a | b) & !sum)) >> 63;
+        self.with(sum)
+    }
+}
+
+impl<C: Classify> Lanes for Word<C> {
+    type Cpu = C;
+    type Words = [u64; 1];
+    const BLOCKS: usize = 1;
+    #[inline(always)]
+    fn classify(cpu: C, block: &[u8; 64]) -> Classes<u64> {
+        cpu.classify(block)
+    }
+    #[inline(always)]
+    fn from_words(cpu: C, [bits]: [u64; 1]) -> Self {
+        Word { bits, cpu }
+    }
+    #[inline(always)]
+    fn words(self) -> [u64; 1] {
+        [self.bits]
+    }
+    #[inline(always)]
+    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+        positions_loop(bits, base, out, n)
+    }
+    #[inline(always)]
+    fn splat(cpu: C, bits: u64) -> Self {
+        Word { bits, cpu }
+    }
+    #[inline(always)]
+    fn prefix_xor(self, carry: &mut Self) -> Self {
+        // All ones when the previous block ended with odd parity.
+        let before = ((carry.bits as i64) >> 63) as u64;
+        *carry = self.with(self.cpu.prefix_xor(self.bits) ^ before);
+        *carry
+    }
+    #[inline(always)]
+    fn lowest(self) -> Self {
+        self.with(self.bits & self.bits.wrapping_neg())
+    }
+    #[inline(always)]
+    fn through(self) -> Self {
+        self.with(self.bits | self.bits.wrapping_sub(1))
+    }
+    #[inline(always)]
+    fn nonzero(self) -> u8 {
+        u8::from(self.bits != 0)
+    }
+    #[inline(always)]
+    fn keep(self, lanes: u8) -> Self {
+        self.with(self.bits & (u64::from(lanes) & 1).wrapping_neg())
+    }
+}
+
+/// The classifier of any CPU, byte by byte: the reference for the vector classifiers.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+struct Bytewise;
+
+#[cfg(test)]
+impl Classify for Bytewise {
+    fn classify(self, block: &[u8; 64]) -> Classes<u64> {
+        classify_bytewise(block)
+    }
+    fn prefix_xor(self, x: u64) -> u64 {
+        (0..64)
+            .fold((0, false), |(out, odd), i| {
+                let odd = odd ^ (x >> i & 1 == 1);
+                (out | u64::from(odd) << i, odd)
+            })
+            .0
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     //! The lanes as one AVX-512 register, and the proof that this CPU may run them.
-    use super::{add_carried, later, scan, Bits, Classes, Lanes, Members};
+    use super::{
+        add_carried, later, positions_unrolled, prefix_xor, scan, Bits, Classes, Lanes, Members,
+        Wide,
+    };
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
 
@@ -748,6 +979,8 @@ mod avx512 {
 
     impl Lanes for Zmm {
         type Cpu = Avx512;
+        type Words = [u64; 8];
+        const BLOCKS: usize = 8;
         #[inline(always)]
         fn classify(_: Avx512, block: &[u8; 64]) -> Classes<u64> {
             // SAFETY: the `Avx512` argument proves AVX-512BW; the one load reads the 64 bytes
@@ -811,32 +1044,8 @@ mod avx512 {
             words
         }
         #[inline(always)]
-        fn positions(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
-            // Eight slots written whatever the count (a branch only for denser words). Each
-            // step clears the bit its `tzcnt` found: with `blsr` instead, the compiler turns
-            // the eight `tzcnt`s into a vector popcount sequence.
-            let count = bits.count_ones() as usize;
-            let slots: &mut [u32; 16] = (&mut out[n..n + 16]).try_into().unwrap();
-            let mut write = |slots: &mut [u32]| {
-                for slot in slots {
-                    let at = bits.trailing_zeros();
-                    *slot = base + at;
-                    bits &= !1u64.wrapping_shl(at);
-                }
-            };
-            write(&mut slots[..8]);
-            if count > 8 {
-                write(&mut slots[8..]);
-                if count > 16 {
-                    let mut i = n + 16;
-                    while bits != 0 {
-                        out[i] = base + bits.trailing_zeros();
-                        bits &= bits - 1;
-                        i += 1;
-                    }
-                }
-            }
-            n + count
+        fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+            positions_unrolled(bits, base, out, n)
         }
         #[inline(always)]
         fn splat(cpu: Avx512, x: u64) -> Self {
@@ -844,6 +1053,38 @@ mod avx512 {
             let v = unsafe { _mm512_set1_epi64(x as i64) };
             Zmm { v, cpu }
         }
+        #[inline(always)]
+        fn prefix_xor(self, carry: &mut Self) -> Self {
+            prefix_xor(self, carry)
+        }
+        #[inline(always)]
+        fn lowest(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
+            self.with(unsafe {
+                let negated = _mm512_sub_epi64(_mm512_setzero_si512(), self.v);
+                _mm512_and_si512(self.v, negated)
+            })
+        }
+        #[inline(always)]
+        fn through(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
+            self.with(unsafe {
+                _mm512_or_si512(self.v, _mm512_sub_epi64(self.v, _mm512_set1_epi64(1)))
+            })
+        }
+        #[inline(always)]
+        fn nonzero(self) -> u8 {
+            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
+            unsafe { _mm512_test_epi64_mask(self.v, self.v) }
+        }
+        #[inline(always)]
+        fn keep(self, lanes: u8) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
+            self.with(unsafe { _mm512_maskz_mov_epi64(lanes, self.v) })
+        }
+    }
+
+    impl Wide for Zmm {
         #[inline(always)]
         fn shl<const N: u32>(self) -> Self {
             // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
@@ -895,30 +1136,139 @@ mod avx512 {
             };
             (self.with(sum), wrapped)
         }
-        #[inline(always)]
-        fn lowest(self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
-            self.with(unsafe {
-                let negated = _mm512_sub_epi64(_mm512_setzero_si512(), self.v);
-                _mm512_and_si512(self.v, negated)
-            })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ, and the proof that
+    //! this CPU may run them.
+    use super::{scan, Classes, Classify, Members, Word};
+    use std::arch::x86_64::*;
+    use std::sync::LazyLock;
+
+    /// Proof that this process may run AVX2, PCLMULQDQ, POPCNT and BMI1 instructions: the CPU
+    /// has them, and `TRIMMER_AVX2=off` does not turn them off. The private field leaves
+    /// [`Avx2::detect`] the only way to make one, so every [`Word`] that holds one and every
+    /// call that takes one may run them.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Avx2 {
+        _detected: (),
+    }
+
+    impl Avx2 {
+        /// The proof, if this process has it; detected once.
+        #[inline]
+        pub(super) fn get() -> Option<Avx2> {
+            static DETECTED: LazyLock<Option<Avx2>> = LazyLock::new(Avx2::detect);
+            *DETECTED
         }
-        #[inline(always)]
-        fn through(self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
-            self.with(unsafe {
-                _mm512_or_si512(self.v, _mm512_sub_epi64(self.v, _mm512_set1_epi64(1)))
-            })
+
+        fn detect() -> Option<Avx2> {
+            let allowed = std::env::var("TRIMMER_AVX2").map_or(true, |v| v != "off");
+            let present = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("pclmulqdq")
+                && is_x86_feature_detected!("popcnt")
+                && is_x86_feature_detected!("bmi1");
+            (allowed && present).then_some(Avx2 { _detected: () })
         }
-        #[inline(always)]
-        fn nonzero(self) -> u8 {
-            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
-            unsafe { _mm512_test_epi64_mask(self.v, self.v) }
+
+        /// [`super::index`] on AVX2.
+        #[inline]
+        pub(super) fn index(
+            self,
+            bytes: &[u8],
+            open: usize,
+            members: &mut Members,
+        ) -> Option<usize> {
+            // SAFETY: `self` proves the CPU has the features `index` is compiled for.
+            unsafe { index(self, bytes, open, members) }
         }
+    }
+
+    #[target_feature(enable = "avx2,pclmulqdq,popcnt,bmi1")]
+    fn index(cpu: Avx2, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
+        scan::<Word<Avx2>>(cpu, bytes, open, members)
+    }
+
+    impl Classify for Avx2 {
         #[inline(always)]
-        fn keep(self, lanes: u8) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F; no memory is touched.
-            self.with(unsafe { _mm512_maskz_mov_epi64(lanes, self.v) })
+        fn classify(self, block: &[u8; 64]) -> Classes<u64> {
+            // SAFETY: `self` proves AVX2; the two loads read the 64 bytes of `block`, unaligned
+            // loads being allowed.
+            unsafe {
+                let halves = [
+                    _mm256_loadu_si256(block.as_ptr().cast()),
+                    _mm256_loadu_si256(block.as_ptr().add(32).cast()),
+                ];
+                // Macros, not closures: a closure would not inherit the CPU features.
+                macro_rules! bits {
+                    (|$v:ident| $e:expr) => {{
+                        let $v = halves[0];
+                        let a = _mm256_movemask_epi8($e) as u32;
+                        let $v = halves[1];
+                        let b = _mm256_movemask_epi8($e) as u32;
+                        u64::from(a) | u64::from(b) << 32
+                    }};
+                }
+                macro_rules! eq {
+                    ($b:expr) => {
+                        bits!(|v| _mm256_cmpeq_epi8(v, _mm256_set1_epi8($b as i8)))
+                    };
+                }
+                // `x <= max` unsigned, as `min(x, max) == x`.
+                macro_rules! at_most {
+                    ($x:expr, $max:expr) => {{
+                        let x = $x;
+                        _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8($max)), x)
+                    }};
+                }
+                Classes {
+                    quote: eq!(b'"'),
+                    escape: bits!(|v| _mm256_or_si256(
+                        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8)),
+                        at_most!(v, 0x1f),
+                    )),
+                    high: bits!(|v| v),
+                    // Each whitespace byte has its own low nibble: look the nibble up and
+                    // compare (bytes from 0x80 look up zero, which they are not).
+                    space: bits!(|v| _mm256_cmpeq_epi8(
+                        _mm256_shuffle_epi8(
+                            _mm256_setr_epi8(
+                                0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0, 0x20,
+                                0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0,
+                            ),
+                            v,
+                        ),
+                        v,
+                    )),
+                    close_brace: eq!(b'}'),
+                    open_bracket: eq!(b'['),
+                    close_bracket: eq!(b']'),
+                    comma: eq!(b','),
+                    colon: eq!(b':'),
+                    digit: bits!(|v| at_most!(_mm256_sub_epi8(v, _mm256_set1_epi8(b'0' as i8)), 9)),
+                    zero: eq!(b'0'),
+                    dot: eq!(b'.'),
+                    exp: bits!(|v| _mm256_cmpeq_epi8(
+                        _mm256_or_si256(v, _mm256_set1_epi8(0x20)),
+                        _mm256_set1_epi8(b'e' as i8),
+                    )),
+                    minus: eq!(b'-'),
+                    plus: eq!(b'+'),
+                }
+            }
+        }
+
+        #[inline(always)]
+        fn prefix_xor(self, x: u64) -> u64 {
+            // A carry-less multiply by all ones: bit `i` of the product is the parity of bits
+            // `0..=i`. SAFETY: `self` proves PCLMULQDQ (SSE2 is baseline); no memory is touched.
+            unsafe {
+                let product =
+                    _mm_clmulepi64_si128::<0>(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1));
+                _mm_cvtsi128_si64(product) as u64
+            }
         }
     }
 }
@@ -956,6 +1306,11 @@ mod tests {
         scan::<Words>((), bytes, open, members)
     }
 
+    /// The one-block shape with the reference classifier.
+    fn index_word(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
+        scan::<Word<Bytewise>>(Bytewise, bytes, open, members)
+    }
+
     /// The AVX-512 proof, for a test that compares the vector code with the bytewise one.
     /// Without it, says so once per process, past the test harness's output capture: a skipped
     /// comparison must not look like a passed one.
@@ -970,6 +1325,24 @@ mod tests {
                     std::io::stderr(),
                     "SKIPPED in trim::rows tests: the AVX-512 index is not compared with the \
                      bytewise one (no AVX-512BW/POPCNT/BMI1 on this CPU, or TRIMMER_AVX512=off)"
+                );
+            });
+        }
+        cpu
+    }
+
+    /// The AVX2 proof, as [`avx512_or_say_why`].
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_or_say_why() -> Option<Avx2> {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let cpu = Avx2::get();
+        if cpu.is_none() {
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED in trim::rows tests: the AVX2 index is not compared with the \
+                     bytewise one (no AVX2/PCLMULQDQ/POPCNT/BMI1 on this CPU, or TRIMMER_AVX2=off)"
                 );
             });
         }
@@ -997,14 +1370,41 @@ mod tests {
     /// member for member. Returns whether it vouched.
     fn agrees(text: &str) -> bool {
         let Some(got) = indexed(text, index_bytewise) else {
+            // Where the eight-lane shape declines, so do the others.
+            assert_eq!(indexed(text, index_word), None, "{text:?}");
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = Avx2::get() {
+                assert_eq!(
+                    indexed(text, |b, o, m| cpu.index(b, o, m)),
+                    None,
+                    "{text:?}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = Avx512::get() {
+                assert_eq!(
+                    indexed(text, |b, o, m| cpu.index(b, o, m)),
+                    None,
+                    "{text:?}"
+                );
+            }
             return false;
         };
         assert_eq!(Some(&got), reference(text).as_ref(), "{text:?}");
+        assert_eq!(indexed(text, index_word).as_ref(), Some(&got), "{text:?}");
         #[cfg(target_arch = "x86_64")]
         if let Some(cpu) = avx512_or_say_why() {
             assert_eq!(
-                indexed(text, |b, o, m| cpu.index(b, o, m)),
-                Some(got),
+                indexed(text, |b, o, m| cpu.index(b, o, m)).as_ref(),
+                Some(&got),
+                "{text:?}"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(cpu) = avx2_or_say_why() {
+            assert_eq!(
+                indexed(text, |b, o, m| cpu.index(b, o, m)).as_ref(),
+                Some(&got),
                 "{text:?}"
             );
         }
@@ -1143,17 +1543,67 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_prefix_xor_matches_the_bytewise_one() {
+        let mut rng = crate::trim::Lcg(5);
+        let mut lanes_carry = Words([0; 8]);
+        let mut word_carry = Word {
+            bits: 0,
+            cpu: Bytewise,
+        };
+        #[cfg(target_arch = "x86_64")]
+        let mut avx2_carry = avx2_or_say_why().map(|cpu| Word { bits: 0, cpu });
+        let mut odd = false;
+        for _ in 0..2_000 {
+            let words = Words(std::array::from_fn(|_| {
+                rng.next() << 40 ^ rng.next() << 20 ^ rng.next()
+            }));
+            // Each word after the other, from the parity the one before ended with.
+            let expected = words.0.map(|w| {
+                let x = Bytewise.prefix_xor(w) ^ u64::from(odd).wrapping_neg();
+                odd = x >> 63 == 1;
+                x
+            });
+            assert_eq!(words.prefix_xor(&mut lanes_carry).0, expected);
+            for (bits, expected) in words.0.into_iter().zip(expected) {
+                let word = Word {
+                    bits,
+                    cpu: Bytewise,
+                };
+                assert_eq!(word.prefix_xor(&mut word_carry).bits, expected);
+                #[cfg(target_arch = "x86_64")]
+                if let Some(carry) = avx2_carry.as_mut() {
+                    let word = Word {
+                        bits,
+                        cpu: carry.cpu,
+                    };
+                    assert_eq!(word.prefix_xor(carry).bits, expected);
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_vector_classifier_matches_the_bytewise_one() {
-        let Some(cpu) = avx512_or_say_why() else {
+    fn the_avx2_classifier_matches_the_bytewise_one() {
+        let Some(cpu) = avx2_or_say_why() else {
             return;
         };
+        for (round, block) in random_blocks().enumerate() {
+            assert_eq!(
+                cpu.classify(&block),
+                classify_bytewise(&block),
+                "round {round}: {block:?}"
+            );
+        }
+    }
+
+    /// Blocks of every byte value, with JSON's own bytes more often.
+    fn random_blocks() -> impl Iterator<Item = [u8; 64]> {
         let mut rng = crate::trim::Lcg(3);
-        let mut block = [0u8; 64];
-        for round in 0..20_000 {
+        (0..20_000).map(move |_| {
+            let mut block = [0u8; 64];
             for b in block.iter_mut() {
-                // Every byte value, with JSON's own bytes more often.
                 *b = match rng.next() % 3 {
                     0 => rng.next() as u8,
                     _ => {
@@ -1162,6 +1612,17 @@ mod tests {
                     }
                 };
             }
+            block
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vector_classifier_matches_the_bytewise_one() {
+        let Some(cpu) = avx512_or_say_why() else {
+            return;
+        };
+        for (round, block) in random_blocks().enumerate() {
             let got = <avx512::Zmm as Lanes>::classify(cpu, &block);
             assert_eq!(got, classify_bytewise(&block), "round {round}: {block:?}");
         }
