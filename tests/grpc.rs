@@ -14,7 +14,6 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,23 +50,8 @@ fn grpc_config(clusters: &[(&str, Vec<String>, Vec<&str>)], dir: &TempDir) -> Co
 
 /// Runs `tests/peers/grpc_peers.py MODE A B` and parses its report.
 async fn peers(mode: &str, a: String, b: String) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peers.py");
-    let mode = mode.to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &mode, &a, &b])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 is needed (bash .ci/run installs the peers)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "a Python peer is not installed; run the tests with `bash .ci/run`, which installs them:\n{stderr}"
-    );
-    assert!(output.status.success(), "grpc_peers.py failed:\n{stderr}");
-    serde_json::from_slice(&output.stdout).unwrap()
+    let printed = python_peer("grpc_peers.py", vec![mode.to_owned(), a, b]).await;
+    serde_json::from_slice(&printed).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -32,22 +30,8 @@ async fn tritonclient_json_and_binary_requests_are_trimmed() {
     config.bundles.dir = Some(dir.0.clone());
     let sidecar = Sidecar::start(config).await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/triton_client.py");
-    let addr = sidecar.addr.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &addr, "triton_m", "1"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 is needed (bash .ci/run installs the peers)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "tritonclient is not installed; run the tests with `bash .ci/run`, which installs it:\n{stderr}"
-    );
-    assert!(output.status.success(), "tritonclient failed:\n{stderr}");
+    let args = vec![sidecar.addr.to_string(), "triton_m".into(), "1".into()];
+    python_peer("triton_client.py", args).await;
 
     let seen = leaf.seen();
     assert_eq!(seen.len(), 2);

@@ -6,84 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use feature_trimmer::config::{Config, VerifyConfig};
 use serde_json::{json, Value};
-
-/// An MLServer process serving the models of `tests/peers/verify` on loopback.
-struct MlServer {
-    child: std::process::Child,
-    url: String,
-    _dir: TempDir,
-}
-
-impl Drop for MlServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_mlserver(models: &[&str]) -> MlServer {
-    let dir = TempDir::new("mlserver-verify");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/verify");
-    for model in models {
-        std::fs::create_dir_all(dir.path(model)).unwrap();
-        for (from, to) in [
-            (
-                format!("{source}/{model}/model-settings.json"),
-                "model-settings.json",
-            ),
-            (format!("{source}/verify_runtime.py"), "verify_runtime.py"),
-        ] {
-            std::fs::copy(from, dir.path(model).join(to)).unwrap();
-        }
-    }
-    let (http, grpc, metrics) = (
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-        dead_addr().await.port(),
-    );
-    let child = Command::new("mlserver")
-        .arg("start")
-        .arg(&dir.0)
-        .env("MLSERVER_HOST", "127.0.0.1")
-        .env("MLSERVER_HTTP_PORT", http.to_string())
-        .env("MLSERVER_GRPC_PORT", grpc.to_string())
-        .env("MLSERVER_METRICS_PORT", metrics.to_string())
-        .env("MLSERVER_PARALLEL_WORKERS", "0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mlserver is needed (bash .ci/run installs it)");
-    let server = MlServer {
-        child,
-        url: format!("http://127.0.0.1:{http}"),
-        _dir: dir,
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    for model in models {
-        let ready = format!("{}/v2/models/{model}/versions/1/ready", server.url);
-        loop {
-            let request = http::Request::get(&ready)
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap();
-            let answered = h1_client().request(request).await;
-            if answered.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mlserver did not become ready in 90 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    server
-}
 
 /// A V2 request with inputs `x`, `y` and `z`; the root sends all three.
 fn request(x: f64, y: f64, z: f64) -> String {
@@ -167,7 +94,7 @@ async fn metric_value(sidecar: &Sidecar, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_allowlist_is_caught_and_the_version_switched_to_observe() {
-    let mlserver = start_mlserver(&["lenient"]).await;
+    let mlserver = MlServer::start("verify", "lenient").await;
     let dir = TempDir::new("verify-lenient");
     // The bundle omits `y`, which the model uses: trimmed requests score differently.
     let verify = VerifyConfig {
@@ -289,7 +216,7 @@ async fn a_wrong_allowlist_is_caught_and_the_version_switched_to_observe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_leaf_with_a_correct_allowlist_never_mismatches() {
-    let mlserver = start_mlserver(&["noisy"]).await;
+    let mlserver = MlServer::start("verify", "noisy").await;
     let dir = TempDir::new("verify-noisy");
     // Tolerances far below the leaf's noise (±0.001): every difference is the leaf's own.
     let verify = VerifyConfig {
@@ -347,7 +274,7 @@ async fn a_noisy_leaf_with_a_correct_allowlist_never_mismatches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadows_held_at_a_slow_leaf_stay_within_the_budgets() {
-    let mlserver = start_mlserver(&["gated"]).await;
+    let mlserver = MlServer::start("verify", "gated").await;
     let client = h1_client();
     let direct = format!("{}/v2/models/gated/versions/1/infer", mlserver.url);
     let held = |answer: &Value| {

@@ -552,3 +552,28 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Runs the Python peer `tests/peers/SCRIPT` with `args` (off the async workers) and returns
+/// what it printed; fails the test, saying why, when a peer is not installed or the script
+/// fails. `.ci/run` installs the Python peers.
+pub async fn python_peer(script: &str, args: Vec<String>) -> Vec<u8> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 is needed (bash .ci/run installs the peers)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "a Python peer is not installed; run the tests with `bash .ci/run`, which installs them:\n{stderr}"
+    );
+    assert!(output.status.success(), "the Python peer failed:\n{stderr}");
+    output.stdout
+}
