@@ -24,7 +24,7 @@ use crate::state::Shared;
 use crate::upstream::h1::{self, BoxError, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing, UpstreamError};
 use crate::verify::capture::TeeBody;
-use crate::verify::{Shadow, Verifier};
+use crate::verify::Shadow;
 
 /// Handles one downstream request; never fails (errors are responses).
 pub async fn handle(
@@ -105,7 +105,7 @@ async fn forward(
                 trimmed_lines: lines.clone(),
                 trimmed: body.clone(),
             };
-            Some(Verifier::start(shared.clone(), ticket, shadow))
+            Some(super::start_verification(shared, ticket, shadow))
         }
         _ => None,
     };

@@ -24,7 +24,7 @@ use crate::state::Shared;
 use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing};
 use crate::verify::capture::{parse_http1, Tee};
-use crate::verify::{Shadow, Verifier};
+use crate::verify::Shadow;
 
 /// Headers per head; more go to hyper.
 const MAX_HEADERS: usize = 100;
@@ -279,7 +279,7 @@ async fn forward(
                 trimmed_lines: request.lines.clone(),
                 trimmed: bytes::Bytes::copy_from_slice(&body),
             };
-            Some(Verifier::start(shared.clone(), ticket, shadow))
+            Some(super::start_verification(shared, ticket, shadow))
         }
         _ => None,
     };

@@ -27,7 +27,7 @@ use crate::trim::grpc::GrpcBody;
 use crate::trim::tf_serving::TfBody;
 use crate::trim::{kserve, tf_serving, Allowed, TrimResult, Untrimmable};
 use crate::upstream::Cluster;
-use crate::verify::Ticket;
+use crate::verify::{AnswerSender, Shadow, Ticket};
 
 /// What the trim step decided for one score request.
 struct Decision<'a> {
@@ -85,7 +85,7 @@ pub struct Prepared {
     /// `Content-Encoding` the lifecycle applied towards the cluster (`lz4`).
     pub encoding: Option<&'static str>,
     /// Shadow verification admitted for this request: the transport keeps the original body
-    /// and starts it ([`crate::verify::Verifier::start`]).
+    /// and starts it ([`start_verification`]).
     pub verify: Option<Ticket>,
 }
 
@@ -171,6 +171,19 @@ pub async fn await_signature(shared: &Shared, cluster: &Cluster, target: Option<
     if missed {
         live.wait_for(target).await;
     }
+}
+
+/// verify: starts the shadow verification of a ticketed request in a task of its own, against
+/// the cluster its model routes to; the transport sends the client's answer through the
+/// returned sender once relayed.
+pub fn start_verification(shared: &Arc<Shared>, ticket: Ticket, shadow: Shadow) -> AnswerSender {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let cluster = shared.upstreams.route(Some(ticket.model()));
+        shared.verifier.run(cluster, &ticket, shadow, rx).await;
+    });
+    tx
 }
 
 /// Whether a header the client sent goes on to the leaf as it is, on every transport:

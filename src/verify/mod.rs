@@ -29,7 +29,7 @@ use crate::bundle::AllowlistSnapshot;
 use crate::classify::{Protocol, VersionSpec};
 use crate::config::{ms, Mode, VerifyConfig};
 use crate::metrics::{ModelMetrics, VerifyResult};
-use crate::state::Shared;
+use crate::upstream::Cluster;
 use crate::upstream::{h1, Outgoing};
 use capture::{parse_http1, Tee, MAX_ANSWER_BYTES};
 use compare::{Answer, Example, Spread, Tolerance};
@@ -133,6 +133,11 @@ impl Drop for Inflight {
 }
 
 impl Ticket {
+    /// The model whose version is verified.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// A ticket that will not be used (e.g. the cluster encodes bodies): counted `skipped`.
     pub fn skip(self) {
         self.metrics.verified(VerifyResult::Skipped);
@@ -255,15 +260,17 @@ impl Verifier {
         })
     }
 
-    /// Starts the verification of a ticketed request in a task of its own; the transport
-    /// sends the client's answer through the returned sender once relayed.
-    pub fn start(shared: Arc<Shared>, ticket: Ticket, shadow: Shadow) -> AnswerSender {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let (result, example) = verify(&shared, &ticket, shadow, rx).await;
-            shared.verifier.conclude(&ticket, result, example);
-        });
-        tx
+    /// Verifies a ticketed request against `cluster` (the one its model routes to) and records
+    /// the result: the transport sends the client's answer to `primary` once relayed.
+    pub async fn run(
+        &self,
+        cluster: &Cluster,
+        ticket: &Ticket,
+        shadow: Shadow,
+        primary: oneshot::Receiver<Option<Answer>>,
+    ) {
+        let (result, example) = self.verify(cluster, ticket, shadow, primary).await;
+        self.conclude(ticket, result, example);
     }
 
     /// Records a verification's result; a mismatch may contain the version.
@@ -438,74 +445,75 @@ impl Verifier {
     }
 }
 
-/// Sends the shadow (and the noise pair), waits for the client's answer, compares.
-async fn verify(
-    shared: &Shared,
-    ticket: &Ticket,
-    shadow: Shadow,
-    primary: oneshot::Receiver<Option<Answer>>,
-) -> (VerifyResult, Option<Example>) {
-    let deadline = tokio::time::Instant::now() + ms(ticket.settings.timeout_ms);
-    let cluster = shared.upstreams.route(Some(&ticket.model));
-    let sent = shadow.original.len()
-        + if ticket.noise {
-            shadow.trimmed.len()
-        } else {
-            0
+impl Verifier {
+    /// Sends the shadow (and the noise pair), waits for the client's answer, compares.
+    async fn verify(
+        &self,
+        cluster: &Cluster,
+        ticket: &Ticket,
+        shadow: Shadow,
+        primary: oneshot::Receiver<Option<Answer>>,
+    ) -> (VerifyResult, Option<Example>) {
+        let deadline = tokio::time::Instant::now() + ms(ticket.settings.timeout_ms);
+        let sent = shadow.original.len()
+            + if ticket.noise {
+                shadow.trimmed.len()
+            } else {
+                0
+            };
+        ticket.metrics.shadow_sent(sent);
+        let original = send(
+            cluster,
+            &shadow.target,
+            shadow.host_kept,
+            &shadow.original_lines,
+            &shadow.original,
+        );
+        let noise = async {
+            if ticket.noise {
+                send(
+                    cluster,
+                    &shadow.target,
+                    shadow.host_kept,
+                    &shadow.trimmed_lines,
+                    &shadow.trimmed,
+                )
+                .await
+            } else {
+                Err(Failed::NotSent)
+            }
         };
-    ticket.metrics.shadow_sent(sent);
-    let original = send(
-        cluster,
-        &shadow.target,
-        shadow.host_kept,
-        &shadow.original_lines,
-        &shadow.original,
-    );
-    let noise = async {
-        if ticket.noise {
-            send(
-                cluster,
-                &shadow.target,
-                shadow.host_kept,
-                &shadow.trimmed_lines,
-                &shadow.trimmed,
-            )
-            .await
-        } else {
-            Err(Failed::NotSent)
-        }
-    };
-    let waited = tokio::time::timeout_at(deadline, async {
-        let (original, noise, primary) = tokio::join!(original, noise, primary);
-        (original, noise, primary)
-    })
-    .await;
-    let Ok((original, noise, primary)) = waited else {
-        return (VerifyResult::Error, None);
-    };
-    let primary = match primary {
-        Ok(Some(answer)) => answer,
-        // Too large to keep.
-        Ok(None) => return (VerifyResult::Skipped, None),
-        // The client's answer failed or was abandoned.
-        Err(_) => return (VerifyResult::Error, None),
-    };
-    let original = match original {
-        Ok(answer) => answer,
-        Err(Failed::TooLarge) => return (VerifyResult::Skipped, None),
-        Err(_) => return (VerifyResult::Error, None),
-    };
-    let verifier = &shared.verifier;
-    let spread = match noise {
-        Ok(noise) if is_success(noise.status) && is_success(primary.status) => {
-            compare::spread(ticket.protocol, &primary, &noise)
-                .ok()
-                .flatten()
-        }
-        _ => None,
-    };
-    let (pairs, noise) = verifier.learn(ticket, spread);
-    judge(ticket, &primary, &original, pairs, noise)
+        let waited = tokio::time::timeout_at(deadline, async {
+            let (original, noise, primary) = tokio::join!(original, noise, primary);
+            (original, noise, primary)
+        })
+        .await;
+        let Ok((original, noise, primary)) = waited else {
+            return (VerifyResult::Error, None);
+        };
+        let primary = match primary {
+            Ok(Some(answer)) => answer,
+            // Too large to keep.
+            Ok(None) => return (VerifyResult::Skipped, None),
+            // The client's answer failed or was abandoned.
+            Err(_) => return (VerifyResult::Error, None),
+        };
+        let original = match original {
+            Ok(answer) => answer,
+            Err(Failed::TooLarge) => return (VerifyResult::Skipped, None),
+            Err(_) => return (VerifyResult::Error, None),
+        };
+        let spread = match noise {
+            Ok(noise) if is_success(noise.status) && is_success(primary.status) => {
+                compare::spread(ticket.protocol, &primary, &noise)
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
+        let (pairs, noise) = self.learn(ticket, spread);
+        judge(ticket, &primary, &original, pairs, noise)
+    }
 }
 
 /// The verdict on one verification, given what the version's noise pairs showed.
@@ -585,7 +593,11 @@ async fn send(
             &http::Method::POST,
             path.as_ref(),
             lines,
-            &|| crate::proxy::answer::full(body.clone()),
+            &|| {
+                http_body_util::Full::new(body.clone())
+                    .map_err(|never: std::convert::Infallible| match never {})
+                    .boxed()
+            },
             None,
         )
         .await
