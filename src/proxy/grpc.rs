@@ -195,26 +195,22 @@ fn readable(message: &Message, encoding: Encoding, max: u64) -> Result<Bytes, Ou
     }
 }
 
-/// Trims one score message through the lifecycle (its own model and version) and frames it
-/// again, gzip encoded again when it came so. Anything the sidecar cannot read goes on as it
-/// came, counted.
+/// Trims one score message through the lifecycle (its own model and version, `read` from
+/// its readable payload) and frames it again, gzip encoded again when it came so. A message
+/// the sidecar cannot read (`Err`: the outcome and the bytes it counts) goes on as it came,
+/// counted.
 fn trimmed_frame(
     shared: &Shared,
-    verb: Verb,
     message: &Message,
-    plain: Result<&Bytes, Outcome>,
+    read: Result<(&Bytes, Target<'_>), (Outcome, usize)>,
 ) -> Framed {
     let untouched = || frame(message.compressed, message.payload.clone());
-    let plain = match plain {
-        Ok(plain) => plain,
-        Err(outcome) => {
-            count_unread(shared, outcome, message.payload.len());
+    let (plain, target) = match read {
+        Ok(read) => read,
+        Err((outcome, len)) => {
+            count_unread(shared, outcome, len);
             return untouched();
         }
-    };
-    let Ok(target) = target_of(verb, plain) else {
-        count_unread(shared, Outcome::ParseError, plain.len());
-        return untouched();
     };
     let Some(trimmed) = trim_message(shared, &target, plain) else {
         return untouched();
@@ -233,9 +229,9 @@ fn trimmed_frame(
     }
 }
 
-/// Trims the next score message of a call: made readable, given up to `signature_wait_ms`
-/// for its model's live signature where the cluster discovers them, trimmed and framed. Also
-/// the model it names, for routing.
+/// Trims the next score message of a call: made readable, its routing fields read once,
+/// given up to `signature_wait_ms` for its model's live signature where the cluster discovers
+/// them, trimmed and framed. Also the model it names, for routing.
 async fn trim_next(
     shared: &Shared,
     verb: Verb,
@@ -243,14 +239,20 @@ async fn trim_next(
     message: &Message,
 ) -> (Framed, Option<String>) {
     let plain = readable(message, encoding, shared.config.max_body_bytes);
+    let read = match &plain {
+        Ok(plain) => match target_of(verb, plain) {
+            Ok(target) => Ok((plain, target)),
+            Err(_) => Err((Outcome::ParseError, plain.len())),
+        },
+        Err(outcome) => Err((*outcome, message.payload.len())),
+    };
     let mut model = None;
-    if let Ok(Ok(target)) = plain.as_ref().map(|p| target_of(verb, p)) {
+    if let Ok((_, target)) = &read {
         let cluster = shared.upstreams.route(Some(target.model.as_ref()));
-        await_signature(shared, cluster, Some(&target)).await;
-        model = Some(target.model.into_owned());
+        await_signature(shared, cluster, Some(target)).await;
+        model = Some(target.model.clone().into_owned());
     }
-    let framed = trimmed_frame(shared, verb, message, plain.as_ref().map_err(|o| *o));
-    (framed, model)
+    (trimmed_frame(shared, message, read), model)
 }
 
 /// A message as its 5-byte prefix and its payload, sent as two chunks (the payload is never
