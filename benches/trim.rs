@@ -14,6 +14,8 @@ use feature_trimmer::config::TrimConfig;
 use feature_trimmer::trim::Allowed;
 use feature_trimmer::workload::{self, Workload};
 
+// Not inlined, here and in `serde_validate`: callgrind reports each function's instructions alone.
+#[inline(never)]
 fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
     let Lookup::Found { entry, .. } = snapshot.lookup(
         workload::MODEL,
@@ -25,6 +27,12 @@ fn engine(w: &Workload, snapshot: &AllowlistSnapshot) -> usize {
     // next, as it does between one model's requests.
     let allowed = snapshot.allowed(&entry.allowlist);
     w.trim(allowed).expect("workloads trim").body.len()
+}
+
+/// What the ratios are against: serde_json parsing to `IgnoredAny` (validation, nothing built).
+#[inline(never)]
+fn serde_validate(json: &[u8]) {
+    serde_json::from_slice::<serde::de::IgnoredAny>(json).unwrap();
 }
 
 /// The straightforward alternative: parse, filter the feature maps, serialise.
@@ -44,7 +52,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function("trimmer", |b| b.iter(|| engine(black_box(&w), &snapshot)));
         group.bench_function("serde_json_validate", |b| {
             let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
-            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(json)).unwrap())
+            b.iter(|| serde_validate(black_box(json)))
         });
         group.bench_function("serde_json_value", |b| {
             b.iter(|| serde_value(black_box(&w)))
@@ -72,10 +80,11 @@ fn bench(c: &mut Criterion) {
 /// With `TRIM_ALTERNATE=N`: after the groups, `trimmer` and `serde_json_validate` called
 /// alternately on the same body N times, median times and their ratio per workload. Criterion
 /// runs one function for seconds, then the other; on a host whose speed drifts over seconds,
-/// alternating call by call gives the steadier ratio.
+/// alternating call by call gives the steadier ratio. `TRIM_ONLY=name` runs one workload (for
+/// `valgrind --tool=callgrind`, whose instruction counts are steady where times are not).
 fn alternating(rounds: usize) {
     use std::time::Instant;
-    for w in workload::all() {
+    for w in workload::all().into_iter().filter(only) {
         let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
         let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
         // Small bodies are timed in batches, so the clock's resolution does not matter.
@@ -93,7 +102,7 @@ fn alternating(rounds: usize) {
                 black_box(engine(black_box(&w), &snapshot));
             }));
             validate.push(time(&|| {
-                serde_json::from_slice::<serde::de::IgnoredAny>(black_box(json)).unwrap();
+                serde_validate(black_box(json));
             }));
         }
         let median = |mut v: Vec<f64>| {
@@ -240,7 +249,7 @@ fn bench_grpc(c: &mut Criterion) {
 /// times and the ratios the targets are stated in.
 fn alternating_grpc(rounds: usize) {
     use std::time::Instant;
-    for w in workload::grpc_all() {
+    for w in workload::grpc_all().into_iter().filter(only) {
         let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
         let time = |f: &dyn Fn()| {
             let start = Instant::now();
@@ -276,6 +285,11 @@ fn alternating_grpc(rounds: usize) {
             m / t
         );
     }
+}
+
+/// Whether `TRIM_ONLY` (unset: every workload) names this workload.
+fn only(w: &Workload) -> bool {
+    std::env::var("TRIM_ONLY").map_or(true, |name| name == w.name)
 }
 
 criterion_group!(benches, bench, bench_grpc);

@@ -408,10 +408,14 @@ fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usi
     let mut kept = 0;
     for (i, ((start, _), slot)) in m.keys().zip(&o.memo).enumerate() {
         if slot.keep {
-            if kept > 0 {
-                out.extend_from_slice(&bytes[m.value_end(bytes, i - 1, end)..start]);
-            }
-            out.extend_from_slice(&bytes[start..m.value_end(bytes, i, end)]);
+            // With the separator that precedes it (from the previous member's value end),
+            // in one copy.
+            let from = if kept > 0 {
+                m.value_end(bytes, i - 1, end)
+            } else {
+                start
+            };
+            out.extend_from_slice(&bytes[from..m.value_end(bytes, i, end)]);
             kept += 1;
         }
     }

@@ -25,10 +25,12 @@ use super::json::{Bits, NumberBytes, NumberGrammar, Prev};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Classes<W> {
     quote: W,
-    /// A backslash or a byte below 0x20 (tab, line feed and carriage return included).
+    /// A backslash or a byte below 0x20 (tab, line feed and carriage return included): none
+    /// may stand in a string the index vouches for.
     escape: W,
-    /// Space, tab, line feed, carriage return.
-    space: W,
+    /// Bytes that may not stand outside strings: all but whitespace (space, tab, line feed,
+    /// carriage return), `"`, `,`, `:`, `[`, `]`, `}` and the bytes of numbers.
+    other: W,
     close_brace: W,
     open_bracket: W,
     close_bracket: W,
@@ -41,8 +43,9 @@ pub(super) struct Classes<W> {
     exp: W,
     minus: W,
     plus: W,
-    /// Bytes above 0x7F: not a class of the grammar (outside strings they are no class, so
-    /// invalid), only collected to tell whether the map's UTF-8 needs checking.
+    /// Not zero when a byte is above 0x7F (which bits are set is the classifier's choice): not
+    /// a class of the grammar (outside strings such bytes are `other`), only collected to tell
+    /// whether the map's UTF-8 needs checking.
     high: W,
 }
 
@@ -53,7 +56,7 @@ macro_rules! each_class {
         $m!(
             quote,
             escape,
-            space,
+            other,
             close_brace,
             open_bracket,
             close_bracket,
@@ -75,7 +78,7 @@ macro_rules! each_class {
 /// next key), which the engine does only for the members it keeps.
 #[derive(Debug, Default)]
 pub(super) struct Members {
-    /// For each member in order: its key's opening quote, one past its closing quote. Only
+    /// For each member in order: its key's opening and closing quotes. Only
     /// the first `found` are this object's; the rest is room the scan writes into (a chunk's
     /// worth and sixteen more), so that positions go straight to their place.
     spans: Vec<u32>,
@@ -93,7 +96,7 @@ impl Members {
         let (pairs, _) = self.spans[..self.found].as_chunks::<2>();
         pairs
             .iter()
-            .map(|&[start, end]| (start as usize, end as usize))
+            .map(|&[start, close]| (start as usize, close as usize + 1))
     }
 
     /// Offset of the first member's key.
@@ -228,6 +231,7 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
             }
             // Blocks not read count as control bytes, which nothing in a map may be.
             chunk.escape.as_mut()[filled..].fill(!0);
+            chunk.other.as_mut()[filled..].fill(!0);
             macro_rules! load {
                 ($($field:ident),*) => {
                     Classes {
@@ -260,7 +264,25 @@ fn finish(members: &Members, end: usize) -> Option<usize> {
     (keys >= 2 && members.found == 2 * keys).then_some(end + 1)
 }
 
-/// Classifies a block byte by byte: the reference for the vector classifier.
+/// The flags of a byte, as simdjson's stage 1 classifies: `LOW_NIBBLE[b & 15] &
+/// HIGH_NIBBLE[b >> 4]` (two table lookups of sixteen bytes, one instruction each on a vector
+/// of bytes). Each of the bits in [`OUTSIDE`] stands for the bytes of one high nibble that may
+/// stand outside strings (0: tab, line feed, carriage return; 2: space, `"+,-.`; 3: digits and
+/// `:`; 4 and 6: `E` and `e`; 5: `[` and `]`; 7: `}`): a byte with none of them is `other`.
+/// The bits in [`ESCAPE`] are a byte below 0x20 (0x40) and the backslash (0x80).
+const LOW_NIBBLE: [u8; 16] = [
+    0x46, 0x44, 0x46, 0x44, 0x44, 0x4c, 0x44, 0x44, 0x44, 0x45, 0x45, 0x52, 0xc2, 0x73, 0x42, 0x40,
+];
+/// See [`LOW_NIBBLE`]; high nibbles from 8 have no flags.
+const HIGH_NIBBLE: [u8; 16] = [
+    0x41, 0x40, 0x02, 0x04, 0x08, 0x90, 0x08, 0x20, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+/// The flags of bytes that may stand outside strings (see [`LOW_NIBBLE`]).
+const OUTSIDE: u8 = 0x3f;
+/// The flags of bytes that may not stand in strings (see [`LOW_NIBBLE`]).
+const ESCAPE: u8 = 0xc0;
+
+/// Classifies a block byte by byte: the reference for the vector classifiers.
 #[cfg(test)]
 fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
     let mut k = Classes::default();
@@ -279,11 +301,14 @@ fn classify_bytewise(block: &[u8; 64]) -> Classes<u64> {
             b'e' | b'E' => Some(&mut k.exp),
             b'-' => Some(&mut k.minus),
             b'+' => Some(&mut k.plus),
-            b' ' | b'\t' | b'\n' | b'\r' => Some(&mut k.space),
-            _ => None,
+            b' ' | b'\t' | b'\n' | b'\r' => None,
+            _ => Some(&mut k.other),
         };
         if let Some(class) = class {
             *class |= bit;
+        }
+        if b == b'\\' {
+            k.other |= bit;
         }
         if b < 0x20 {
             k.escape |= bit;
@@ -389,80 +414,50 @@ fn prefix_xor<L: Wide>(x: L, carry: &mut L) -> L {
     x
 }
 
-/// The first significant byte after each byte of a class: the next byte, or the first byte
-/// past the run of whitespace that follows.
-#[derive(Clone, Copy)]
-struct After<L: Bits> {
-    prev: Prev<L>,
-    carry: L::Carry,
-}
-
-impl<L: Lanes> After<L> {
-    #[inline(always)]
-    fn of(&mut self, x: L, space: L) -> L {
-        // A seed inside whitespace is always at the start of its run (it follows a
-        // significant byte), so the sum carries it to the first byte past the run.
-        space
-            .add_carried(self.prev.of(x), &mut self.carry)
-            .but(space)
-    }
-}
-
 /// Everything carried from one chunk to the next.
 struct State<L: Lanes> {
-    cpu: L::Cpu,
     in_string: L,
     in_array: L,
-    key_close_carry: L::Carry,
+    /// Parity of the atoms and separators so far (see `step`).
+    turn: L,
+    /// Parity of the colons and the commas between members so far (see `step`).
+    value_side: L,
+    open_bracket: Prev<L>,
     numbers: NumberGrammar<L>,
-    key_end: Prev<L>,
-    after_key_start: After<L>,
-    after_key_close: After<L>,
-    after_colon: After<L>,
-    after_value: After<L>,
-    after_open_bracket: After<L>,
-    after_element_comma: After<L>,
 }
 
 impl<L: Lanes> State<L> {
     fn new(cpu: L::Cpu) -> Self {
         let zero = L::splat(cpu, 0);
-        let prev = Prev(zero);
-        let after = After {
-            prev,
-            carry: L::Carry::default(),
-        };
         State {
-            cpu,
             in_string: zero,
             in_array: zero,
-            key_close_carry: L::Carry::default(),
+            turn: zero,
+            value_side: zero,
+            open_bracket: Prev(zero),
             numbers: NumberGrammar::new(zero),
-            key_end: prev,
-            // The object's `{` precedes the first chunk: its successor must be a key.
-            after_key_start: After {
-                prev: Prev(L::splat(cpu, 1 << 63)),
-                carry: L::Carry::default(),
-            },
-            after_key_close: after,
-            after_colon: after,
-            after_value: after,
-            after_open_bracket: after,
-            after_element_comma: after,
         }
     }
 
     /// Checks one chunk at offset `base` and records the member boundaries in it. `None`:
     /// the cursor must decide; `Some(None)`: the object goes on; `Some(Some(i))`: its `}` is
     /// at `base + i`.
+    ///
+    /// The order of tokens is checked with two parities instead of following each token to
+    /// the next one past whitespace. Atoms (a string, a number, an empty array) and
+    /// separators (`:`, `,`, `}`) must alternate, starting with an atom after the `{`: the
+    /// parity of all of them so far (`turn`) is odd just after an atom and even just after a
+    /// separator, so an atom where it is odd or a separator where it is even breaks the
+    /// object. A non-empty array counts as its elements and commas: `[` stands where an atom
+    /// may, `]` where a separator may. Which atoms are keys follows from the parity of the
+    /// colons and the member commas (`value_side`): keys stand where it is even, and must be
+    /// strings; a colon must make it odd, a member comma or the `}` must find it odd.
     #[inline(always)]
     fn step(&mut self, k: &Classes<L>, base: u32, members: &mut Members) -> Option<Option<usize>> {
         // Strings: with no backslash, quotes alternate open and close.
         let in_string = k.quote.prefix_xor(&mut self.in_string);
         let open_quote = k.quote.and(in_string);
-        let close_quote = k.quote.but(in_string);
         let string_or_quote = in_string.or(k.quote);
-        let space = k.space.but(string_or_quote);
         let close_brace = k.close_brace.but(string_or_quote);
         let open_bracket = k.open_bracket.but(string_or_quote);
         let close_bracket = k.close_bracket.but(string_or_quote);
@@ -496,70 +491,46 @@ impl<L: Lanes> State<L> {
             minus,
             plus,
         });
-        let structure = space
-            .or(comma)
-            .or(colon)
-            .or(open_bracket)
-            .or(close_bracket)
-            .or(close_brace)
-            .or(token);
 
-        // Escapes and control characters anywhere; outside strings, any byte that is none of
-        // the above (`{` of a nested object, the letters of `true` or `NaN`, ...).
-        let mut bad = k
+        let member_comma = comma.but(in_array);
+        // The `]` of `[]` (nothing between the brackets) is an atom of its own.
+        let empty = self.open_bracket.of(open_bracket).and(close_bracket);
+        let atoms = open_quote.or(numbers.starts).or(empty);
+        let separators = comma.or(colon).or(close_brace);
+        let turn = atoms.or(separators).prefix_xor(&mut self.turn);
+        let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
+
+        let bad = k
             .escape
-            .but(space)
-            .or(L::splat(self.cpu, !0).but(string_or_quote).but(structure))
+            .and(in_string)
+            .or(k.other.but(string_or_quote))
+            .or(atoms.but(turn))
+            .or(separators.and(turn))
+            .or(open_bracket.and(turn))
+            .or(close_bracket.but(turn).but(empty))
+            // A `[` that closes (nested) or a `]` that opens; `:` or `}` in an array.
             .or(open_bracket.but(in_array))
-            .or(close_bracket.and(in_array))
-            .or(ends.and(in_array));
-
-        // The sequence of tokens: each kind constrains the next significant byte.
-        let continued = token.and(numbers.prev_token);
-        let starts = numbers.starts;
-        let key = self.after_key_start.of(comma.but(in_array), space);
-        bad = bad.or(key.but(open_quote));
-        let key_close = in_string
-            .add_carried(key, &mut self.key_close_carry)
-            .but(in_string);
-        bad = bad.or(self.after_key_close.of(key_close, space).but(colon));
-        let value_start = open_quote.or(starts);
-        bad = bad.or(self
-            .after_colon
-            .of(colon, space)
-            .but(value_start.or(open_bracket)));
-        let value_close = close_quote.but(key_close).or(close_bracket).or(token);
-        bad = bad.or(self
-            .after_value
-            .of(value_close, space)
-            .but(continued)
-            .but(comma.or(close_bracket).or(close_brace)));
-        bad = bad.or(self
-            .after_open_bracket
-            .of(open_bracket, space)
-            .but(value_start.or(close_bracket)));
-        bad = bad.or(self
-            .after_element_comma
-            .of(comma.and(in_array), space)
-            .but(value_start));
-
-        // Each run of number bytes is a number.
-        bad = bad.or(numbers.wrong);
+            .or(close_bracket.or(colon).or(close_brace).and(in_array))
+            .or(member_comma.and(value_side))
+            .or(colon
+                .or(close_brace)
+                .or(numbers.starts)
+                .or(open_bracket)
+                .but(value_side))
+            .or(numbers.wrong);
         if bad.and(live).nonzero() != 0 {
             return None;
         }
 
-        // Members: their keys' opening quotes and one past their closing quotes.
-        let key_end = self.key_end.of(key_close);
-        let key = key.and(live).words();
-        let key_end = key_end.and(live).words();
+        // Members: their keys' quotes, the only quotes where `value_side` is even.
+        let key = open_quote.but(value_side).and(live).words();
+        let key_quotes = k.quote.but(value_side).and(live).words();
         let mut n = members.found;
         let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
-            let (key, key_end) = (key.as_ref()[j], key_end.as_ref()[j]);
-            members.keys += key.count_ones();
+            members.keys += key.as_ref()[j].count_ones();
             let base = base + 64 * j as u32;
-            n = L::positions(key | key_end, base, &mut members.spans, n);
+            n = L::positions(key_quotes.as_ref()[j], base, &mut members.spans, n);
         }
         members.found = n;
         Some((end_lanes != 0).then(|| {
@@ -883,7 +854,7 @@ mod avx512 {
     //! The lanes as one AVX-512 register, and the proof that this CPU may run them.
     use super::{
         add_carried, later, positions_unrolled, prefix_xor, scan, Bits, Classes, Lanes, Members,
-        Wide,
+        Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
     };
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
@@ -993,21 +964,23 @@ mod avx512 {
                         _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8($b as i8))
                     };
                 }
+                let nibble = _mm512_set1_epi8(0x0f);
+                let table = |t: &[u8; 16]| _mm_loadu_si128(t.as_ptr().cast());
+                let flags = _mm512_and_si512(
+                    _mm512_shuffle_epi8(
+                        _mm512_broadcast_i32x4(table(&LOW_NIBBLE)),
+                        _mm512_and_si512(v, nibble),
+                    ),
+                    _mm512_shuffle_epi8(
+                        _mm512_broadcast_i32x4(table(&HIGH_NIBBLE)),
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble),
+                    ),
+                );
                 Classes {
                     quote: eq!(b'"'),
-                    escape: eq!(b'\\') | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20)),
+                    escape: _mm512_test_epi8_mask(flags, _mm512_set1_epi8(ESCAPE as i8)),
+                    other: _mm512_testn_epi8_mask(flags, _mm512_set1_epi8(OUTSIDE as i8)),
                     high: _mm512_movepi8_mask(v),
-                    // Each whitespace byte has its own low nibble: look the nibble up and
-                    // compare (bytes from 0x80 look up zero, which they are not).
-                    space: _mm512_cmpeq_epi8_mask(
-                        _mm512_shuffle_epi8(
-                            _mm512_broadcast_i32x4(_mm_setr_epi8(
-                                0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0,
-                            )),
-                            v,
-                        ),
-                        v,
-                    ),
                     close_brace: eq!(b'}'),
                     open_bracket: eq!(b'['),
                     close_bracket: eq!(b']'),
@@ -1143,7 +1116,7 @@ mod avx512 {
 mod avx2 {
     //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ, and the proof that
     //! this CPU may run them.
-    use super::{scan, Classes, Classify, Members, Word};
+    use super::{scan, Classes, Classify, Members, Word, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE};
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
 
@@ -1203,14 +1176,33 @@ mod avx2 {
                 ];
                 // Macros, not closures: a closure would not inherit the CPU features.
                 macro_rules! bits {
-                    (|$v:ident| $e:expr) => {{
-                        let $v = halves[0];
+                    ($pair:ident, |$v:ident| $e:expr) => {{
+                        let $v = $pair[0];
                         let a = _mm256_movemask_epi8($e) as u32;
-                        let $v = halves[1];
+                        let $v = $pair[1];
                         let b = _mm256_movemask_epi8($e) as u32;
                         u64::from(a) | u64::from(b) << 32
                     }};
+                    (|$v:ident| $e:expr) => {
+                        bits!(halves, |$v| $e)
+                    };
                 }
+                let nibble = _mm256_set1_epi8(0x0f);
+                let table = |t: &[u8; 16]| _mm_loadu_si128(t.as_ptr().cast());
+                let low = _mm256_broadcastsi128_si256(table(&LOW_NIBBLE));
+                let high = _mm256_broadcastsi128_si256(table(&HIGH_NIBBLE));
+                macro_rules! flags {
+                    ($v:expr) => {
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(low, _mm256_and_si256($v, nibble)),
+                            _mm256_shuffle_epi8(
+                                high,
+                                _mm256_and_si256(_mm256_srli_epi16::<4>($v), nibble),
+                            ),
+                        )
+                    };
+                }
+                let flags = [flags!(halves[0]), flags!(halves[1])];
                 macro_rules! eq {
                     ($b:expr) => {
                         bits!(|v| _mm256_cmpeq_epi8(v, _mm256_set1_epi8($b as i8)))
@@ -1225,23 +1217,20 @@ mod avx2 {
                 }
                 Classes {
                     quote: eq!(b'"'),
-                    escape: bits!(|v| _mm256_or_si256(
-                        _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8)),
-                        at_most!(v, 0x1f),
+                    // The escape bits are the top two: the lower one moved up and the top
+                    // bit taken.
+                    escape: {
+                        const _: () = assert!(ESCAPE == 0xc0);
+                        bits!(flags, |f| _mm256_or_si256(f, _mm256_add_epi8(f, f)))
+                    },
+                    other: bits!(flags, |f| _mm256_cmpeq_epi8(
+                        _mm256_and_si256(f, _mm256_set1_epi8(OUTSIDE as i8)),
+                        _mm256_setzero_si256(),
                     )),
-                    high: bits!(|v| v),
-                    // Each whitespace byte has its own low nibble: look the nibble up and
-                    // compare (bytes from 0x80 look up zero, which they are not).
-                    space: bits!(|v| _mm256_cmpeq_epi8(
-                        _mm256_shuffle_epi8(
-                            _mm256_setr_epi8(
-                                0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0, 0x20,
-                                0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x0a, 0, 0, 0x0d, 0, 0,
-                            ),
-                            v,
-                        ),
-                        v,
-                    )),
+                    // Only whether there is one: the two halves' top bits in one mask.
+                    high: u64::from(
+                        _mm256_movemask_epi8(_mm256_or_si256(halves[0], halves[1])) as u32
+                    ),
                     close_brace: eq!(b'}'),
                     open_bracket: eq!(b'['),
                     close_bracket: eq!(b']'),
@@ -1591,10 +1580,19 @@ mod tests {
         };
         for (round, block) in random_blocks().enumerate() {
             assert_eq!(
-                cpu.classify(&block),
-                classify_bytewise(&block),
+                any_high(cpu.classify(&block)),
+                any_high(classify_bytewise(&block)),
                 "round {round}: {block:?}"
             );
+        }
+    }
+
+    /// `k` with `high` only telling whether there is a byte above 0x7F, which is all a
+    /// classifier must say about them.
+    fn any_high(k: Classes<u64>) -> Classes<u64> {
+        Classes {
+            high: u64::from(k.high != 0),
+            ..k
         }
     }
 
