@@ -3,13 +3,15 @@
 //! conditions on those masks, so a member costs a few bit operations instead of a branch per
 //! byte and per token. The result is the member boundaries the engine splices by.
 //!
-//! The grammar is written once, over [`Lanes`]; two shapes run it (picked at run time, see
+//! The grammar is written once, over [`Lanes`]; shapes run it (picked at run time, see
 //! `vector_path`): with AVX-512BW, eight 64-byte blocks at a time, one per 64-bit lane of a
-//! register; with AVX2 (and PCLMULQDQ), one block at a time in a plain `u64`, as simdjson's
-//! stage 1 does: only the classifier (compares and a nibble lookup into one mask per class)
-//! and the string mask (a carry-less multiply) are vector code, so another CPU needs only
-//! those two (see [`Classify`]). Without either there is no index and the cursor does all the
-//! work.
+//! register; with AVX2 (and PCLMULQDQ), four at a time in a 256-bit register. A third shape,
+//! one block at a time in a plain `u64` (as simdjson's stage 1 does), needs of a CPU only a
+//! classifier (compares and nibble lookups into one mask per class) and a prefix xor (a
+//! carry-less multiply) (see [`Classify`]): the shape for NEON, run on x86 by the tests. The
+//! order of tokens is checked with parities (prefix xors), not by following each token past
+//! whitespace (see `State::step`). Without AVX2 or AVX-512 there is no index and the cursor
+//! does all the work.
 //!
 //! It vouches only for the common shape: string keys, values that are strings, numbers or flat
 //! arrays of them, no backslash anywhere. Bytes above 0x7F may sit only in strings; whether a
@@ -353,14 +355,15 @@ trait Lanes: Bits {
     fn keep(self, lanes: u8) -> Self;
 }
 
-/// The lane arithmetic of eight lanes in one value, which [`Lanes`] on them is made of.
+/// The lane arithmetic of four or eight lanes in one value, which [`Lanes`] on them is made of.
 trait Wide: Lanes<Carry = u8> {
     fn shl<const N: u32>(self) -> Self;
     /// Bit 63 moved to bit 0.
     fn top(self) -> Self;
     /// All ones where bit 63 is set.
     fn spread_top(self) -> Self;
-    /// Lane `j - n` in lane `j`; the lowest `n` lanes from the highest of `below`.
+    /// Lane `j - n` in lane `j`; the lowest `n` lanes from the highest of `below` (all of
+    /// `below` when there are `n` lanes or fewer).
     fn up1(self, below: Self) -> Self;
     fn up2(self, below: Self) -> Self;
     fn up4(self, below: Self) -> Self;
@@ -380,21 +383,23 @@ fn later<L: Wide>(x: L, before: L) -> L {
 /// lane (`carry` is 1 when it carried out).
 #[inline(always)]
 fn add_carried<L: Wide>(run: L, seeds: L, carry: &mut u8) -> L {
+    let top = L::BLOCKS - 1;
+    let all = ((1u16 << L::BLOCKS) - 1) as u8;
     let (mut sum, carried) = run.add(seeds);
-    let mut out = carried >> 7;
-    let mut lanes = (carried << 1) | *carry;
+    let mut out = carried >> top;
+    let mut lanes = ((carried << 1) | *carry) & all;
     // One round, unless a carry enters a lane whose bits are all set.
     while lanes != 0 {
         let (next, wrapped) = sum.inc(lanes);
         sum = next;
-        out |= wrapped >> 7;
-        lanes = wrapped << 1;
+        out |= wrapped >> top;
+        lanes = (wrapped << 1) & all;
     }
     *carry = out;
     sum
 }
 
-/// [`Lanes::prefix_xor`] for eight lanes.
+/// [`Lanes::prefix_xor`] for four or eight lanes.
 #[inline(always)]
 fn prefix_xor<L: Wide>(x: L, carry: &mut L) -> L {
     let zero = x.xor(x);
@@ -722,21 +727,27 @@ fn positions_slow(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> us
 }
 
 /// What a CPU must provide to run the grammar one block at a time ([`Word`]): the block
-/// classifier and a prefix xor. The x86 AVX2 one is in `avx2`; NEON would be another.
+/// classifier and a prefix xor. The x86 AVX2 one is in `avx2` (whose index runs four blocks
+/// per step in a vector register, `avx2::Ymm`, with this classifier); NEON would be another.
 trait Classify: Copy {
     fn classify(self, block: &[u8; 64]) -> Classes<u64>;
     /// Bit `i` set where bits `0..=i` of `x` have odd parity.
+    #[cfg_attr(not(test), allow(dead_code))]
     fn prefix_xor(self, x: u64) -> u64;
 }
 
 /// The lanes as one `u64`: one block per chunk, the grammar in scalar instructions (carries
-/// and shifts across blocks are plain word arithmetic), classified by `C`.
+/// and shifts across blocks are plain word arithmetic), classified by `C`. The shape for a
+/// CPU whose vectors are narrower than four words (NEON); on x86 only tests run it (AVX2
+/// runs four blocks per step: ~20 % fewer instructions per map).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Copy)]
 struct Word<C> {
     bits: u64,
     cpu: C,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl<C: Copy> Word<C> {
     #[inline(always)]
     fn with(self, bits: u64) -> Self {
@@ -1116,7 +1127,10 @@ mod avx512 {
 mod avx2 {
     //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ, and the proof that
     //! this CPU may run them.
-    use super::{scan, Classes, Classify, Members, Word, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE};
+    use super::{
+        add_carried, later, positions_loop, prefix_xor, scan, Bits, Classes, Classify, Lanes,
+        Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
+    };
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
 
@@ -1161,7 +1175,206 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,pclmulqdq,popcnt,bmi1")]
     fn index(cpu: Avx2, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-        scan::<Word<Avx2>>(cpu, bytes, open, members)
+        scan::<Ymm>(cpu, bytes, open, members)
+    }
+
+    /// [`super::index`] one block at a time ([`super::Word`]), the shape another CPU's classifier
+    /// would run: compared with the four-lane one in tests.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,pclmulqdq,popcnt,bmi1")]
+    pub(super) fn index_word(
+        cpu: Avx2,
+        bytes: &[u8],
+        open: usize,
+        members: &mut Members,
+    ) -> Option<usize> {
+        scan::<super::Word<Avx2>>(cpu, bytes, open, members)
+    }
+
+    /// Four lanes (blocks) in one AVX2 register, with the proof that they may be computed on:
+    /// the grammar's bit operations then cost one instruction per four blocks, where one block
+    /// at a time in general registers they cost one each and spilled.
+    #[derive(Clone, Copy)]
+    pub(super) struct Ymm {
+        v: __m256i,
+        cpu: Avx2,
+    }
+
+    impl Ymm {
+        #[inline(always)]
+        fn with(self, v: __m256i) -> Ymm {
+            Ymm { v, cpu: self.cpu }
+        }
+
+        /// All ones in the lanes of `lanes`.
+        #[inline(always)]
+        fn lane_mask(self, lanes: u8) -> __m256i {
+            let bit = |j: u8| -i64::from(lanes >> j & 1);
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            unsafe { _mm256_setr_epi64x(bit(0), bit(1), bit(2), bit(3)) }
+        }
+    }
+
+    impl Bits for Ymm {
+        type Carry = u8;
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_and_si256(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn or(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_or_si256(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_xor_si256(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn but(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_andnot_si256(o.v, self.v) })
+        }
+        #[inline(always)]
+        fn later(self, before: Self) -> Self {
+            later(self, before)
+        }
+        #[inline(always)]
+        fn add_carried(self, seeds: Self, carry: &mut u8) -> Self {
+            add_carried(self, seeds, carry)
+        }
+    }
+
+    impl Lanes for Ymm {
+        type Cpu = Avx2;
+        type Words = [u64; 4];
+        const BLOCKS: usize = 4;
+        #[inline(always)]
+        fn classify(cpu: Avx2, block: &[u8; 64]) -> Classes<u64> {
+            cpu.classify(block)
+        }
+        #[inline(always)]
+        fn from_words(cpu: Avx2, words: [u64; 4]) -> Self {
+            // SAFETY: `cpu` proves AVX2; the load reads the 32 bytes of `words`, unaligned
+            // loads being allowed.
+            let v = unsafe { _mm256_loadu_si256(words.as_ptr().cast()) };
+            Ymm { v, cpu }
+        }
+        #[inline(always)]
+        fn words(self) -> [u64; 4] {
+            let mut words = [0u64; 4];
+            // SAFETY: `self.cpu` proves AVX2; the store writes the 32 bytes of `words`,
+            // unaligned stores being allowed.
+            unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), self.v) };
+            words
+        }
+        #[inline(always)]
+        fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
+            positions_loop(bits, base, out, n)
+        }
+        #[inline(always)]
+        fn splat(cpu: Avx2, x: u64) -> Self {
+            // SAFETY: `cpu` proves AVX2; no memory is touched.
+            let v = unsafe { _mm256_set1_epi64x(x as i64) };
+            Ymm { v, cpu }
+        }
+        #[inline(always)]
+        fn prefix_xor(self, carry: &mut Self) -> Self {
+            prefix_xor(self, carry)
+        }
+        #[inline(always)]
+        fn lowest(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe {
+                _mm256_and_si256(self.v, _mm256_sub_epi64(_mm256_setzero_si256(), self.v))
+            })
+        }
+        #[inline(always)]
+        fn through(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe {
+                _mm256_or_si256(self.v, _mm256_sub_epi64(self.v, _mm256_set1_epi64x(1)))
+            })
+        }
+        #[inline(always)]
+        fn nonzero(self) -> u8 {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            unsafe {
+                let zero = _mm256_cmpeq_epi64(self.v, _mm256_setzero_si256());
+                !(_mm256_movemask_pd(_mm256_castsi256_pd(zero)) as u8) & 0x0f
+            }
+        }
+        #[inline(always)]
+        fn keep(self, lanes: u8) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_and_si256(self.v, self.lane_mask(lanes)) })
+        }
+    }
+
+    impl Wide for Ymm {
+        #[inline(always)]
+        fn shl<const N: u32>(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_sll_epi64(self.v, _mm_set_epi64x(0, i64::from(N))) })
+        }
+        #[inline(always)]
+        fn top(self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_srli_epi64::<63>(self.v) })
+        }
+        #[inline(always)]
+        fn spread_top(self) -> Self {
+            // No 64-bit arithmetic shift in AVX2: negative lanes compare below zero.
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_cmpgt_epi64(_mm256_setzero_si256(), self.v) })
+        }
+        #[inline(always)]
+        fn up1(self, below: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe {
+                // [below 2, below 3, self 0, self 1], then each half a lane on.
+                let middle = _mm256_permute2x128_si256::<0x21>(below.v, self.v);
+                _mm256_alignr_epi8::<8>(self.v, middle)
+            })
+        }
+        #[inline(always)]
+        fn up2(self, below: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            self.with(unsafe { _mm256_permute2x128_si256::<0x21>(below.v, self.v) })
+        }
+        #[inline(always)]
+        fn up4(self, below: Self) -> Self {
+            below
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> (Self, u8) {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            let (sum, carried) = unsafe {
+                let sum = _mm256_add_epi64(self.v, o.v);
+                // Unsigned `sum < self`: a signed compare with the top bits flipped.
+                let flip = _mm256_set1_epi64x(i64::MIN);
+                let below =
+                    _mm256_cmpgt_epi64(_mm256_xor_si256(self.v, flip), _mm256_xor_si256(sum, flip));
+                (sum, _mm256_movemask_pd(_mm256_castsi256_pd(below)) as u8)
+            };
+            (self.with(sum), carried)
+        }
+        #[inline(always)]
+        fn inc(self, lanes: u8) -> (Self, u8) {
+            // SAFETY: `self.cpu` proves AVX2; no memory is touched.
+            let (sum, wrapped) = unsafe {
+                // Subtracting all ones adds one.
+                let sum = _mm256_sub_epi64(self.v, self.lane_mask(lanes));
+                let zero = _mm256_cmpeq_epi64(sum, _mm256_setzero_si256());
+                (
+                    sum,
+                    _mm256_movemask_pd(_mm256_castsi256_pd(zero)) as u8 & lanes,
+                )
+            };
+            (self.with(sum), wrapped)
+        }
     }
 
     impl Classify for Avx2 {
@@ -1368,6 +1581,12 @@ mod tests {
                     None,
                     "{text:?}"
                 );
+                assert_eq!(
+                    // SAFETY: `cpu` proves the CPU has the features it is compiled for.
+                    indexed(text, |b, o, m| unsafe { avx2::index_word(cpu, b, o, m) }),
+                    None,
+                    "{text:?}"
+                );
             }
             #[cfg(target_arch = "x86_64")]
             if let Some(cpu) = Avx512::get() {
@@ -1393,6 +1612,12 @@ mod tests {
         if let Some(cpu) = avx2_or_say_why() {
             assert_eq!(
                 indexed(text, |b, o, m| cpu.index(b, o, m)).as_ref(),
+                Some(&got),
+                "{text:?}"
+            );
+            assert_eq!(
+                // SAFETY: `cpu` proves the CPU has the features it is compiled for.
+                indexed(text, |b, o, m| unsafe { avx2::index_word(cpu, b, o, m) }).as_ref(),
                 Some(&got),
                 "{text:?}"
             );
