@@ -231,9 +231,13 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                     break;
                 }
             }
-            // Blocks not read count as control bytes, which nothing in a map may be.
-            chunk.escape.as_mut()[filled..].fill(!0);
-            chunk.other.as_mut()[filled..].fill(!0);
+            // Blocks not read count as control bytes, which nothing in a map may be (a
+            // branch: a fill of nothing still called memset, which cleared the vector
+            // registers' upper halves).
+            if filled < L::BLOCKS {
+                chunk.escape.as_mut()[filled..].fill(!0);
+                chunk.other.as_mut()[filled..].fill(!0);
+            }
             macro_rules! load {
                 ($($field:ident),*) => {
                     Classes {
