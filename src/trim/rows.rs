@@ -1801,6 +1801,43 @@ mod tests {
         }
     }
 
+    /// The four-lane AVX2 arithmetic against the eight portable lanes: two chunks of four
+    /// make one of eight, with carries between them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_lanes_match_the_portable_ones() {
+        let Some(cpu) = avx2_or_say_why() else {
+            return;
+        };
+        let mut rng = crate::trim::Lcg(11);
+        let mut word = || rng.next() << 40 ^ rng.next() << 20 ^ rng.next();
+        let (mut xor_words, mut xor_ymm) = (Words([0; 8]), avx2::Ymm::splat(cpu, 0));
+        let (mut add_words, mut add_ymm) = (0u8, 0u8);
+        for round in 0..5_000 {
+            // Long runs of ones, so that carries cross lanes and chunks.
+            let runs: [u64; 8] = std::array::from_fn(|_| match word() % 4 {
+                0 => !0,
+                1 => word(),
+                _ => word() | word() | word(),
+            });
+            let seeds: [u64; 8] = std::array::from_fn(|j| runs[j] & word() & word() & word());
+            let xor = Words(runs).prefix_xor(&mut xor_words).0;
+            let sum = Words(runs).add_carried(Words(seeds), &mut add_words).0;
+            let (mut got_xor, mut got_sum) = ([0; 8], [0; 8]);
+            for half in 0..2 {
+                let at = 4 * half;
+                let part =
+                    |w: &[u64; 8]| avx2::Ymm::from_words(cpu, w[at..at + 4].try_into().unwrap());
+                got_xor[at..at + 4].copy_from_slice(&part(&runs).prefix_xor(&mut xor_ymm).words());
+                got_sum[at..at + 4]
+                    .copy_from_slice(&part(&runs).add_carried(part(&seeds), &mut add_ymm).words());
+            }
+            assert_eq!(got_xor, xor, "round {round}");
+            assert_eq!(got_sum, sum, "round {round}");
+            assert_eq!(add_ymm, add_words, "round {round}");
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_classifier_matches_the_bytewise_one() {
