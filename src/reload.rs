@@ -55,7 +55,9 @@ impl Reloader {
     /// still rescanned); forced reloads never wait for it.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.ensure_watcher();
-        self.rescan().await;
+        // Nothing is served before this first scan: it may parse on every core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.rescan_on(cores).await;
         self.shared
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -133,6 +135,11 @@ impl Reloader {
     /// stay, the reloader goes on (so shutdown never waits on it), and later scans report the
     /// stuck one until it returns instead of piling up behind it.
     async fn rescan(&mut self) -> ReloadSummary {
+        self.rescan_on(1).await
+    }
+
+    /// [`Self::rescan`], parsing changed bundles on up to `threads` threads.
+    async fn rescan_on(&mut self, threads: usize) -> ReloadSummary {
         let started = Instant::now();
         let store = self.store.clone();
         let trim = self.shared.config.trim.clone();
@@ -145,7 +152,7 @@ impl Reloader {
                     return Err("an earlier bundle scan is still running".to_owned())
                 }
             };
-            let report = store.scan();
+            let report = store.scan_on(threads);
             let snapshot = report
                 .changed
                 .then(|| store.snapshot(Some(&previous), &trim));

@@ -3,9 +3,9 @@
 //! A table is built once per bundle content and shared, unchanged, by every snapshot that
 //! includes it; the parsed document is dropped as soon as the table exists.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::format::{BundleView, Stage};
 use crate::config::{Mode, VerifyOverride};
@@ -60,6 +60,32 @@ impl FeatureNames {
     }
 }
 
+/// One bundle's feature names numbered in first-seen order, borrowed from its document.
+struct LocalNames<'v> {
+    /// Name → local id.
+    ids: FxHashMap<&'v str, u32>,
+    /// Local id → name.
+    names: Vec<&'v str>,
+}
+
+impl<'v> LocalNames<'v> {
+    fn with_capacity(capacity: usize) -> Self {
+        LocalNames {
+            ids: FxHashMap::with_capacity_and_hasher(capacity, FxBuildHasher),
+            names: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn intern(&mut self, name: &'v str) -> u32 {
+        let next = self.names.len() as u32;
+        let id = *self.ids.entry(name).or_insert(next);
+        if id == next {
+            self.names.push(name);
+        }
+        id
+    }
+}
+
 /// A set of interned feature ids: a bitset, shared (not copied) by every snapshot and merged
 /// view that uses it. Its words end at the highest id it holds, so two equal sets are equal
 /// word for word whatever the number of names when each was built.
@@ -81,6 +107,16 @@ impl Allowlist {
                 bits.resize(word + 1, 0);
             }
             bits[word] |= 1 << (id % 64);
+        }
+        Self::from_words(bits)
+    }
+
+    /// The set of `map[id]` for every `id` of this one.
+    fn mapped(&self, map: &[u32]) -> Allowlist {
+        let top = self.ids().map(|id| map[id as usize]).max();
+        let mut bits = vec![0u64; top.map_or(0, |top| top as usize / 64 + 1)];
+        for id in self.ids().map(|id| map[id as usize]) {
+            bits[id as usize / 64] |= 1 << (id % 64);
         }
         Self::from_words(bits)
     }
@@ -202,6 +238,43 @@ pub(super) struct TableVersion {
 impl BundleTable {
     /// The table of a validated bundle, interning its feature names into `names`.
     pub fn from_view(view: &BundleView<'_>, names: &mut Arc<FeatureNames>) -> BundleTable {
+        Self::from_view_with(view, |f| FeatureNames::intern(names, f))
+    }
+
+    /// The table of a validated bundle on the shared `names`, locked only to add this bundle's
+    /// distinct names: the names are first numbered within the bundle (a bundle repeats each
+    /// name across its versions), so several bundles can be read at once and the shared table
+    /// sees each distinct name once per bundle, not once per version.
+    pub fn from_view_shared(
+        view: &BundleView<'_>,
+        names: &Mutex<Arc<FeatureNames>>,
+    ) -> BundleTable {
+        let listed: usize = view.models.iter().map(|m| m.features.len()).sum();
+        let mut local = LocalNames::with_capacity(listed.min(1 << 15));
+        let table = Self::from_view_with(view, |f| local.intern(f));
+        let map: Vec<u32> = {
+            let mut names = names
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            local
+                .names
+                .iter()
+                .map(|f| FeatureNames::intern(&mut names, f))
+                .collect()
+        };
+        drop(local);
+        if map.iter().enumerate().all(|(i, &id)| id as usize == i) {
+            table
+        } else {
+            table.remap(&map)
+        }
+    }
+
+    /// The table of `view`, with `intern` giving each feature name its id.
+    fn from_view_with<'v>(
+        view: &'v BundleView<'_>,
+        mut intern: impl FnMut(&'v str) -> u32,
+    ) -> BundleTable {
         let mut models: std::collections::BTreeMap<&str, TableModel> = Default::default();
         let model = |name: &str| -> TableModel {
             TableModel {
@@ -211,12 +284,10 @@ impl BundleTable {
             }
         };
         let mut used: Vec<u64> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
         for entry in &view.models {
-            let ids: Vec<u32> = entry
-                .features
-                .iter()
-                .map(|f| FeatureNames::intern(names, f))
-                .collect();
+            ids.clear();
+            ids.extend(entry.features.iter().map(|f| intern(f)));
             for &id in &ids {
                 let word = id as usize / 64;
                 if word >= used.len() {
@@ -232,7 +303,7 @@ impl BundleTable {
                     version: entry.version.as_ref().into(),
                     stage: entry.stage,
                     mode: entry.mode,
-                    allowlist: Allowlist::from_ids(ids),
+                    allowlist: Allowlist::from_ids(ids.iter().copied()),
                     verify: entry.verify,
                 });
         }
@@ -255,7 +326,7 @@ impl BundleTable {
 
     /// The same table with every id `i` replaced by `map[i]` (for names being compacted).
     pub fn remap(&self, map: &[u32]) -> BundleTable {
-        let remap = |a: &Allowlist| Allowlist::from_ids(a.ids().map(|id| map[id as usize]));
+        let remap = |a: &Allowlist| a.mapped(map);
         BundleTable {
             generation: self.generation,
             sha256: self.sha256.clone(),
