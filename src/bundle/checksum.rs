@@ -79,6 +79,10 @@ fn write_document(value: &Json<'_>, out: &mut Canonical) {
             out.spill();
         }
         Json::Object(members) => write_members(members.iter(), out),
+        Json::Strings(strings) => {
+            out.buf.extend_from_slice(strings.text().as_bytes());
+            out.spill();
+        }
     }
 }
 

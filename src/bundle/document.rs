@@ -6,12 +6,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::value::{MapDeserializer, SeqDeserializer};
+use serde::de::value::{BorrowedStrDeserializer, MapDeserializer, SeqDeserializer};
 use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Number;
 
 /// One JSON value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Json<'a> {
     /// `null`.
     Null,
@@ -23,9 +23,59 @@ pub enum Json<'a> {
     String(Cow<'a, str>),
     /// An array.
     Array(Vec<Json<'a>>),
+    /// An array of strings written compactly (`["a","b"]`: no whitespace, no escapes), kept as
+    /// its text: that text is already its canonical form, and a bundle's feature lists are
+    /// such arrays. Equal to the [`Json::Array`] of the same strings.
+    Strings(PlainStrings<'a>),
     /// An object's members sorted by their keys' UTF-16 code units (the canonical order),
     /// one per key.
     Object(Vec<(Cow<'a, str>, Json<'a>)>),
+}
+
+/// The text of a compact array of strings without escapes, brackets included.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainStrings<'a>(&'a str);
+
+impl<'a> PlainStrings<'a> {
+    /// The array's text, which is its canonical form.
+    pub fn text(&self) -> &'a str {
+        self.0
+    }
+
+    /// The strings.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> {
+        // `[` and then, per string, `"` + string + `"` + `,` or `]`; no string holds a quote.
+        let mut rest = &self.0[1..];
+        std::iter::from_fn(move || {
+            let string = rest.strip_prefix('"')?;
+            // Names are short: a plain loop beats memchr's setup.
+            let end = string.bytes().position(|b| b == b'"')?;
+            rest = &string[end + 2..];
+            Some(&string[..end])
+        })
+    }
+}
+
+impl PartialEq for Json<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Json::Null, Json::Null) => true,
+            (Json::Bool(a), Json::Bool(b)) => a == b,
+            (Json::Number(a), Json::Number(b)) => a == b,
+            (Json::String(a), Json::String(b)) => a == b,
+            (Json::Object(a), Json::Object(b)) => a == b,
+            (Json::Array(a), Json::Array(b)) => a == b,
+            (Json::Strings(a), Json::Strings(b)) => a.0 == b.0,
+            (Json::Strings(s), Json::Array(items)) | (Json::Array(items), Json::Strings(s)) => {
+                let mut strings = s.iter();
+                items
+                    .iter()
+                    .all(|item| matches!(item, Json::String(a) if strings.next() == Some(a)))
+                    && strings.next().is_none()
+            }
+            _ => false,
+        }
+    }
 }
 
 impl<'a> Json<'a> {
@@ -262,7 +312,50 @@ impl<'a> Parser<'a> {
             .map(Cow::Owned)
     }
 
+    /// The compact array of plain strings starting at the current `[`, if it is one (the
+    /// position is left as it was otherwise).
+    fn plain_strings(&mut self) -> Option<Json<'a>> {
+        let bytes = self.bytes;
+        let start = self.at;
+        let mut at = start + 1;
+        let mut high = 0;
+        if bytes.get(at) == Some(&b'"') {
+            loop {
+                at += 1;
+                loop {
+                    match *bytes.get(at)? {
+                        b'"' => break,
+                        b'\\' | 0..=0x1f => return None,
+                        byte => high |= byte,
+                    }
+                    at += 1;
+                }
+                at += 1;
+                if bytes.get(at..at + 2) != Some(b",\"") {
+                    break;
+                }
+                at += 1;
+            }
+        }
+        if bytes.get(at) != Some(&b']') {
+            return None;
+        }
+        let text = &bytes[start..=at];
+        let text = if high < 0x80 {
+            // SAFETY: every byte is below 0x80: ASCII, which is UTF-8.
+            unsafe { std::str::from_utf8_unchecked(text) }
+        } else {
+            // The delimiters are ASCII: the text is UTF-8 exactly when every string is.
+            std::str::from_utf8(text).ok()?
+        };
+        self.at = at + 1;
+        Some(Json::Strings(PlainStrings(text)))
+    }
+
     fn array(&mut self, depth: usize) -> Option<Json<'a>> {
+        if let Some(strings) = self.plain_strings() {
+            return Some(strings);
+        }
         self.at += 1;
         let mark = self.items.len();
         if !self.eat(b']') {
@@ -325,6 +418,13 @@ impl<'de> Deserializer<'de> for &Json<'de> {
             Json::String(Cow::Owned(s)) => visitor.visit_str(s),
             Json::Array(items) => {
                 let mut seq = SeqDeserializer::new(items.iter());
+                let value = visitor.visit_seq(&mut seq)?;
+                seq.end()?;
+                Ok(value)
+            }
+            Json::Strings(strings) => {
+                let mut seq =
+                    SeqDeserializer::new(strings.iter().map(BorrowedStrDeserializer::new));
                 let value = visitor.visit_seq(&mut seq)?;
                 seq.end()?;
                 Ok(value)
@@ -450,9 +550,12 @@ mod tests {
         let text = r#" {"format":"trimmer.bundle/v1", "models": [ {"model": "m\u00e9", "version":"1",
             "features": ["a", "b\"q", "\ud83d\ude00", "é", "", "c\\"], "verify": {"sample": 0.05,
             "abs": 1e-3, "n": -0, "big": 18446744073709551616}}, [], {}, [[]], true, false, null],
-            "labels": {"m": {"b": "2", "a": "1", "b": "3"}}, "x": 12} "#;
+            "labels": {"m": {"b": "2", "a": "1", "b": "3"}}, "x": 12,
+            "plain": ["f_1","é","","a b","f_1"], "mixed": ["a",1], "empty": [], "one": [""]} "#;
         let bytes = text.as_bytes();
         let parsed = Parser::document(bytes).expect("a plain document is the parser's");
+        assert!(matches!(parsed.get("plain"), Some(Json::Strings(_))));
+        assert!(matches!(parsed.get("mixed"), Some(Json::Array(_))));
         assert_eq!(Some(parsed), by_serde(bytes));
         // Every prefix, every byte removed, and every byte replaced by a few that matter: the
         // parser either reads what serde_json reads or declines.
@@ -472,12 +575,16 @@ mod tests {
         let mut declined = 0;
         for variant in &variants {
             match Parser::document(variant) {
-                Some(json) => assert_eq!(
-                    Some(json),
-                    by_serde(variant),
-                    "{}",
-                    String::from_utf8_lossy(variant)
-                ),
+                Some(json) => {
+                    let value: serde_json::Value = serde_json::from_slice(variant).unwrap();
+                    assert_eq!(document_checksum(&json), bundle_checksum(&value));
+                    assert_eq!(
+                        Some(json),
+                        by_serde(variant),
+                        "{}",
+                        String::from_utf8_lossy(variant)
+                    );
+                }
                 None => declined += 1,
             }
             assert_eq!(

@@ -395,6 +395,16 @@ mod tests {
         bundle.seal();
         let text = serde_json::to_string_pretty(&bundle).unwrap();
         assert!(Bundle::parse(text.as_bytes(), "homefeed").is_ok());
+        // Compact, as the pipeline writes it: feature lists are read as their text.
+        let compact = serde_json::to_vec(&bundle).unwrap();
+        assert_eq!(Bundle::parse(&compact, "homefeed").unwrap(), bundle);
+        let tampered = String::from_utf8(compact)
+            .unwrap()
+            .replace("\"f_b\"", "\"f_x\"");
+        assert!(matches!(
+            Bundle::parse(tampered.as_bytes(), "homefeed"),
+            Err(BundleError::Checksum { .. })
+        ));
         let tampered = text.replace("\"f_b\"", "\"f_x\"");
         assert!(matches!(
             Bundle::parse(tampered.as_bytes(), "homefeed"),

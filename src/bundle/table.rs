@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::FxBuildHasher;
 
 use super::format::{BundleView, Stage};
 use crate::config::{Mode, VerifyOverride};
@@ -15,74 +15,144 @@ use crate::config::{Mode, VerifyOverride};
 /// each bit means; a snapshot shares the instance it was built with.
 #[derive(Debug, Clone, Default)]
 pub struct FeatureNames {
-    /// Name → id.
-    /// FxHash: keys are short, bundle-controlled strings looked up once per request feature;
-    /// SipHash's flooding resistance buys nothing here (requests never insert).
-    ids: FxHashMap<Arc<str>, u32>,
-    /// Id → name (the same allocations as the keys).
-    names: Vec<Arc<str>>,
+    /// Name → id, and id → name. Looked up once per request feature (requests never insert),
+    /// and once per distinct name of each bundle loaded.
+    table: NameTable<Arc<str>>,
 }
 
 impl FeatureNames {
     /// The id of `name`, if interned.
     #[inline]
     pub fn id(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+        self.table.find(name, name_hash(name)).ok()
     }
 
     /// The name of `id`.
     pub fn name(&self, id: u32) -> Option<&str> {
-        self.names.get(id as usize).map(|n| n.as_ref())
+        self.table.names.get(id as usize).map(|(_, n)| n.as_ref())
     }
 
     /// Number of interned names (including names no loaded bundle uses any more).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.table.names.len()
     }
 
     /// True when nothing is interned.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.table.names.is_empty()
     }
 
     /// The id of `name`, interning it if new. The names are copied first only if a snapshot
     /// still shares them (copy on write), so a reload that adds no name copies nothing.
     pub fn intern(names: &mut Arc<FeatureNames>, name: &str) -> u32 {
-        if let Some(id) = names.id(name) {
-            return id;
+        Self::intern_hashed(names, name, name_hash(name))
+    }
+
+    /// [`Self::intern`] for a name whose [`name_hash`] is known.
+    fn intern_hashed(names: &mut Arc<FeatureNames>, name: &str, hash: u32) -> u32 {
+        match names.table.find(name, hash) {
+            Ok(id) => id,
+            Err(slot) => Arc::make_mut(names).table.insert(slot, hash, name.into()),
         }
-        let names = Arc::make_mut(names);
-        let id = names.names.len() as u32;
-        let name: Arc<str> = name.into();
-        names.ids.insert(name.clone(), id);
-        names.names.push(name);
-        id
     }
 }
 
-/// One bundle's feature names numbered in first-seen order, borrowed from its document.
-struct LocalNames<'v> {
-    /// Name → local id.
-    ids: FxHashMap<&'v str, u32>,
-    /// Local id → name.
-    names: Vec<&'v str>,
+/// The hash names are found by. FxHash: names are short, bundle-controlled strings looked
+/// up once per request feature; SipHash's flooding resistance buys nothing here (requests
+/// never insert).
+#[inline]
+fn name_hash(name: &str) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = FxBuildHasher.build_hasher();
+    hasher.write(name.as_bytes());
+    // The low half: FxHash rotates its best-mixed bits there.
+    hasher.finish() as u32
 }
 
-impl<'v> LocalNames<'v> {
-    fn with_capacity(capacity: usize) -> Self {
-        LocalNames {
-            ids: FxHashMap::with_capacity_and_hasher(capacity, FxBuildHasher),
-            names: Vec::with_capacity(capacity),
+/// Names numbered in the order they were added: an open-addressing table of ids, each
+/// beside its name's hash, so that a probe compares names only when their hashes agree, and
+/// compares short names without a call to `memcmp`.
+#[derive(Debug, Clone)]
+struct NameTable<S> {
+    /// Slot → id + 1 (0: empty); a power of two, at most half full.
+    slots: Vec<u32>,
+    /// Id → (hash, name).
+    names: Vec<(u32, S)>,
+}
+
+impl<S> Default for NameTable<S> {
+    fn default() -> Self {
+        NameTable {
+            slots: vec![0; 1024],
+            names: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsRef<str>> NameTable<S> {
+    /// The id of `name` (whose hash is `hash`), or the empty slot where it would go.
+    #[inline]
+    fn find(&self, name: &str, hash: u32) -> Result<u32, usize> {
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let id = match self.slots[slot] {
+                0 => return Err(slot),
+                id => id - 1,
+            };
+            let (h, known) = &self.names[id as usize];
+            if *h == hash && same(known.as_ref().as_bytes(), name.as_bytes()) {
+                return Ok(id);
+            }
+            slot = (slot + 1) & mask;
         }
     }
 
-    fn intern(&mut self, name: &'v str) -> u32 {
-        let next = self.names.len() as u32;
-        let id = *self.ids.entry(name).or_insert(next);
-        if id == next {
-            self.names.push(name);
+    /// Adds `name` at `slot` (what [`Self::find`] returned for it) and returns its id.
+    fn insert(&mut self, slot: usize, hash: u32, name: S) -> u32 {
+        let id = self.names.len() as u32;
+        self.names.push((hash, name));
+        self.slots[slot] = id + 1;
+        if self.names.len() * 2 > self.slots.len() {
+            let mut slots = vec![0u32; self.slots.len() * 2];
+            let mask = slots.len() - 1;
+            for (id, (hash, _)) in self.names.iter().enumerate() {
+                let mut slot = *hash as usize & mask;
+                while slots[slot] != 0 {
+                    slot = (slot + 1) & mask;
+                }
+                slots[slot] = id as u32 + 1;
+            }
+            self.slots = slots;
         }
         id
+    }
+
+    /// The id of `name`, added if new.
+    #[inline]
+    fn intern(&mut self, name: S) -> u32 {
+        let hash = name_hash(name.as_ref());
+        match self.find(name.as_ref(), hash) {
+            Ok(id) => id,
+            Err(slot) => self.insert(slot, hash, name),
+        }
+    }
+}
+
+/// Whether two short byte strings are equal, without a call to `memcmp` for the short ones
+/// feature names are.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+    match a.len() {
+        // Two overlapping words (or halves) cover the string.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, a.len() - 8) == word(b, b.len() - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, a.len() - 4) == half(b, b.len() - 4),
+        _ => a == b,
     }
 }
 
@@ -249,8 +319,9 @@ impl BundleTable {
         view: &BundleView<'_>,
         names: &Mutex<Arc<FeatureNames>>,
     ) -> BundleTable {
-        let listed: usize = view.models.iter().map(|m| m.features.len()).sum();
-        let mut local = LocalNames::with_capacity(listed.min(1 << 15));
+        // A bundle lists each name about as many times as it has versions: numbered within
+        // the bundle first, each distinct name is looked up in the shared table once.
+        let mut local = NameTable::<&str>::default();
         let table = Self::from_view_with(view, |f| local.intern(f));
         let map: Vec<u32> = {
             let mut names = names
@@ -259,7 +330,7 @@ impl BundleTable {
             local
                 .names
                 .iter()
-                .map(|f| FeatureNames::intern(&mut names, f))
+                .map(|&(hash, f)| FeatureNames::intern_hashed(&mut names, f, hash))
                 .collect()
         };
         drop(local);
@@ -394,6 +465,32 @@ mod tests {
         assert!(!Allowlist::from_ids([200, 64, 3]).shares_bits_with(&a));
         assert!(a.clone().shares_bits_with(&a), "a clone shares its bits");
         assert!(Allowlist::from_ids([]).is_empty());
+    }
+
+    #[test]
+    fn the_name_table_finds_every_name_it_grew_past() {
+        let names: Vec<String> = (0..5000)
+            .map(|i| "x".repeat(i % 23) + &i.to_string())
+            .collect();
+        let mut table = NameTable::<&str>::default();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(table.intern(name), i as u32);
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(table.intern(name), i as u32, "{name}");
+            assert_eq!(table.find(&format!("{name}!"), name_hash(name)).ok(), None);
+        }
+        assert_eq!(table.names.len(), 5000);
+        for len in 0..20 {
+            let a = "abcdefghijklmnopqrstu"[..len].to_owned();
+            assert!(same(a.as_bytes(), a.clone().as_bytes()));
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'#';
+                assert!(!same(a.as_bytes(), &b), "{a} differs at {at}");
+            }
+            assert!(!same(a.as_bytes(), format!("{a}#").as_bytes()));
+        }
     }
 
     #[test]
