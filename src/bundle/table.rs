@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxBuildHasher;
 
-use super::format::{BundleView, Stage};
+use super::format::{BundleView, ModelEntryView, Stage};
 use crate::config::{Mode, VerifyOverride};
 
 /// Feature names interned to dense ids. A store keeps one instance for all its bundles, and
@@ -308,7 +308,14 @@ pub(super) struct TableVersion {
 impl BundleTable {
     /// The table of a validated bundle, interning its feature names into `names`.
     pub fn from_view(view: &BundleView<'_>, names: &mut Arc<FeatureNames>) -> BundleTable {
-        Self::from_view_with(view, |f| FeatureNames::intern(names, f))
+        Self::from_view_with(view, |_, entry| {
+            Allowlist::from_ids(
+                entry
+                    .features
+                    .iter()
+                    .map(|f| FeatureNames::intern(names, f)),
+            )
+        })
     }
 
     /// The table of a validated bundle on the shared `names`, locked only to add this bundle's
@@ -319,11 +326,13 @@ impl BundleTable {
         view: &BundleView<'_>,
         names: &Mutex<Arc<FeatureNames>>,
     ) -> BundleTable {
-        // A bundle lists each name about as many times as it has versions: numbered within
-        // the bundle first, each distinct name is looked up in the shared table once.
         let mut local = NameTable::<&str>::default();
-        let table = Self::from_view_with(view, |f| local.intern(f));
-        let map: Vec<u32> = {
+        let listed: Vec<Vec<u32>> = view
+            .models
+            .iter()
+            .map(|entry| entry.features.iter().map(|f| local.intern(f)).collect())
+            .collect();
+        let shared: Vec<u32> = {
             let mut names = names
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -334,17 +343,15 @@ impl BundleTable {
                 .collect()
         };
         drop(local);
-        if map.iter().enumerate().all(|(i, &id)| id as usize == i) {
-            table
-        } else {
-            table.remap(&map)
-        }
+        Self::from_view_with(view, |i, _| {
+            Allowlist::from_ids(listed[i].iter().map(|&local| shared[local as usize]))
+        })
     }
 
-    /// The table of `view`, with `intern` giving each feature name its id.
+    /// The table of `view`, with `allowlist` giving the allowlist of each entry (by index).
     fn from_view_with<'v>(
         view: &'v BundleView<'_>,
-        mut intern: impl FnMut(&'v str) -> u32,
+        mut allowlist: impl FnMut(usize, &'v ModelEntryView<'_>) -> Allowlist,
     ) -> BundleTable {
         let mut models: std::collections::BTreeMap<&str, TableModel> = Default::default();
         let model = |name: &str| -> TableModel {
@@ -355,16 +362,13 @@ impl BundleTable {
             }
         };
         let mut used: Vec<u64> = Vec::new();
-        let mut ids: Vec<u32> = Vec::new();
-        for entry in &view.models {
-            ids.clear();
-            ids.extend(entry.features.iter().map(|f| intern(f)));
-            for &id in &ids {
-                let word = id as usize / 64;
-                if word >= used.len() {
-                    used.resize(word + 1, 0);
-                }
-                used[word] |= 1 << (id % 64);
+        for (i, entry) in view.models.iter().enumerate() {
+            let allowlist = allowlist(i, entry);
+            if used.len() < allowlist.bits.len() {
+                used.resize(allowlist.bits.len(), 0);
+            }
+            for (word, bits) in used.iter_mut().zip(allowlist.bits.iter()) {
+                *word |= bits;
             }
             models
                 .entry(&entry.model)
@@ -374,7 +378,7 @@ impl BundleTable {
                     version: entry.version.as_ref().into(),
                     stage: entry.stage,
                     mode: entry.mode,
-                    allowlist: Allowlist::from_ids(ids.iter().copied()),
+                    allowlist,
                     verify: entry.verify,
                 });
         }
