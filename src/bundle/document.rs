@@ -445,6 +445,18 @@ impl<'de> Deserializer<'de> for &Json<'de> {
         }
     }
 
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self {
+            // [`Features`] takes a compact list as its text.
+            Json::Strings(strings) if name == FEATURES => visitor.visit_borrowed_str(strings.0),
+            _ => visitor.visit_newtype_struct(self),
+        }
+    }
+
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -460,8 +472,7 @@ impl<'de> Deserializer<'de> for &Json<'de> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
-        ignored_any
+        unit unit_struct seq tuple tuple_struct map struct identifier ignored_any
     }
 }
 
@@ -532,6 +543,62 @@ impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
             }
         }
         deserializer.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+}
+
+/// The newtype name under which a compact list reaches [`Features`] as its text.
+const FEATURES: &str = "$trimmer::Features";
+
+/// A model entry's feature names, borrowed: the text of a compact list (the form the pipeline
+/// writes, split only as it is read), or the names one by one.
+#[derive(Debug, Clone)]
+pub enum Features<'a> {
+    /// A compact list of plain strings, as its text.
+    Text(PlainStrings<'a>),
+    /// Any other list.
+    Names(Vec<Name<'a>>),
+}
+
+impl<'a> Features<'a> {
+    /// The names, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let (text, names) = match self {
+            Features::Text(text) => (Some(text.iter()), None),
+            Features::Names(names) => (None, Some(names.iter().map(|n| n.as_ref()))),
+        };
+        text.into_iter()
+            .flatten()
+            .chain(names.into_iter().flatten())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Features<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FeaturesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FeaturesVisitor<'a> {
+            type Value = Features<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings")
+            }
+
+            /// Only `&Json`'s deserializer calls this, with a [`Json::Strings`]' text.
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Features<'a>, E> {
+                Ok(Features::Text(PlainStrings(v)))
+            }
+
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Features<'a>, D::Error> {
+                Vec::deserialize(d).map(Features::Names)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Features<'a>, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(Features::Names)
+            }
+        }
+        deserializer.deserialize_newtype_struct(FEATURES, FeaturesVisitor(std::marker::PhantomData))
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use super::checksum::{bundle_checksum, document_checksum};
-use super::document::{Json, Name};
+use super::document::{Features, Json, Name};
 use crate::config::{Mode, VerifyConfig, VerifyOverride};
 
 /// The value of `format` for this version.
@@ -177,7 +177,7 @@ pub struct ModelEntryView<'a> {
     pub stage: Stage,
     /// Input feature names.
     #[serde(borrow)]
-    pub features: Vec<Name<'a>>,
+    pub features: Features<'a>,
     /// Trimming mode, if the entry sets one.
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -236,7 +236,9 @@ impl<'a> BundleView<'a> {
                     model: Cow::Borrowed(&m.model),
                     version: Cow::Borrowed(&m.version),
                     stage: m.stage,
-                    features: m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
+                    features: Features::Names(
+                        m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
+                    ),
                     mode: m.mode,
                     verify: m.verify,
                 })

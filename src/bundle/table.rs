@@ -29,7 +29,7 @@ impl FeatureNames {
 
     /// The name of `id`.
     pub fn name(&self, id: u32) -> Option<&str> {
-        self.table.names.get(id as usize).map(|(_, n)| n.as_ref())
+        self.table.names.get(id as usize).map(|n| n.as_ref())
     }
 
     /// Number of interned names (including names no loaded bundle uses any more).
@@ -70,20 +70,59 @@ fn name_hash(name: &str) -> u32 {
 }
 
 /// Names numbered in the order they were added: an open-addressing table of ids, each
-/// beside its name's hash, so that a probe compares names only when their hashes agree, and
-/// compares short names without a call to `memcmp`.
+/// beside its name's hash, length and first and last eight bytes, so that a probe compares
+/// a name of up to 16 bytes (feature names mostly are) without reading the name itself, and
+/// without a call to `memcmp`.
 #[derive(Debug, Clone)]
 struct NameTable<S> {
     /// Slot → id + 1 (0: empty); a power of two, at most half full.
     slots: Vec<u32>,
-    /// Id → (hash, name).
-    names: Vec<(u32, S)>,
+    /// Id → what a probe compares.
+    keys: Vec<NameKey>,
+    /// Id → name.
+    names: Vec<S>,
+}
+
+/// What identifies a name of up to 16 bytes, and tells most longer ones apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameKey {
+    hash: u32,
+    len: u32,
+    /// Overlapping words (or halves, or bytes) that cover the whole of a short name.
+    words: [u64; 2],
+}
+
+impl NameKey {
+    #[inline]
+    fn of(name: &str, hash: u32) -> NameKey {
+        let b = name.as_bytes();
+        let n = b.len();
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
+        let words = match n {
+            8.. => [word(0), word(n - 8)],
+            4..=7 => [u64::from(half(0)) | u64::from(half(n - 4)) << 32, 0],
+            _ => [b.iter().fold(0, |acc, &byte| acc << 8 | u64::from(byte)), 0],
+        };
+        NameKey {
+            hash,
+            len: n as u32,
+            words,
+        }
+    }
+
+    /// Whether equal keys mean equal names.
+    #[inline]
+    fn whole(&self) -> bool {
+        self.len <= 16
+    }
 }
 
 impl<S> Default for NameTable<S> {
     fn default() -> Self {
         NameTable {
             slots: vec![0; 1024],
+            keys: Vec::new(),
             names: Vec::new(),
         }
     }
@@ -93,6 +132,7 @@ impl<S: AsRef<str>> NameTable<S> {
     /// The id of `name` (whose hash is `hash`), or the empty slot where it would go.
     #[inline]
     fn find(&self, name: &str, hash: u32) -> Result<u32, usize> {
+        let key = NameKey::of(name, hash);
         let mask = self.slots.len() - 1;
         let mut slot = hash as usize & mask;
         loop {
@@ -100,8 +140,9 @@ impl<S: AsRef<str>> NameTable<S> {
                 0 => return Err(slot),
                 id => id - 1,
             };
-            let (h, known) = &self.names[id as usize];
-            if *h == hash && same(known.as_ref().as_bytes(), name.as_bytes()) {
+            if self.keys[id as usize] == key
+                && (key.whole() || self.names[id as usize].as_ref() == name)
+            {
                 return Ok(id);
             }
             slot = (slot + 1) & mask;
@@ -111,13 +152,14 @@ impl<S: AsRef<str>> NameTable<S> {
     /// Adds `name` at `slot` (what [`Self::find`] returned for it) and returns its id.
     fn insert(&mut self, slot: usize, hash: u32, name: S) -> u32 {
         let id = self.names.len() as u32;
-        self.names.push((hash, name));
+        self.keys.push(NameKey::of(name.as_ref(), hash));
+        self.names.push(name);
         self.slots[slot] = id + 1;
         if self.names.len() * 2 > self.slots.len() {
             let mut slots = vec![0u32; self.slots.len() * 2];
             let mask = slots.len() - 1;
-            for (id, (hash, _)) in self.names.iter().enumerate() {
-                let mut slot = *hash as usize & mask;
+            for (id, key) in self.keys.iter().enumerate() {
+                let mut slot = key.hash as usize & mask;
                 while slots[slot] != 0 {
                     slot = (slot + 1) & mask;
                 }
@@ -137,22 +179,10 @@ impl<S: AsRef<str>> NameTable<S> {
             Err(slot) => self.insert(slot, hash, name),
         }
     }
-}
 
-/// Whether two short byte strings are equal, without a call to `memcmp` for the short ones
-/// feature names are.
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
-    match a.len() {
-        // Two overlapping words (or halves) cover the string.
-        8..=16 => word(a, 0) == word(b, 0) && word(a, a.len() - 8) == word(b, b.len() - 8),
-        4..=7 => half(a, 0) == half(b, 0) && half(a, a.len() - 4) == half(b, b.len() - 4),
-        _ => a == b,
+    /// Each name with its hash, by id.
+    fn hashed(&self) -> impl Iterator<Item = (u32, &S)> {
+        self.keys.iter().map(|k| k.hash).zip(&self.names)
     }
 }
 
@@ -337,9 +367,8 @@ impl BundleTable {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             local
-                .names
-                .iter()
-                .map(|&(hash, f)| FeatureNames::intern_hashed(&mut names, f, hash))
+                .hashed()
+                .map(|(hash, f)| FeatureNames::intern_hashed(&mut names, f, hash))
                 .collect()
         };
         drop(local);
@@ -485,15 +514,22 @@ mod tests {
             assert_eq!(table.find(&format!("{name}!"), name_hash(name)).ok(), None);
         }
         assert_eq!(table.names.len(), 5000);
-        for len in 0..20 {
-            let a = "abcdefghijklmnopqrstu"[..len].to_owned();
-            assert!(same(a.as_bytes(), a.clone().as_bytes()));
+        // Names of every length that differ in one byte, or only in length, are told apart.
+        let mut table = NameTable::<String>::default();
+        for len in 0..40 {
+            let a: String = ('a'..='z').cycle().take(len).collect();
+            let id = table.intern(a.clone());
+            assert_eq!(table.find(&a, name_hash(&a)), Ok(id));
             for at in 0..len {
                 let mut b = a.clone().into_bytes();
                 b[at] = b'#';
-                assert!(!same(a.as_bytes(), &b), "{a} differs at {at}");
+                let b = String::from_utf8(b).unwrap();
+                assert!(table.find(&b, name_hash(&b)).is_err(), "{b}");
+                // Even were the hashes to agree.
+                assert!(table.find(&b, name_hash(&a)).is_err(), "{b}");
             }
-            assert!(!same(a.as_bytes(), format!("{a}#").as_bytes()));
+            let longer = format!("{a}#");
+            assert!(table.find(&longer, name_hash(&a)).is_err(), "{longer}");
         }
     }
 
