@@ -14,6 +14,11 @@ use crate::config::ms;
 use crate::metrics::ModelMetrics;
 use crate::state::{BundleStatus, ReloadRequest, ReloadSummary, Shared, TrimState};
 
+/// Bundle bytes parsed by a scan from which on the memory it freed is handed back to the
+/// system. What parsing fewer frees stays in the allocator's free lists for the next parse
+/// to reuse: trimming it costs a one-bundle reload a page fault per page it touches again.
+const RELEASE_AFTER_PARSING: u64 = 16 << 20;
+
 /// Owns the bundle store and the watcher; runs as one task.
 pub struct Reloader {
     shared: Arc<Shared>,
@@ -55,7 +60,9 @@ impl Reloader {
     /// still rescanned); forced reloads never wait for it.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.ensure_watcher();
-        self.rescan().await;
+        // Nothing is served before this first scan: it may parse on every core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.rescan_on(cores).await;
         self.shared
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -133,6 +140,11 @@ impl Reloader {
     /// stay, the reloader goes on (so shutdown never waits on it), and later scans report the
     /// stuck one until it returns instead of piling up behind it.
     async fn rescan(&mut self) -> ReloadSummary {
+        self.rescan_on(1).await
+    }
+
+    /// [`Self::rescan`], parsing changed bundles on up to `threads` threads.
+    async fn rescan_on(&mut self, threads: usize) -> ReloadSummary {
         let started = Instant::now();
         let store = self.store.clone();
         let trim = self.shared.config.trim.clone();
@@ -145,12 +157,12 @@ impl Reloader {
                     return Err("an earlier bundle scan is still running".to_owned())
                 }
             };
-            let report = store.scan();
+            let report = store.scan_on(threads);
             let snapshot = report
                 .changed
                 .then(|| store.snapshot(Some(&previous), &trim));
             drop(previous);
-            if !report.loads.is_empty() {
+            if report.parsed_bytes >= RELEASE_AFTER_PARSING {
                 // Parsing freed documents many times the size of what is kept.
                 crate::bundle::release_freed_memory();
             }

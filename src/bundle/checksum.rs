@@ -21,54 +21,86 @@ pub fn bundle_checksum(document: &Value) -> String {
     hex(&Sha256::digest(&canonical))
 }
 
-/// Checksum of a borrowed document: the same bytes hashed as [`bundle_checksum`] hashes.
+/// Checksum of a borrowed document: the same bytes hashed as [`bundle_checksum`] hashes,
+/// fed to the hash as they are written rather than gathered first (a bundle's canonical form
+/// is as large as its file).
 pub fn document_checksum(document: &Json<'_>) -> String {
-    let mut canonical = Vec::with_capacity(4096);
+    let mut out = Canonical {
+        buf: Vec::with_capacity(2 * SPILL),
+        hasher: Sha256::new(),
+    };
     match document {
-        Json::Object(members) => write_members(
-            members.iter().filter(|(key, _)| key != "sha256"),
-            &mut canonical,
-        ),
-        other => write_document(other, &mut canonical),
+        Json::Object(members) => {
+            write_members(members.iter().filter(|(key, _)| key != "sha256"), &mut out)
+        }
+        other => write_document(other, &mut out),
     }
-    hex(&Sha256::digest(&canonical))
+    out.hasher.update(&out.buf);
+    hex(&out.hasher.finalize())
+}
+
+/// Canonical bytes on their way into the hash.
+struct Canonical {
+    /// Written, not yet hashed.
+    buf: Vec<u8>,
+    hasher: Sha256,
+}
+
+/// How much canonical text is gathered before it is hashed.
+const SPILL: usize = 32 * 1024;
+
+impl Canonical {
+    fn spill(&mut self) {
+        if self.buf.len() >= SPILL {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
+    }
 }
 
 /// JCS serialisation of a borrowed document (its objects are already in canonical order).
-fn write_document(value: &Json<'_>, out: &mut Vec<u8>) {
+fn write_document(value: &Json<'_>, out: &mut Canonical) {
     match value {
-        Json::Null => out.extend_from_slice(b"null"),
-        Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Json::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
-        Json::String(s) => write_string(s, out),
+        Json::Null => out.buf.extend_from_slice(b"null"),
+        Json::Bool(b) => out
+            .buf
+            .extend_from_slice(if *b { b"true" } else { b"false" }),
+        Json::Number(n) => out.buf.extend_from_slice(n.to_string().as_bytes()),
+        Json::String(s) => write_string(s, &mut out.buf),
         Json::Array(items) => {
-            out.push(b'[');
+            out.buf.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.buf.push(b',');
                 }
                 write_document(item, out);
             }
-            out.push(b']');
+            out.buf.push(b']');
+            out.spill();
         }
         Json::Object(members) => write_members(members.iter(), out),
+        Json::Strings(strings) => {
+            out.buf.extend_from_slice(strings.text().as_bytes());
+            out.spill();
+        }
     }
 }
 
 fn write_members<'a, 'b: 'a>(
     members: impl Iterator<Item = &'a (std::borrow::Cow<'b, str>, Json<'b>)>,
-    out: &mut Vec<u8>,
+    out: &mut Canonical,
 ) {
-    out.push(b'{');
+    out.buf.push(b'{');
     for (i, (key, value)) in members.enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.buf.push(b',');
         }
-        write_string(key, out);
-        out.push(b':');
+        write_string(key, &mut out.buf);
+        out.buf.push(b':');
         write_document(value, out);
     }
-    out.push(b'}');
+    out.buf.push(b'}');
+    out.spill();
 }
 
 /// Lowercase hex of bytes.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use super::checksum::{bundle_checksum, document_checksum};
-use super::document::{Json, Name};
+use super::document::{Features, Json, Name};
 use crate::config::{Mode, VerifyConfig, VerifyOverride};
 
 /// The value of `format` for this version.
@@ -177,7 +177,7 @@ pub struct ModelEntryView<'a> {
     pub stage: Stage,
     /// Input feature names.
     #[serde(borrow)]
-    pub features: Vec<Name<'a>>,
+    pub features: Features<'a>,
     /// Trimming mode, if the entry sets one.
     #[serde(default)]
     pub mode: Option<Mode>,
@@ -236,7 +236,9 @@ impl<'a> BundleView<'a> {
                     model: Cow::Borrowed(&m.model),
                     version: Cow::Borrowed(&m.version),
                     stage: m.stage,
-                    features: m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
+                    features: Features::Names(
+                        m.features.iter().map(|f| Name(Cow::Borrowed(f))).collect(),
+                    ),
                     mode: m.mode,
                     verify: m.verify,
                 })
@@ -395,6 +397,16 @@ mod tests {
         bundle.seal();
         let text = serde_json::to_string_pretty(&bundle).unwrap();
         assert!(Bundle::parse(text.as_bytes(), "homefeed").is_ok());
+        // Compact, as the pipeline writes it: feature lists are read as their text.
+        let compact = serde_json::to_vec(&bundle).unwrap();
+        assert_eq!(Bundle::parse(&compact, "homefeed").unwrap(), bundle);
+        let tampered = String::from_utf8(compact)
+            .unwrap()
+            .replace("\"f_b\"", "\"f_x\"");
+        assert!(matches!(
+            Bundle::parse(tampered.as_bytes(), "homefeed"),
+            Err(BundleError::Checksum { .. })
+        ));
         let tampered = text.replace("\"f_b\"", "\"f_x\"");
         assert!(matches!(
             Bundle::parse(tampered.as_bytes(), "homefeed"),

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
 use super::checksum::hex;
-use super::format::BundleView;
+use super::format::{BundleError, BundleView};
 use super::snapshot::AllowlistSnapshot;
 use super::table::{BundleTable, FeatureNames};
 use crate::config::TrimConfig;
@@ -117,6 +118,8 @@ pub struct ScanReport {
     pub dir_error: Option<String>,
     /// Files whose bytes were read (the others had the stamp they had when last read).
     pub read: usize,
+    /// Bytes of the files parsed (read with new content).
+    pub parsed_bytes: u64,
 }
 
 /// The bundle directory's loaded state.
@@ -183,8 +186,16 @@ impl BundleStore {
         self.kill_switch
     }
 
-    /// Lists the directory and brings every entry up to date.
+    /// Lists the directory and brings every entry up to date, reading files one at a time.
     pub fn scan(&mut self) -> ScanReport {
+        self.scan_on(1)
+    }
+
+    /// [`Self::scan`], reading and parsing the files that changed on up to `threads` threads
+    /// (the first scan of a fleet-sized directory, before the sidecar is ready, has every
+    /// core to itself; a reload while serving runs on one, so requests keep the others).
+    /// Every outcome is recorded in listing order, whatever the order they finished in.
+    pub fn scan_on(&mut self, threads: usize) -> ScanReport {
         let mut report = ScanReport::default();
         let Some(dir) = self.dir.clone() else {
             return report;
@@ -198,44 +209,50 @@ impl BundleStore {
         };
         self.kill_switch = dir.join(KILL_SWITCH_FILE).exists();
         let mut present = std::collections::HashSet::new();
+        let mut to_read = Vec::new();
         for (name, path, stamp) in listing {
-            if self
-                .entries
-                .get(&name)
-                .is_some_and(|e| e.unchanged_since_read(&stamp, self.racy))
-            {
-                present.insert(name);
-                continue;
+            match self.entries.get(&name) {
+                Some(e) if e.unchanged_since_read(&stamp, self.racy) => {
+                    present.insert(name);
+                }
+                entry => {
+                    let seen = entry.map(|e| e.seen_digest);
+                    to_read.push((name, path, seen));
+                }
             }
-            let read_at = SystemTime::now();
-            report.read += 1;
-            let (bytes, stamp) = match read_bounded(&path, self.max_file_bytes) {
-                Ok(read) => read,
-                // A symlink whose target went away (a key removed from a ConfigMap) or a file
-                // deleted since the listing: the bundle is gone, not broken.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => {
+        }
+        report.read = to_read.len();
+        // A clone, not the store's own: a panicking parse leaves the store's names whole.
+        let names = Mutex::new(self.names.clone());
+        let max = self.max_file_bytes;
+        let read = in_parallel(&to_read, threads, |(name, path, seen)| {
+            read_file(name, path, *seen, max, &names)
+        });
+        self.names = names.into_inner().unwrap_or_else(|p| p.into_inner());
+        for ((name, path, _), read) in to_read.into_iter().zip(read) {
+            let read = match read {
+                FileRead::Gone => continue,
+                FileRead::Unreadable(why) => {
                     present.insert(name.clone());
-                    let why = format!("cannot read {}: {e}", path.display());
                     self.record_failure(&name, path, [0; 32], why, &mut report);
                     continue;
                 }
+                FileRead::Read(read) => read,
             };
             present.insert(name.clone());
-            let digest: [u8; 32] = Sha256::digest(&bytes).into();
-            let seen_stamp = Some((stamp, read_at));
-            if let Some(entry) = self.entries.get_mut(&name) {
-                if entry.seen_digest == digest {
-                    entry.seen_stamp = seen_stamp;
+            let seen_stamp = Some((read.stamp, read.read_at));
+            let parsed = match read.parsed {
+                None => {
+                    // The same bytes as last time: nothing to do but trust the new stamp.
+                    if let Some(entry) = self.entries.get_mut(&name) {
+                        entry.seen_stamp = seen_stamp;
+                    }
                     continue;
                 }
-            }
-            let names = &mut self.names;
-            let parsed = BundleView::with(&bytes, Some(&name), |view| {
-                BundleTable::from_view(view, names)
-            });
-            // The file's bytes are no longer needed; the table is all that stays.
-            drop(bytes);
+                Some(parsed) => parsed,
+            };
+            let digest = read.digest;
+            report.parsed_bytes += read.len;
             match parsed {
                 Ok(table) => {
                     let previous = self.entries.get(&name).and_then(|e| e.good.as_ref());
@@ -358,6 +375,99 @@ impl BundleStore {
     }
 }
 
+/// What reading one bundle file gave.
+enum FileRead {
+    /// The file is gone since the listing (a dangling link, a deletion): not broken.
+    Gone,
+    /// It could not be read; the reason.
+    Unreadable(String),
+    /// Its bytes were read.
+    Read(ReadBundle),
+}
+
+/// A bundle file's bytes, hashed and (when they changed) parsed.
+struct ReadBundle {
+    /// SHA-256 of the bytes.
+    digest: [u8; 32],
+    /// The file's stamp when read, and when that was.
+    stamp: FileStamp,
+    read_at: SystemTime,
+    /// `None` when the bytes are the ones last examined; otherwise the table or why not.
+    parsed: Option<Result<BundleTable, BundleError>>,
+    /// Number of bytes.
+    len: u64,
+}
+
+/// Reads, hashes and (unless its digest is `seen`) parses bundle `name` from `path`, adding
+/// its feature names to `names`. The file's bytes are dropped before returning: the table is
+/// all that stays.
+fn read_file(
+    name: &str,
+    path: &Path,
+    seen: Option<[u8; 32]>,
+    max: u64,
+    names: &Mutex<Arc<FeatureNames>>,
+) -> FileRead {
+    let read_at = SystemTime::now();
+    let (bytes, stamp) = match read_bounded(path, max) {
+        Ok(read) => read,
+        Err(e) if e.kind() == ErrorKind::NotFound => return FileRead::Gone,
+        Err(e) => return FileRead::Unreadable(format!("cannot read {}: {e}", path.display())),
+    };
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let parsed = (seen != Some(digest)).then(|| {
+        BundleView::with(&bytes, Some(name), |view| {
+            BundleTable::from_view_shared(view, names)
+        })
+    });
+    FileRead::Read(ReadBundle {
+        digest,
+        stamp,
+        read_at,
+        parsed,
+        len: bytes.len() as u64,
+    })
+}
+
+/// `work` applied to every item on up to `threads` threads, results in `items`' order.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(&work).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return done;
+            };
+            done.push((i, work(item)));
+        }
+    };
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
+        let mine = worker();
+        for (i, result) in helpers
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .chain(mine)
+        {
+            results[i] = Some(result);
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
 /// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -409,7 +519,8 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, FileStamp)> 
         };
         return Err(std::io::Error::other(format!("{what}, not a regular file")));
     }
-    let mut bytes = Vec::new();
+    // Sized as the file says (one allocation, no copies as it grows); counted all the same.
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut file = file;
     loop {
@@ -510,6 +621,57 @@ mod tests {
             &table,
             store.entries()["home"].good.as_ref().unwrap()
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_scan_on_several_threads_loads_what_one_thread_loads() {
+        let dir = std::env::temp_dir().join(format!("trimmer-parallel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for b in 0..7 {
+            let models: Vec<serde_json::Value> = (0..3)
+                .map(|v| {
+                    let features: Vec<String> = (0..50)
+                        .map(|f| format!("f{}", (b * 7 + v * 13 + f) % 90))
+                        .collect();
+                    serde_json::json!({"model": format!("m{}", b % 3), "version": format!("{b}{v}"),
+                        "features": features})
+                })
+                .collect();
+            let bundle = serde_json::json!({"format": "trimmer.bundle/v1", "bundle": format!("b{b}"),
+                "generation": 1, "models": models});
+            // Compact (feature lists read as their text) and pretty, alike.
+            let text = if b % 2 == 0 {
+                serde_json::to_string(&bundle).unwrap()
+            } else {
+                serde_json::to_string_pretty(&bundle).unwrap()
+            };
+            std::fs::write(dir.join(format!("b{b}.json")), text).unwrap();
+        }
+        std::fs::write(dir.join("broken.json"), "{\"format\": ").unwrap();
+        let mut one = BundleStore::new(Some(dir.clone()), 1 << 20);
+        let mut four = BundleStore::new(Some(dir.clone()), 1 << 20);
+        let (a, b) = (one.scan_on(1), four.scan_on(4));
+        let outcomes = |r: &ScanReport| -> Vec<(String, bool)> {
+            let mut outcomes: Vec<_> = r
+                .loads
+                .iter()
+                .map(|l| (l.bundle.clone(), l.result.is_ok()))
+                .collect();
+            outcomes.sort();
+            outcomes
+        };
+        assert_eq!(outcomes(&a), outcomes(&b));
+        assert_eq!(outcomes(&b).len(), 8);
+        assert_eq!((a.read, b.read, a.changed, b.changed), (8, 8, true, true));
+        assert!(four.entries()["broken"].stale && four.entries()["broken"].good.is_none());
+        let trim = TrimConfig::default();
+        let (a, b) = (one.snapshot(None, &trim), four.snapshot(None, &trim));
+        assert_eq!(a.allowlists(), 21);
+        assert_eq!((a.distinct_features(), b.distinct_features()), (90, 90));
+        for model in ["m0", "m1", "m2"] {
+            assert_eq!(a.version_features(model), b.version_features(model));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

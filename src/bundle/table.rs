@@ -3,11 +3,11 @@
 //! A table is built once per bundle content and shared, unchanged, by every snapshot that
 //! includes it; the parsed document is dropped as soon as the table exists.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
 
-use super::format::{BundleView, Stage};
+use super::format::{BundleView, ModelEntryView, Stage};
 use crate::config::{Mode, VerifyOverride};
 
 /// Feature names interned to dense ids. A store keeps one instance for all its bundles, and
@@ -15,48 +15,174 @@ use crate::config::{Mode, VerifyOverride};
 /// each bit means; a snapshot shares the instance it was built with.
 #[derive(Debug, Clone, Default)]
 pub struct FeatureNames {
-    /// Name → id.
-    /// FxHash: keys are short, bundle-controlled strings looked up once per request feature;
-    /// SipHash's flooding resistance buys nothing here (requests never insert).
-    ids: FxHashMap<Arc<str>, u32>,
-    /// Id → name (the same allocations as the keys).
-    names: Vec<Arc<str>>,
+    /// Name → id, and id → name. Looked up once per request feature (requests never insert),
+    /// and once per distinct name of each bundle loaded.
+    table: NameTable<Arc<str>>,
 }
 
 impl FeatureNames {
     /// The id of `name`, if interned.
     #[inline]
     pub fn id(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+        self.table.find(name, name_hash(name)).ok()
     }
 
     /// The name of `id`.
     pub fn name(&self, id: u32) -> Option<&str> {
-        self.names.get(id as usize).map(|n| n.as_ref())
+        self.table.names.get(id as usize).map(|n| n.as_ref())
     }
 
     /// Number of interned names (including names no loaded bundle uses any more).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.table.names.len()
     }
 
     /// True when nothing is interned.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.table.names.is_empty()
     }
 
     /// The id of `name`, interning it if new. The names are copied first only if a snapshot
     /// still shares them (copy on write), so a reload that adds no name copies nothing.
     pub fn intern(names: &mut Arc<FeatureNames>, name: &str) -> u32 {
-        if let Some(id) = names.id(name) {
-            return id;
+        Self::intern_hashed(names, name, name_hash(name))
+    }
+
+    /// [`Self::intern`] for a name whose [`name_hash`] is known.
+    fn intern_hashed(names: &mut Arc<FeatureNames>, name: &str, hash: u32) -> u32 {
+        match names.table.find(name, hash) {
+            Ok(id) => id,
+            Err(slot) => Arc::make_mut(names).table.insert(slot, hash, name.into()),
         }
-        let names = Arc::make_mut(names);
-        let id = names.names.len() as u32;
-        let name: Arc<str> = name.into();
-        names.ids.insert(name.clone(), id);
-        names.names.push(name);
+    }
+}
+
+/// The hash names are found by. FxHash: names are short, bundle-controlled strings looked
+/// up once per request feature; SipHash's flooding resistance buys nothing here (requests
+/// never insert).
+#[inline]
+fn name_hash(name: &str) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = FxBuildHasher.build_hasher();
+    hasher.write(name.as_bytes());
+    // The low half: FxHash rotates its best-mixed bits there.
+    hasher.finish() as u32
+}
+
+/// Names numbered in the order they were added: an open-addressing table of ids, each
+/// beside its name's hash, length and first and last eight bytes, so that a probe compares
+/// a name of up to 16 bytes (feature names mostly are) without reading the name itself, and
+/// without a call to `memcmp`.
+#[derive(Debug, Clone)]
+struct NameTable<S> {
+    /// Slot → id + 1 (0: empty); a power of two, at most half full.
+    slots: Vec<u32>,
+    /// Id → what a probe compares.
+    keys: Vec<NameKey>,
+    /// Id → name.
+    names: Vec<S>,
+}
+
+/// What identifies a name of up to 16 bytes, and tells most longer ones apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameKey {
+    hash: u32,
+    len: u32,
+    /// Overlapping words (or halves, or bytes) that cover the whole of a short name.
+    words: [u64; 2],
+}
+
+impl NameKey {
+    #[inline]
+    fn of(name: &str, hash: u32) -> NameKey {
+        let b = name.as_bytes();
+        let n = b.len();
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        let half = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
+        let words = match n {
+            8.. => [word(0), word(n - 8)],
+            4..=7 => [u64::from(half(0)) | u64::from(half(n - 4)) << 32, 0],
+            _ => [b.iter().fold(0, |acc, &byte| acc << 8 | u64::from(byte)), 0],
+        };
+        NameKey {
+            hash,
+            len: n as u32,
+            words,
+        }
+    }
+
+    /// Whether equal keys mean equal names.
+    #[inline]
+    fn whole(&self) -> bool {
+        self.len <= 16
+    }
+}
+
+impl<S> Default for NameTable<S> {
+    fn default() -> Self {
+        NameTable {
+            slots: vec![0; 1024],
+            keys: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsRef<str>> NameTable<S> {
+    /// The id of `name` (whose hash is `hash`), or the empty slot where it would go.
+    #[inline]
+    fn find(&self, name: &str, hash: u32) -> Result<u32, usize> {
+        let key = NameKey::of(name, hash);
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            let id = match self.slots[slot] {
+                0 => return Err(slot),
+                id => id - 1,
+            };
+            if self.keys[id as usize] == key
+                && (key.whole() || self.names[id as usize].as_ref() == name)
+            {
+                return Ok(id);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Adds `name` at `slot` (what [`Self::find`] returned for it) and returns its id.
+    fn insert(&mut self, slot: usize, hash: u32, name: S) -> u32 {
+        let id = self.names.len() as u32;
+        self.keys.push(NameKey::of(name.as_ref(), hash));
+        self.names.push(name);
+        self.slots[slot] = id + 1;
+        if self.names.len() * 2 > self.slots.len() {
+            let mut slots = vec![0u32; self.slots.len() * 2];
+            let mask = slots.len() - 1;
+            for (id, key) in self.keys.iter().enumerate() {
+                let mut slot = key.hash as usize & mask;
+                while slots[slot] != 0 {
+                    slot = (slot + 1) & mask;
+                }
+                slots[slot] = id as u32 + 1;
+            }
+            self.slots = slots;
+        }
         id
+    }
+
+    /// The id of `name`, added if new.
+    #[inline]
+    fn intern(&mut self, name: S) -> u32 {
+        let hash = name_hash(name.as_ref());
+        match self.find(name.as_ref(), hash) {
+            Ok(id) => id,
+            Err(slot) => self.insert(slot, hash, name),
+        }
+    }
+
+    /// Each name with its hash, by id.
+    fn hashed(&self) -> impl Iterator<Item = (u32, &S)> {
+        self.keys.iter().map(|k| k.hash).zip(&self.names)
     }
 }
 
@@ -81,6 +207,16 @@ impl Allowlist {
                 bits.resize(word + 1, 0);
             }
             bits[word] |= 1 << (id % 64);
+        }
+        Self::from_words(bits)
+    }
+
+    /// The set of `map[id]` for every `id` of this one.
+    fn mapped(&self, map: &[u32]) -> Allowlist {
+        let top = self.ids().map(|id| map[id as usize]).max();
+        let mut bits = vec![0u64; top.map_or(0, |top| top as usize / 64 + 1)];
+        for id in self.ids().map(|id| map[id as usize]) {
+            bits[id as usize / 64] |= 1 << (id % 64);
         }
         Self::from_words(bits)
     }
@@ -202,6 +338,50 @@ pub(super) struct TableVersion {
 impl BundleTable {
     /// The table of a validated bundle, interning its feature names into `names`.
     pub fn from_view(view: &BundleView<'_>, names: &mut Arc<FeatureNames>) -> BundleTable {
+        Self::from_view_with(view, |_, entry| {
+            Allowlist::from_ids(
+                entry
+                    .features
+                    .iter()
+                    .map(|f| FeatureNames::intern(names, f)),
+            )
+        })
+    }
+
+    /// The table of a validated bundle on the shared `names`, locked only to add this bundle's
+    /// distinct names: the names are first numbered within the bundle (a bundle repeats each
+    /// name across its versions), so several bundles can be read at once and the shared table
+    /// sees each distinct name once per bundle, not once per version.
+    pub fn from_view_shared(
+        view: &BundleView<'_>,
+        names: &Mutex<Arc<FeatureNames>>,
+    ) -> BundleTable {
+        let mut local = NameTable::<&str>::default();
+        let listed: Vec<Vec<u32>> = view
+            .models
+            .iter()
+            .map(|entry| entry.features.iter().map(|f| local.intern(f)).collect())
+            .collect();
+        let shared: Vec<u32> = {
+            let mut names = names
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            local
+                .hashed()
+                .map(|(hash, f)| FeatureNames::intern_hashed(&mut names, f, hash))
+                .collect()
+        };
+        drop(local);
+        Self::from_view_with(view, |i, _| {
+            Allowlist::from_ids(listed[i].iter().map(|&local| shared[local as usize]))
+        })
+    }
+
+    /// The table of `view`, with `allowlist` giving the allowlist of each entry (by index).
+    fn from_view_with<'v>(
+        view: &'v BundleView<'_>,
+        mut allowlist: impl FnMut(usize, &'v ModelEntryView<'_>) -> Allowlist,
+    ) -> BundleTable {
         let mut models: std::collections::BTreeMap<&str, TableModel> = Default::default();
         let model = |name: &str| -> TableModel {
             TableModel {
@@ -211,18 +391,13 @@ impl BundleTable {
             }
         };
         let mut used: Vec<u64> = Vec::new();
-        for entry in &view.models {
-            let ids: Vec<u32> = entry
-                .features
-                .iter()
-                .map(|f| FeatureNames::intern(names, f))
-                .collect();
-            for &id in &ids {
-                let word = id as usize / 64;
-                if word >= used.len() {
-                    used.resize(word + 1, 0);
-                }
-                used[word] |= 1 << (id % 64);
+        for (i, entry) in view.models.iter().enumerate() {
+            let allowlist = allowlist(i, entry);
+            if used.len() < allowlist.bits.len() {
+                used.resize(allowlist.bits.len(), 0);
+            }
+            for (word, bits) in used.iter_mut().zip(allowlist.bits.iter()) {
+                *word |= bits;
             }
             models
                 .entry(&entry.model)
@@ -232,7 +407,7 @@ impl BundleTable {
                     version: entry.version.as_ref().into(),
                     stage: entry.stage,
                     mode: entry.mode,
-                    allowlist: Allowlist::from_ids(ids),
+                    allowlist,
                     verify: entry.verify,
                 });
         }
@@ -255,7 +430,7 @@ impl BundleTable {
 
     /// The same table with every id `i` replaced by `map[i]` (for names being compacted).
     pub fn remap(&self, map: &[u32]) -> BundleTable {
-        let remap = |a: &Allowlist| Allowlist::from_ids(a.ids().map(|id| map[id as usize]));
+        let remap = |a: &Allowlist| a.mapped(map);
         BundleTable {
             generation: self.generation,
             sha256: self.sha256.clone(),
@@ -323,6 +498,39 @@ mod tests {
         assert!(!Allowlist::from_ids([200, 64, 3]).shares_bits_with(&a));
         assert!(a.clone().shares_bits_with(&a), "a clone shares its bits");
         assert!(Allowlist::from_ids([]).is_empty());
+    }
+
+    #[test]
+    fn the_name_table_finds_every_name_it_grew_past() {
+        let names: Vec<String> = (0..5000)
+            .map(|i| "x".repeat(i % 23) + &i.to_string())
+            .collect();
+        let mut table = NameTable::<&str>::default();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(table.intern(name), i as u32);
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(table.intern(name), i as u32, "{name}");
+            assert_eq!(table.find(&format!("{name}!"), name_hash(name)).ok(), None);
+        }
+        assert_eq!(table.names.len(), 5000);
+        // Names of every length that differ in one byte, or only in length, are told apart.
+        let mut table = NameTable::<String>::default();
+        for len in 0..40 {
+            let a: String = ('a'..='z').cycle().take(len).collect();
+            let id = table.intern(a.clone());
+            assert_eq!(table.find(&a, name_hash(&a)), Ok(id));
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(table.find(&b, name_hash(&b)).is_err(), "{b}");
+                // Even were the hashes to agree.
+                assert!(table.find(&b, name_hash(&a)).is_err(), "{b}");
+            }
+            let longer = format!("{a}#");
+            assert!(table.find(&longer, name_hash(&a)).is_err(), "{longer}");
+        }
     }
 
     #[test]
