@@ -201,32 +201,26 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                     unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
                 }
             }
-            // Each block's classes go straight to their lane.
             // Room for every position this chunk can hold, and sixteen slots more.
             let room = members.found + chunk_len + 16;
             if members.spans.len() < room {
                 members.spans.resize(room.max(2 * members.spans.len()), 0);
             }
-            let mut chunk = Classes::<L::Words>::default();
+            let mut chunk = L::Chunk::default();
             let mut filled = L::BLOCKS;
             for j in 0..L::BLOCKS {
                 let from = at + 64 * j;
-                let classes = match bytes.get(from..from + 64) {
-                    Some(block) => L::classify(cpu, block.try_into().ok()?),
+                high |= match bytes.get(from..from + 64) {
+                    Some(block) => L::classify(cpu, block.try_into().ok()?, &mut chunk, j),
                     None => {
                         // Zero padding: a control byte, so a map not over before it fails.
                         let tail = bytes.get(from.min(bytes.len())..)?;
                         let mut block = [0u8; 64];
                         block[..tail.len()].copy_from_slice(tail);
-                        L::classify(cpu, &block)
+                        L::classify(cpu, &block, &mut chunk, j)
                     }
                 };
-                macro_rules! set {
-                    ($($field:ident),*) => { $(chunk.$field.as_mut()[j] = classes.$field;)* };
-                }
-                each_class!(set);
-                high |= classes.high;
-                if short && classes.close_brace != 0 {
+                if short && L::closes(&chunk, j) {
                     filled = j + 1;
                     break;
                 }
@@ -235,18 +229,9 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
             // branch: a fill of nothing still called memset, which cleared the vector
             // registers' upper halves).
             if filled < L::BLOCKS {
-                chunk.escape.as_mut()[filled..].fill(!0);
-                chunk.other.as_mut()[filled..].fill(!0);
+                L::unread(&mut chunk, filled);
             }
-            macro_rules! load {
-                ($($field:ident),*) => {
-                    Classes {
-                        $($field: L::from_words(cpu, chunk.$field),)*
-                        high: L::splat(cpu, 0),
-                    }
-                };
-            }
-            match state.step(&each_class!(load), at as u32, members) {
+            match state.step(&L::load(cpu, &chunk), at as u32, members) {
                 Some(None) => at += chunk_len,
                 Some(Some(end)) => {
                     // The grammar kept bytes above 0x7F inside strings; the caller checks them.
@@ -287,6 +272,56 @@ const HIGH_NIBBLE: [u8; 16] = [
 const OUTSIDE: u8 = 0x3f;
 /// The flags of bytes that may not stand in strings (see [`LOW_NIBBLE`]).
 const ESCAPE: u8 = 0xc0;
+
+/// A code of four bits (4 to 7) per byte, `CODE_LOW[b & 15] & CODE_HIGH[b >> 4]`, that tells
+/// the grammar's classes apart for the bytes that are neither `other` nor a quote, where a mask
+/// per class would cost a classifier that makes masks one at a time (AVX2) one per class. Each
+/// bit is a set of low nibbles by a set of high nibbles; codes as bits 7 to 4: `+` 0000, `,`
+/// 0001, `.` 0010, `-` 0011, `0` 0100, `1`-`9` 0101, `e` and `E` 0111, `[` 1000, `]` 1001, `}`
+/// 1011, `:` 1100, whitespace 0110 (space and tab), 1110 (line feed) or 1010 (carriage
+/// return), which no class has. What other bytes get does not matter: a quote is masked out,
+/// and an `other` byte fails the map wherever the grammar looks at its class.
+const CODE_LOW: [u8; 16] = [
+    0x60, 0x50, 0x50, 0x50, 0x50, 0x70, 0x50, 0x50, 0x50, 0x70, 0xe0, 0x80, 0x10, 0xb0, 0x20, 0x00,
+];
+/// See [`CODE_LOW`].
+const CODE_HIGH: [u8; 16] = [
+    0xe0, 0x00, 0x70, 0xd0, 0x70, 0x90, 0x70, 0xb0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// The classes from the quotes, escapes and `other` bytes and the four bit masks of the code
+/// of [`CODE_LOW`] (bit 4 first); `ones` is the mask of all ones.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+fn decode<M: Bits>(
+    [quote, escape, other]: [M; 3],
+    [c0, c1, c2, c3]: [M; 4],
+    ones: M,
+    high: M,
+) -> Classes<M> {
+    // 00xx: `+`, `,`, `.`, `-`; 10xx: `[`, `]`, `}`.
+    let signs = c3.xor(ones).but(c2);
+    let signs_1 = signs.and(c1);
+    let brackets = c3.but(c2);
+    let digit = c2.but(c3).but(c1);
+    Classes {
+        quote,
+        escape,
+        other,
+        close_brace: brackets.and(c1).and(c0),
+        open_bracket: brackets.but(c1).but(c0),
+        close_bracket: brackets.and(c0).but(c1),
+        comma: signs.and(c0).but(c1),
+        colon: c3.and(c2).but(c1),
+        digit,
+        zero: digit.but(c0),
+        dot: signs_1.but(c0),
+        exp: c2.and(c1).and(c0),
+        minus: signs_1.and(c0),
+        plus: signs.but(c1).but(c0),
+        high,
+    }
+}
 
 /// Classifies a block byte by byte: the reference for the vector classifiers.
 #[cfg(test)]
@@ -339,7 +374,17 @@ trait Lanes: Bits {
     type Words: Copy + Default + AsRef<[u64]> + AsMut<[u64]>;
     /// Blocks per chunk, eight at most (sets of lanes are `u8`s).
     const BLOCKS: usize;
-    fn classify(cpu: Self::Cpu, block: &[u8; 64]) -> Classes<u64>;
+    /// What the classifier leaves of a chunk's blocks until they are loaded into lanes.
+    type Chunk: Default;
+    /// Classifies `block` as block `j` of `chunk`; returns its [`Classes::high`].
+    fn classify(cpu: Self::Cpu, block: &[u8; 64], chunk: &mut Self::Chunk, j: usize) -> u64;
+    /// Whether block `j` of `chunk` may hold a `}` (in a string or not): a small map's first
+    /// chunk stops after it.
+    fn closes(chunk: &Self::Chunk, j: usize) -> bool;
+    /// Blocks from `from` on count as control bytes.
+    fn unread(chunk: &mut Self::Chunk, from: usize);
+    /// The chunk's classes, one lane per block.
+    fn load(cpu: Self::Cpu, chunk: &Self::Chunk) -> Classes<Self>;
     fn from_words(cpu: Self::Cpu, words: Self::Words) -> Self;
     fn words(self) -> Self::Words;
     /// Writes `base + i` for each set bit `i` of `bits` to `out` from `n` on, and returns the
@@ -357,6 +402,38 @@ trait Lanes: Bits {
     fn nonzero(self) -> u8;
     /// Lanes not in `lanes` cleared.
     fn keep(self, lanes: u8) -> Self;
+}
+
+/// [`Lanes::classify`] for lanes whose classifier gives every class: each class of the block
+/// goes straight to its lane.
+#[inline(always)]
+fn set_classes<W: AsMut<[u64]>>(chunk: &mut Classes<W>, j: usize, classes: Classes<u64>) -> u64 {
+    macro_rules! set {
+        ($($field:ident),*) => { $(chunk.$field.as_mut()[j] = classes.$field;)* };
+    }
+    each_class!(set);
+    classes.high
+}
+
+/// [`Lanes::unread`] for lanes whose classifier gives every class.
+#[inline(always)]
+fn unread_classes<W: AsMut<[u64]>>(chunk: &mut Classes<W>, from: usize) {
+    chunk.escape.as_mut()[from..].fill(!0);
+    chunk.other.as_mut()[from..].fill(!0);
+}
+
+/// [`Lanes::load`] for lanes whose classifier gives every class.
+#[inline(always)]
+fn load_classes<L: Lanes>(cpu: L::Cpu, chunk: &Classes<L::Words>) -> Classes<L> {
+    macro_rules! load {
+        ($($field:ident),*) => {
+            Classes {
+                $($field: L::from_words(cpu, chunk.$field),)*
+                high: L::splat(cpu, 0),
+            }
+        };
+    }
+    each_class!(load)
 }
 
 /// The lane arithmetic of four or eight lanes in one value, which [`Lanes`] on them is made of.
@@ -606,9 +683,19 @@ impl Lanes for Words {
     /// Plain words run on any CPU.
     type Cpu = ();
     type Words = [u64; 8];
+    type Chunk = Classes<[u64; 8]>;
     const BLOCKS: usize = 8;
-    fn classify((): (), block: &[u8; 64]) -> Classes<u64> {
-        classify_bytewise(block)
+    fn classify((): (), block: &[u8; 64], chunk: &mut Self::Chunk, j: usize) -> u64 {
+        set_classes(chunk, j, classify_bytewise(block))
+    }
+    fn closes(chunk: &Self::Chunk, j: usize) -> bool {
+        chunk.close_brace[j] != 0
+    }
+    fn unread(chunk: &mut Self::Chunk, from: usize) {
+        unread_classes(chunk, from)
+    }
+    fn load((): (), chunk: &Self::Chunk) -> Classes<Self> {
+        load_classes((), chunk)
     }
     fn from_words((): (), words: [u64; 8]) -> Self {
         Words(words)
@@ -798,10 +885,23 @@ impl<C: Copy> Bits for Word<C> {
 impl<C: Classify> Lanes for Word<C> {
     type Cpu = C;
     type Words = [u64; 1];
+    type Chunk = Classes<[u64; 1]>;
     const BLOCKS: usize = 1;
     #[inline(always)]
-    fn classify(cpu: C, block: &[u8; 64]) -> Classes<u64> {
-        cpu.classify(block)
+    fn classify(cpu: C, block: &[u8; 64], chunk: &mut Self::Chunk, j: usize) -> u64 {
+        set_classes(chunk, j, cpu.classify(block))
+    }
+    #[inline(always)]
+    fn closes(chunk: &Self::Chunk, j: usize) -> bool {
+        chunk.close_brace[j] != 0
+    }
+    #[inline(always)]
+    fn unread(chunk: &mut Self::Chunk, from: usize) {
+        unread_classes(chunk, from)
+    }
+    #[inline(always)]
+    fn load(cpu: C, chunk: &Self::Chunk) -> Classes<Self> {
+        load_classes(cpu, chunk)
     }
     #[inline(always)]
     fn from_words(cpu: C, [bits]: [u64; 1]) -> Self {
@@ -868,8 +968,9 @@ impl Classify for Bytewise {
 mod avx512 {
     //! The lanes as one AVX-512 register, and the proof that this CPU may run them.
     use super::{
-        add_carried, later, positions_unrolled, prefix_xor, scan, Bits, Classes, Lanes, Members,
-        Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
+        add_carried, later, load_classes, positions_unrolled, prefix_xor, scan, set_classes,
+        unread_classes, Bits, Classes, Lanes, Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE,
+        OUTSIDE,
     };
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
@@ -929,46 +1030,10 @@ mod avx512 {
         fn with(self, v: __m512i) -> Zmm {
             Zmm { v, cpu: self.cpu }
         }
-    }
 
-    impl Bits for Zmm {
-        type Carry = u8;
+        /// A block's classes, each straight from a compare into a mask register.
         #[inline(always)]
-        fn and(self, o: Self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
-            self.with(unsafe { _mm512_and_si512(self.v, o.v) })
-        }
-        #[inline(always)]
-        fn or(self, o: Self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
-            self.with(unsafe { _mm512_or_si512(self.v, o.v) })
-        }
-        #[inline(always)]
-        fn xor(self, o: Self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
-            self.with(unsafe { _mm512_xor_si512(self.v, o.v) })
-        }
-        #[inline(always)]
-        fn but(self, o: Self) -> Self {
-            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
-            self.with(unsafe { _mm512_andnot_si512(o.v, self.v) })
-        }
-        #[inline(always)]
-        fn later(self, before: Self) -> Self {
-            later(self, before)
-        }
-        #[inline(always)]
-        fn add_carried(self, seeds: Self, carry: &mut u8) -> Self {
-            add_carried(self, seeds, carry)
-        }
-    }
-
-    impl Lanes for Zmm {
-        type Cpu = Avx512;
-        type Words = [u64; 8];
-        const BLOCKS: usize = 8;
-        #[inline(always)]
-        fn classify(_: Avx512, block: &[u8; 64]) -> Classes<u64> {
+        pub(super) fn classify_block(_: Avx512, block: &[u8; 64]) -> Classes<u64> {
             // SAFETY: the `Avx512` argument proves AVX-512BW; the one load reads the 64 bytes
             // of `block`, unaligned loads being allowed.
             unsafe {
@@ -1015,6 +1080,61 @@ mod avx512 {
                     plus: eq!(b'+'),
                 }
             }
+        }
+    }
+
+    impl Bits for Zmm {
+        type Carry = u8;
+        #[inline(always)]
+        fn and(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
+            self.with(unsafe { _mm512_and_si512(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn or(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
+            self.with(unsafe { _mm512_or_si512(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
+            self.with(unsafe { _mm512_xor_si512(self.v, o.v) })
+        }
+        #[inline(always)]
+        fn but(self, o: Self) -> Self {
+            // SAFETY: `self.cpu` proves AVX-512F (part of AVX-512BW); no memory is touched.
+            self.with(unsafe { _mm512_andnot_si512(o.v, self.v) })
+        }
+        #[inline(always)]
+        fn later(self, before: Self) -> Self {
+            later(self, before)
+        }
+        #[inline(always)]
+        fn add_carried(self, seeds: Self, carry: &mut u8) -> Self {
+            add_carried(self, seeds, carry)
+        }
+    }
+
+    impl Lanes for Zmm {
+        type Cpu = Avx512;
+        type Words = [u64; 8];
+        type Chunk = Classes<[u64; 8]>;
+        const BLOCKS: usize = 8;
+        #[inline(always)]
+        fn classify(cpu: Avx512, block: &[u8; 64], chunk: &mut Self::Chunk, j: usize) -> u64 {
+            set_classes(chunk, j, Zmm::classify_block(cpu, block))
+        }
+        #[inline(always)]
+        fn closes(chunk: &Self::Chunk, j: usize) -> bool {
+            chunk.close_brace[j] != 0
+        }
+        #[inline(always)]
+        fn unread(chunk: &mut Self::Chunk, from: usize) {
+            unread_classes(chunk, from)
+        }
+        #[inline(always)]
+        fn load(cpu: Avx512, chunk: &Self::Chunk) -> Classes<Self> {
+            load_classes(cpu, chunk)
         }
         #[inline(always)]
         fn from_words(cpu: Avx512, words: [u64; 8]) -> Self {
@@ -1132,8 +1252,8 @@ mod avx2 {
     //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ, and the proof that
     //! this CPU may run them.
     use super::{
-        add_carried, later, positions_loop, prefix_xor, scan, Bits, Classes, Classify, Lanes,
-        Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
+        add_carried, decode, later, positions_loop, prefix_xor, scan, Bits, Classes, Classify,
+        Lanes, Members, Wide, CODE_HIGH, CODE_LOW, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
     };
     use std::arch::x86_64::*;
     use std::sync::LazyLock;
@@ -1195,6 +1315,94 @@ mod avx2 {
         scan::<super::Word<Avx2>>(cpu, bytes, open, members)
     }
 
+    /// The masks the AVX2 classifier makes of a block, from which the lanes decode the
+    /// classes four blocks at a time (see [`decode`]): a mask costs two `vpmovmskb` and their
+    /// joining per block, where a bit operation in the lanes costs one per four blocks. The
+    /// planes are the quotes, the escapes, the bytes `other` and the four bits of the code (see
+    /// [`CODE_LOW`]).
+    const PLANES: usize = 7;
+    const QUOTES: usize = 0;
+    const ESCAPES: usize = 1;
+    const OTHERS: usize = 2;
+    const CODE: usize = 3;
+
+    /// The planes of a chunk's blocks, each as the 32-bit halves `vpmovmskb` gives, in order:
+    /// a block's 64-bit lane without shifting them together.
+    #[derive(Default)]
+    pub(super) struct Chunk([[u32; 8]; PLANES]);
+
+    impl Avx2 {
+        /// The two halves of a block in registers.
+        #[inline(always)]
+        fn halves(self, block: &[u8; 64]) -> [__m256i; 2] {
+            // SAFETY: `self` proves AVX2; the two loads read the 64 bytes of `block`, unaligned
+            // loads being allowed.
+            unsafe {
+                [
+                    _mm256_loadu_si256(block.as_ptr().cast()),
+                    _mm256_loadu_si256(block.as_ptr().add(32).cast()),
+                ]
+            }
+        }
+
+        /// Not zero when a byte of the block is above 0x7F: the two halves' top bits in one
+        /// mask.
+        #[inline(always)]
+        fn high(self, [a, b]: [__m256i; 2]) -> u32 {
+            // SAFETY: `self` proves AVX2; no memory is touched.
+            unsafe { _mm256_movemask_epi8(_mm256_or_si256(a, b)) as u32 }
+        }
+
+        /// The planes of one half block, in the order of [`PLANES`].
+        #[inline(always)]
+        fn planes(self, v: __m256i) -> [u32; PLANES] {
+            // SAFETY: `self` proves AVX2; the table loads read the 16 bytes of a table.
+            unsafe {
+                let nibble = _mm256_set1_epi8(0x0f);
+                let low = _mm256_and_si256(v, nibble);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                // Macros, not closures: a closure would not inherit the CPU features.
+                macro_rules! lookup {
+                    ($low:expr, $high:expr) => {
+                        _mm256_and_si256(
+                            _mm256_shuffle_epi8(
+                                _mm256_broadcastsi128_si256(_mm_loadu_si128($low.as_ptr().cast())),
+                                low,
+                            ),
+                            _mm256_shuffle_epi8(
+                                _mm256_broadcastsi128_si256(_mm_loadu_si128($high.as_ptr().cast())),
+                                high,
+                            ),
+                        )
+                    };
+                }
+                macro_rules! mask {
+                    ($e:expr) => {
+                        _mm256_movemask_epi8($e) as u32
+                    };
+                }
+                let flags = lookup!(LOW_NIBBLE, HIGH_NIBBLE);
+                let code = lookup!(CODE_LOW, CODE_HIGH);
+                const _: () = assert!(ESCAPE == 0xc0);
+                [
+                    mask!(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8))),
+                    // The escape bits are the top two: the lower one moved up and the top
+                    // bit taken.
+                    mask!(_mm256_or_si256(flags, _mm256_add_epi8(flags, flags))),
+                    mask!(_mm256_cmpeq_epi8(
+                        _mm256_and_si256(flags, _mm256_set1_epi8(OUTSIDE as i8)),
+                        _mm256_setzero_si256(),
+                    )),
+                    // Code bits 4 to 7, each moved to the top.
+                    mask!(_mm256_slli_epi16::<3>(code)),
+                    mask!(_mm256_slli_epi16::<2>(code)),
+                    mask!(_mm256_add_epi8(code, code)),
+                    mask!(code),
+                ]
+            }
+        }
+    }
+
     /// Four lanes (blocks) in one AVX2 register, with the proof that they may be computed on:
     /// the grammar's bit operations then cost one instruction per four blocks, where one block
     /// at a time in general registers they cost one each and spilled.
@@ -1254,10 +1462,51 @@ mod avx2 {
     impl Lanes for Ymm {
         type Cpu = Avx2;
         type Words = [u64; 4];
+        type Chunk = Chunk;
         const BLOCKS: usize = 4;
         #[inline(always)]
-        fn classify(cpu: Avx2, block: &[u8; 64]) -> Classes<u64> {
-            cpu.classify(block)
+        fn classify(cpu: Avx2, block: &[u8; 64], chunk: &mut Chunk, j: usize) -> u64 {
+            let halves = cpu.halves(block);
+            for (h, &half) in halves.iter().enumerate() {
+                for (plane, mask) in chunk.0.iter_mut().zip(cpu.planes(half)) {
+                    plane[2 * j + h] = mask;
+                }
+            }
+            u64::from(cpu.high(halves))
+        }
+        #[inline(always)]
+        fn closes(chunk: &Chunk, j: usize) -> bool {
+            let p =
+                |i: usize| u64::from(chunk.0[i][2 * j]) | u64::from(chunk.0[i][2 * j + 1]) << 32;
+            let k = decode(
+                [p(QUOTES), p(ESCAPES), p(OTHERS)],
+                [p(CODE), p(CODE + 1), p(CODE + 2), p(CODE + 3)],
+                !0,
+                0,
+            );
+            k.close_brace.but(k.other) != 0
+        }
+        #[inline(always)]
+        fn unread(chunk: &mut Chunk, from: usize) {
+            chunk.0[ESCAPES][2 * from..].fill(!0);
+            chunk.0[OTHERS][2 * from..].fill(!0);
+        }
+        #[inline(always)]
+        fn load(cpu: Avx2, chunk: &Chunk) -> Classes<Ymm> {
+            // SAFETY: `cpu` proves AVX2; each load reads the 32 bytes of one plane, unaligned
+            // loads being allowed.
+            let p = |i: usize| unsafe {
+                Ymm {
+                    v: _mm256_loadu_si256(chunk.0[i].as_ptr().cast()),
+                    cpu,
+                }
+            };
+            decode(
+                [p(QUOTES), p(ESCAPES), p(OTHERS)],
+                [p(CODE), p(CODE + 1), p(CODE + 2), p(CODE + 3)],
+                Ymm::splat(cpu, !0),
+                Ymm::splat(cpu, 0),
+            )
         }
         #[inline(always)]
         fn from_words(cpu: Avx2, words: [u64; 4]) -> Self {
@@ -1382,88 +1631,18 @@ mod avx2 {
     }
 
     impl Classify for Avx2 {
+        /// The planes (see [`Chunk`]) decoded one block at a time.
         #[inline(always)]
         fn classify(self, block: &[u8; 64]) -> Classes<u64> {
-            // SAFETY: `self` proves AVX2; the two loads read the 64 bytes of `block`, unaligned
-            // loads being allowed.
-            unsafe {
-                let halves = [
-                    _mm256_loadu_si256(block.as_ptr().cast()),
-                    _mm256_loadu_si256(block.as_ptr().add(32).cast()),
-                ];
-                // Macros, not closures: a closure would not inherit the CPU features.
-                macro_rules! bits {
-                    ($pair:ident, |$v:ident| $e:expr) => {{
-                        let $v = $pair[0];
-                        let a = _mm256_movemask_epi8($e) as u32;
-                        let $v = $pair[1];
-                        let b = _mm256_movemask_epi8($e) as u32;
-                        u64::from(a) | u64::from(b) << 32
-                    }};
-                    (|$v:ident| $e:expr) => {
-                        bits!(halves, |$v| $e)
-                    };
-                }
-                let nibble = _mm256_set1_epi8(0x0f);
-                let table = |t: &[u8; 16]| _mm_loadu_si128(t.as_ptr().cast());
-                let low = _mm256_broadcastsi128_si256(table(&LOW_NIBBLE));
-                let high = _mm256_broadcastsi128_si256(table(&HIGH_NIBBLE));
-                macro_rules! flags {
-                    ($v:expr) => {
-                        _mm256_and_si256(
-                            _mm256_shuffle_epi8(low, _mm256_and_si256($v, nibble)),
-                            _mm256_shuffle_epi8(
-                                high,
-                                _mm256_and_si256(_mm256_srli_epi16::<4>($v), nibble),
-                            ),
-                        )
-                    };
-                }
-                let flags = [flags!(halves[0]), flags!(halves[1])];
-                macro_rules! eq {
-                    ($b:expr) => {
-                        bits!(|v| _mm256_cmpeq_epi8(v, _mm256_set1_epi8($b as i8)))
-                    };
-                }
-                // `x <= max` unsigned, as `min(x, max) == x`.
-                macro_rules! at_most {
-                    ($x:expr, $max:expr) => {{
-                        let x = $x;
-                        _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8($max)), x)
-                    }};
-                }
-                Classes {
-                    quote: eq!(b'"'),
-                    // The escape bits are the top two: the lower one moved up and the top
-                    // bit taken.
-                    escape: {
-                        const _: () = assert!(ESCAPE == 0xc0);
-                        bits!(flags, |f| _mm256_or_si256(f, _mm256_add_epi8(f, f)))
-                    },
-                    other: bits!(flags, |f| _mm256_cmpeq_epi8(
-                        _mm256_and_si256(f, _mm256_set1_epi8(OUTSIDE as i8)),
-                        _mm256_setzero_si256(),
-                    )),
-                    // Only whether there is one: the two halves' top bits in one mask.
-                    high: u64::from(
-                        _mm256_movemask_epi8(_mm256_or_si256(halves[0], halves[1])) as u32
-                    ),
-                    close_brace: eq!(b'}'),
-                    open_bracket: eq!(b'['),
-                    close_bracket: eq!(b']'),
-                    comma: eq!(b','),
-                    colon: eq!(b':'),
-                    digit: bits!(|v| at_most!(_mm256_sub_epi8(v, _mm256_set1_epi8(b'0' as i8)), 9)),
-                    zero: eq!(b'0'),
-                    dot: eq!(b'.'),
-                    exp: bits!(|v| _mm256_cmpeq_epi8(
-                        _mm256_or_si256(v, _mm256_set1_epi8(0x20)),
-                        _mm256_set1_epi8(b'e' as i8),
-                    )),
-                    minus: eq!(b'-'),
-                    plus: eq!(b'+'),
-                }
-            }
+            let halves = self.halves(block);
+            let [a, b] = halves.map(|half| self.planes(half));
+            let p: [u64; PLANES] = std::array::from_fn(|i| u64::from(a[i]) | u64::from(b[i]) << 32);
+            decode(
+                [p[QUOTES], p[ESCAPES], p[OTHERS]],
+                [p[CODE], p[CODE + 1], p[CODE + 2], p[CODE + 3]],
+                !0,
+                u64::from(self.high(halves)),
+            )
         }
 
         #[inline(always)]
@@ -1846,19 +2025,57 @@ mod tests {
         };
         for (round, block) in random_blocks().enumerate() {
             assert_eq!(
-                any_high(cpu.classify(&block)),
-                any_high(classify_bytewise(&block)),
+                as_grammar_sees(cpu.classify(&block)),
+                as_grammar_sees(classify_bytewise(&block)),
                 "round {round}: {block:?}"
             );
         }
     }
 
-    /// `k` with `high` only telling whether there is a byte above 0x7F, which is all a
-    /// classifier must say about them.
-    fn any_high(k: Classes<u64>) -> Classes<u64> {
-        Classes {
-            high: u64::from(k.high != 0),
-            ..k
+    /// `k` as the grammar relies on it: `high` only telling whether there is a byte above 0x7F,
+    /// and the classes of the code (see [`CODE_LOW`]) only for bytes neither quotes nor `other`.
+    fn as_grammar_sees(k: Classes<u64>) -> Classes<u64> {
+        let seen = !(k.quote | k.other);
+        macro_rules! seen {
+            ($($field:ident),*) => {
+                Classes {
+                    $($field: k.$field & seen,)*
+                    quote: k.quote,
+                    escape: k.escape,
+                    other: k.other,
+                    high: u64::from(k.high != 0),
+                }
+            };
+        }
+        seen!(
+            close_brace,
+            open_bracket,
+            close_bracket,
+            comma,
+            colon,
+            digit,
+            zero,
+            dot,
+            exp,
+            minus,
+            plus
+        )
+    }
+
+    #[test]
+    fn the_code_tells_every_class_apart() {
+        for b in 0..=255u8 {
+            // A block of `b` alone: every class all ones or none.
+            let expected = classify_bytewise(&[b; 64]);
+            let code = CODE_LOW[usize::from(b & 15)] & CODE_HIGH[usize::from(b >> 4)];
+            let plane = |bit: u32| 0u64.wrapping_sub(u64::from(code >> bit & 1));
+            let got = decode(
+                [expected.quote, expected.escape, expected.other],
+                [plane(4), plane(5), plane(6), plane(7)],
+                !0,
+                expected.high,
+            );
+            assert_eq!(as_grammar_sees(got), as_grammar_sees(expected), "{b:#04x}");
         }
     }
 
@@ -1887,7 +2104,7 @@ mod tests {
             return;
         };
         for (round, block) in random_blocks().enumerate() {
-            let got = <avx512::Zmm as Lanes>::classify(cpu, &block);
+            let got = avx512::Zmm::classify_block(cpu, &block);
             assert_eq!(got, classify_bytewise(&block), "round {round}: {block:?}");
         }
     }
