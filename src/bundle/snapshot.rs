@@ -432,7 +432,8 @@ struct TableChanges<'t> {
 
 impl<'t> TableChanges<'t> {
     /// `None` when the tables in both are not in the same order, which changes every merge
-    /// that spans them.
+    /// that spans them, or when most tables are new: merging everything again is then
+    /// cheaper than finding what to keep.
     fn between(before: &'t [Arc<BundleTable>], after: &'t [Arc<BundleTable>]) -> Option<Self> {
         let was: FxHashSet<*const BundleTable> = before.iter().map(Arc::as_ptr).collect();
         let is: FxHashSet<*const BundleTable> = after.iter().map(Arc::as_ptr).collect();
@@ -444,6 +445,9 @@ impl<'t> TableChanges<'t> {
         let came: Vec<_> = (after.iter())
             .filter(|t| !was.contains(&Arc::as_ptr(t)))
             .collect();
+        if came.len() * 2 > after.len() {
+            return None;
+        }
         let models = (gone.chain(came.iter().copied()))
             .flat_map(|t| t.models.iter().map(|m| &*m.name))
             .collect();
