@@ -3,8 +3,10 @@
 //! `trimmer` binary of this tree (and, when `TRIMMER_BEFORE_BIN` names one, an older build for
 //! comparison) as a separate process on the same files and reports, side by side: time from
 //! start to `/readyz` 200, resident memory once ready, the time a one-bundle change takes to
-//! apply (`POST /reload`, and the reloader's own `last_reload_ms`), and request latency on
-//! the proxy while that reload runs. Numbers only: nothing is asserted.
+//! apply (`POST /reload`, and the reloader's own `last_reload_ms`), request latency on the
+//! proxy while that reload runs, and then, with no requests, the wall and CPU time of a few
+//! more one-bundle reloads (CPU summed over the process's threads, so that it says what a
+//! reload costs whatever else the host runs). Numbers only: nothing is asserted.
 //!
 //! ```text
 //! cargo bench --bench snapshot_scale
@@ -28,6 +30,8 @@ const FEATURES_PER_VERSION: usize = 1_000;
 const UNIVERSE: usize = 20_000;
 /// The bundle the reload changes.
 const CHANGED: usize = 50;
+/// One-bundle reloads measured with no requests running.
+const IDLE_RELOADS: u64 = 5;
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("trimmer-scale-{}", std::process::id()));
@@ -82,6 +86,9 @@ struct Figures {
     requests_max_us: u64,
     during_reload_count: usize,
     during_reload_max_us: u64,
+    /// Medians of the reloads with no requests running.
+    idle_reload_wall: Duration,
+    idle_reload_cpu: Duration,
 }
 
 fn measure(bin: &Path, dir: &Path, leaf: u16) -> Figures {
@@ -156,6 +163,20 @@ endpoints = ["http://127.0.0.1:{leaf}"]
     let rss_after_reload_mb = rss_mb(&child, "VmRSS");
     let peak_rss_mb = rss_mb(&child, "VmHWM");
 
+    let (mut idle_walls, mut idle_cpus) = (Vec::new(), Vec::new());
+    for generation in 3..3 + IDLE_RELOADS {
+        write_bundle(&dir.join("bundles"), CHANGED, generation);
+        let (cpu, wall) = (thread_cpu_times(&child), Instant::now());
+        let (status, body) = post(admin, "/reload").unwrap();
+        idle_walls.push(wall.elapsed());
+        idle_cpus.push(cpu_since(&child, &cpu));
+        assert_eq!(status, 200, "{body}");
+        let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(summary["changed"], true, "{summary}");
+    }
+    idle_walls.sort_unstable();
+    idle_cpus.sort_unstable();
+
     let samples = samples.lock().unwrap();
     let mut all: Vec<u64> = samples.iter().map(|(_, d)| d.as_micros() as u64).collect();
     all.sort_unstable();
@@ -181,6 +202,8 @@ endpoints = ["http://127.0.0.1:{leaf}"]
         requests_max_us: at(1.0),
         during_reload_count: during.len(),
         during_reload_max_us: during.iter().copied().max().unwrap_or(0),
+        idle_reload_wall: idle_walls[IDLE_RELOADS as usize / 2],
+        idle_reload_cpu: idle_cpus[IDLE_RELOADS as usize / 2],
     }
 }
 
@@ -231,6 +254,12 @@ fn print_table(results: &[(&str, Figures)]) {
     });
     row("their max latency (µs)", &|f| {
         f.during_reload_max_us.to_string()
+    });
+    row("one-bundle reload, no requests: wall (ms)", &|f| {
+        format!("{:.1}", f.idle_reload_wall.as_secs_f64() * 1e3)
+    });
+    row("one-bundle reload, no requests: CPU (ms)", &|f| {
+        format!("{:.1}", f.idle_reload_cpu.as_secs_f64() * 1e3)
     });
 }
 
@@ -429,6 +458,31 @@ fn cpu_time(child: &Child) -> Duration {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Duration::from_secs_f64((fields[0] + fields[1]) as f64 / ticks)
+}
+
+/// CPU time of each of the process's threads so far, by thread id.
+fn thread_cpu_times(child: &Child) -> std::collections::HashMap<String, Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let nanos = stat.split(' ').next()?.parse().ok()?;
+            Some((
+                task.file_name().into_string().ok()?,
+                Duration::from_nanos(nanos),
+            ))
+        })
+        .collect()
+}
+
+/// CPU time the process's threads used since `before` (nanosecond counts, where
+/// [`cpu_time`] counts clock ticks); a thread that ended since is left out.
+fn cpu_since(child: &Child, before: &std::collections::HashMap<String, Duration>) -> Duration {
+    thread_cpu_times(child)
+        .into_iter()
+        .map(|(tid, now)| now.saturating_sub(before.get(&tid).copied().unwrap_or_default()))
+        .sum()
 }
 
 /// A `/proc/PID/status` figure in MB.

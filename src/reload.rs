@@ -201,6 +201,9 @@ impl Reloader {
             None => current.last_reload,
         };
         let (allowlists, models) = match snapshot {
+            Some(snapshot) if snapshot.same_models_as(&current.allowlists) => {
+                (Arc::new(snapshot), current.models.clone())
+            }
             Some(snapshot) => {
                 let models = self.model_handles(&snapshot);
                 (Arc::new(snapshot), models)

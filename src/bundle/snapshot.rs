@@ -1,13 +1,15 @@
 //! The consolidated allowlist snapshot: every loaded bundle's table merged into one read-only
 //! map (model → version → allowlist, labels, per-model union and latest), built off the request
-//! path and swapped whole. A model whose bundles did not change keeps its merged view from the
-//! previous snapshot (the same allocation), so a reload costs what changed, not the fleet.
+//! path and swapped whole. A reload merges again only the models named by the tables that
+//! changed; every other model keeps its merged view from the previous snapshot (the same
+//! allocation), and so does the model index while the set of models stays the same, so a
+//! reload costs what changed, not the fleet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::table::{BundleTable, FeatureNames, TableModel};
 use crate::classify::VersionSpec;
@@ -71,8 +73,8 @@ pub struct ModelAllowlists {
     conflicts: usize,
     /// Whether any bundle lists a version of it (a model only labels name is not served).
     listed: bool,
-    /// The tables it was merged from, in bundle order: while every one is the same allocation
-    /// in the next snapshot, this merge is reused as it is.
+    /// The tables it was merged from, in bundle order: what a reload merges again when one
+    /// of them, or a new table naming the model, changes.
     sources: Vec<Arc<BundleTable>>,
 }
 
@@ -105,10 +107,16 @@ pub enum Lookup<'a> {
 pub struct AllowlistSnapshot {
     /// Interned feature names (shared with the store that built it).
     names: Arc<FeatureNames>,
-    /// Model name → index into `models`.
-    model_index: FxHashMap<Arc<str>, usize>,
+    /// Model name → index into `models` (shared with the previous snapshot when its models
+    /// are the same names in the same order).
+    model_index: Arc<FxHashMap<Arc<str>, usize>>,
     /// Models in name order.
     models: Vec<Arc<ModelAllowlists>>,
+    /// Models only labels name, in name order: not served, kept for their conflicts.
+    unlisted: Vec<Arc<ModelAllowlists>>,
+    /// The tables merged, in bundle order: the next snapshot merges again only the models
+    /// named by tables that are not among these (or by these that are gone).
+    tables: Vec<Arc<BundleTable>>,
     /// Number of non-empty model-version allowlists.
     allowlists: usize,
     /// Model versions (and labels) defined by more than one bundle.
@@ -135,8 +143,8 @@ impl AllowlistSnapshot {
     }
 
     /// Merges `tables` (in bundle order, with ids from `names`) like [`Self::build`], taking
-    /// from `previous` every model whose tables are all the same allocations as when it was
-    /// merged there: a reload that changed one bundle re-merges only that bundle's models.
+    /// from `previous` every model named by none of the tables that came or went since it was
+    /// built: a reload that changed one bundle re-merges only that bundle's models.
     pub fn assemble(
         tables: &[Arc<BundleTable>],
         names: Arc<FeatureNames>,
@@ -145,51 +153,98 @@ impl AllowlistSnapshot {
     ) -> Self {
         let policy = (trim.mode, trim.unversioned);
         let previous = previous.filter(|p| p.trim == Some(policy));
-        let mut by_model: std::collections::BTreeMap<&str, Vec<(&Arc<BundleTable>, &TableModel)>> =
-            Default::default();
-        let mut used = Allowlist::default();
-        for table in tables {
-            used = used.union(&table.used);
-            for model in &table.models {
-                by_model
-                    .entry(&model.name)
-                    .or_default()
-                    .push((table, model));
+        let mut models = Vec::new();
+        let mut unlisted = Vec::new();
+        let mut merged = Vec::new();
+        match previous.and_then(|p| Some((p, TableChanges::between(&p.tables, tables)?))) {
+            Some((previous, changes)) => {
+                // Found by index, so that the models kept are not read, only shared.
+                let mut remerged: Vec<usize> = (changes.models.iter())
+                    .filter_map(|name| previous.model_index.get(*name).copied())
+                    .collect();
+                remerged.sort_unstable();
+                let mut from = 0;
+                for at in remerged {
+                    models.extend_from_slice(&previous.models[from..at]);
+                    from = at + 1;
+                }
+                models.extend_from_slice(&previous.models[from..]);
+                unlisted.extend(
+                    (previous.unlisted.iter())
+                        .filter(|m| !changes.models.contains(&*m.name))
+                        .cloned(),
+                );
+                // A changed model's bundles: those it had that are still here, and new ones.
+                let position: FxHashMap<*const BundleTable, usize> = (tables.iter().enumerate())
+                    .map(|(i, t)| (Arc::as_ptr(t), i))
+                    .collect();
+                for name in changes.models {
+                    let old = previous.model(name).or_else(|| {
+                        let at = previous.unlisted.binary_search_by(|m| (*m.name).cmp(name));
+                        at.ok().map(|at| &previous.unlisted[at])
+                    });
+                    let mut at: Vec<usize> = (old.iter().flat_map(|m| &m.sources))
+                        .chain(changes.came.iter().copied())
+                        .filter_map(|t| position.get(&Arc::as_ptr(t)).copied())
+                        .collect();
+                    at.sort_unstable();
+                    at.dedup();
+                    let sources: Vec<_> = (at.into_iter())
+                        .filter_map(|i| Some((&tables[i], tables[i].model(name)?)))
+                        .collect();
+                    merged.push(sources);
+                }
+            }
+            None => {
+                let mut by_model: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+                for table in tables {
+                    for model in &table.models {
+                        by_model
+                            .entry(&model.name)
+                            .or_default()
+                            .push((table, model));
+                    }
+                }
+                merged.extend(by_model.into_values());
             }
         }
-        let (mut allowlists, mut conflicts) = (0, 0);
-        let mut models = Vec::with_capacity(by_model.len());
-        for (name, sources) in by_model {
-            let reused = previous
-                .and_then(|p| p.model(name))
-                .filter(|m| {
-                    m.sources.len() == sources.len()
-                        && m.sources
-                            .iter()
-                            .zip(&sources)
-                            .all(|(a, (b, _))| Arc::ptr_eq(a, b))
-                })
-                .cloned();
-            let model = reused.unwrap_or_else(|| Arc::new(ModelAllowlists::merge(&sources, trim)));
-            conflicts += model.conflicts;
-            if model.listed {
-                allowlists += model.versions.len();
-                models.push(model);
-            }
+        for sources in merged.into_iter().filter(|s| !s.is_empty()) {
+            let model = Arc::new(ModelAllowlists::merge(&sources, trim));
+            let into = if model.listed {
+                &mut models
+            } else {
+                &mut unlisted
+            };
+            let at = into.partition_point(|m| m.name < model.name);
+            into.insert(at, model);
         }
-        let model_index = models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
-            .collect();
+        let model_index = match previous {
+            Some(p)
+                if p.models
+                    .iter()
+                    .map(|m| &m.name)
+                    .eq(models.iter().map(|m| &m.name)) =>
+            {
+                p.model_index.clone()
+            }
+            _ => Arc::new(
+                models
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (m.name.clone(), i))
+                    .collect(),
+            ),
+        };
         static BUILT: AtomicU64 = AtomicU64::new(1);
         AllowlistSnapshot {
             names,
             model_index,
+            allowlists: models.iter().map(|m| m.versions.len()).sum(),
+            conflicts: models.iter().chain(&unlisted).map(|m| m.conflicts).sum(),
+            distinct_features: Allowlist::union_of(tables.iter().map(|t| &t.used)).len(),
             models,
-            allowlists,
-            conflicts,
-            distinct_features: used.len(),
+            unlisted,
+            tables: tables.to_vec(),
             trim: Some(policy),
             id: BUILT.fetch_add(1, Ordering::Relaxed),
         }
@@ -271,6 +326,12 @@ impl AllowlistSnapshot {
             .collect();
         versions.sort_unstable();
         versions
+    }
+
+    /// Whether `other` has the same models at the same indices (so per-model state indexed
+    /// like one fits the other).
+    pub fn same_models_as(&self, other: &AllowlistSnapshot) -> bool {
+        Arc::ptr_eq(&self.model_index, &other.model_index)
     }
 
     /// Model names in index order (the index `Lookup` reports).
@@ -358,6 +419,39 @@ impl ModelAllowlists {
             .values()
             .chain(&self.unversioned)
             .map(|v| &v.allowlist)
+    }
+}
+
+/// How two lists of tables (in bundle order) differ, by allocation.
+struct TableChanges<'t> {
+    /// Tables only the second list holds.
+    came: Vec<&'t Arc<BundleTable>>,
+    /// Models named by tables only one of the lists holds: the ones merged differently.
+    models: BTreeSet<&'t str>,
+}
+
+impl<'t> TableChanges<'t> {
+    /// `None` when the tables in both are not in the same order, which changes every merge
+    /// that spans them, or when most tables are new: merging everything again is then
+    /// cheaper than finding what to keep.
+    fn between(before: &'t [Arc<BundleTable>], after: &'t [Arc<BundleTable>]) -> Option<Self> {
+        let was: FxHashSet<*const BundleTable> = before.iter().map(Arc::as_ptr).collect();
+        let is: FxHashSet<*const BundleTable> = after.iter().map(Arc::as_ptr).collect();
+        let still = before.iter().map(Arc::as_ptr).filter(|t| is.contains(t));
+        if !still.eq(after.iter().map(Arc::as_ptr).filter(|t| was.contains(t))) {
+            return None;
+        }
+        let gone = before.iter().filter(|t| !is.contains(&Arc::as_ptr(t)));
+        let came: Vec<_> = (after.iter())
+            .filter(|t| !was.contains(&Arc::as_ptr(t)))
+            .collect();
+        if came.len() * 2 > after.len() {
+            return None;
+        }
+        let models = (gone.chain(came.iter().copied()))
+            .flat_map(|t| t.models.iter().map(|m| &*m.name))
+            .collect();
+        Some(TableChanges { came, models })
     }
 }
 
@@ -562,5 +656,92 @@ mod tests {
         let b = bundle("b", &[("n", "1", &["y", "x"], None)], &[]);
         let s = AllowlistSnapshot::build([&a, &b], &TrimConfig::default());
         assert_eq!(s.distinct_features(), 2);
+    }
+
+    /// Everything a lookup, `/status` or the drift check can see of a snapshot.
+    fn seen(s: &AllowlistSnapshot) -> Vec<String> {
+        let mut seen = vec![format!(
+            "{} {} {}",
+            s.allowlists(),
+            s.conflicts(),
+            s.distinct_features()
+        )];
+        for (i, model) in s.model_names().enumerate() {
+            seen.push(format!("{i} {model} {:?}", s.version_features(model)));
+            for label in ["stable", "canary"] {
+                seen.push(format!("{label} {:?}", s.label_version(model, label)));
+            }
+            if let Lookup::Found { entry, .. } = s.lookup(model, &VersionSpec::Unversioned) {
+                seen.push(format!(
+                    "{:?} {:?} {}",
+                    entry.allowlist, entry.mode, entry.generation
+                ));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_reload_merges_only_the_models_of_changed_tables() {
+        let trim = TrimConfig::default();
+        let mut names = Arc::new(FeatureNames::default());
+        let mut table =
+            |b: &Bundle| Arc::new(BundleTable::from_view(&BundleView::of(b), &mut names));
+        // `shared` is in both a and c (a conflict); `tags` is only labelled (not served).
+        let a = table(&bundle(
+            "a",
+            &[("shared", "1", &["x"], None), ("a", "1", &["y"], None)],
+            &[("tags", "stable", "1")],
+        ));
+        let b = table(&bundle("b", &[("b", "1", &["z"], None)], &[]));
+        let c = table(&bundle(
+            "c",
+            &[("shared", "1", &["w"], None), ("c", "2", &["x"], None)],
+            &[("shared", "stable", "1"), ("tags", "stable", "2")],
+        ));
+        let c2 = table(&bundle(
+            "c",
+            &[
+                ("shared", "1", &["v"], Some(Mode::Observe)),
+                ("c", "3", &["x"], None),
+            ],
+            &[("tags", "canary", "2")],
+        ));
+        let d = table(&bundle(
+            "d",
+            &[("d", "1", &["q"], None), ("a", "2", &["q"], None)],
+            &[],
+        ));
+        let full = |tables: &[Arc<BundleTable>]| {
+            AllowlistSnapshot::assemble(tables, names.clone(), None, &trim)
+        };
+        let first = full(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(first.conflicts(), 2, "shared@1 and tags' stable label");
+        for tables in [
+            vec![a.clone(), b.clone(), c2.clone()],
+            vec![a.clone(), c.clone()],
+            vec![a.clone(), b.clone(), c.clone(), d.clone()],
+            vec![b.clone(), c.clone()],
+            vec![c.clone(), b.clone(), a.clone()],
+        ] {
+            let next = AllowlistSnapshot::assemble(&tables, names.clone(), Some(&first), &trim);
+            assert_eq!(seen(&next), seen(&full(&tables)));
+        }
+        let next = AllowlistSnapshot::assemble(
+            &[a.clone(), b.clone(), c2.clone()],
+            names.clone(),
+            Some(&first),
+            &trim,
+        );
+        for (model, reused) in [("a", true), ("b", true), ("shared", false), ("c", false)] {
+            let same = Arc::ptr_eq(first.model(model).unwrap(), next.model(model).unwrap());
+            assert_eq!(same, reused, "{model}");
+        }
+        assert!(
+            next.same_models_as(&first),
+            "the same models at the same places"
+        );
+        let grown = AllowlistSnapshot::assemble(&[a, b, c, d], names.clone(), Some(&next), &trim);
+        assert!(!grown.same_models_as(&next), "model d came");
     }
 }

@@ -224,9 +224,10 @@ impl BundleStore {
         report.read = to_read.len();
         // A clone, not the store's own: a panicking parse leaves the store's names whole.
         let names = Mutex::new(self.names.clone());
+        let known = &*self.names;
         let max = self.max_file_bytes;
         let read = in_parallel(&to_read, threads, |(name, path, seen)| {
-            read_file(name, path, *seen, max, &names)
+            read_file(name, path, *seen, max, known, &names)
         });
         self.names = names.into_inner().unwrap_or_else(|p| p.into_inner());
         for ((name, path, _), read) in to_read.into_iter().zip(read) {
@@ -314,11 +315,7 @@ impl BundleStore {
     /// every table is rebuilt on the new ids. Rare, and the one reload that does it merges
     /// every model again.
     fn compact_names(&mut self) {
-        let live = self
-            .good_bundles()
-            .fold(super::table::Allowlist::default(), |acc, t| {
-                acc.union(t.used())
-            });
+        let live = super::table::Allowlist::union_of(self.good_bundles().map(|t| t.used()));
         if self.names.len() <= 2 * live.len() + COMPACT_SLACK {
             return;
         }
@@ -399,13 +396,14 @@ struct ReadBundle {
 }
 
 /// Reads, hashes and (unless its digest is `seen`) parses bundle `name` from `path`, adding
-/// its feature names to `names`. The file's bytes are dropped before returning: the table is
-/// all that stays.
+/// the feature names `known` lacks to `names`. The file's bytes are dropped before returning:
+/// the table is all that stays.
 fn read_file(
     name: &str,
     path: &Path,
     seen: Option<[u8; 32]>,
     max: u64,
+    known: &FeatureNames,
     names: &Mutex<Arc<FeatureNames>>,
 ) -> FileRead {
     let read_at = SystemTime::now();
@@ -417,7 +415,7 @@ fn read_file(
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
     let parsed = (seen != Some(digest)).then(|| {
         BundleView::with(&bytes, Some(name), |view| {
-            BundleTable::from_view_shared(view, names)
+            BundleTable::from_view_shared(view, known, names)
         })
     });
     FileRead::Read(ReadBundle {

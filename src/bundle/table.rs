@@ -171,9 +171,15 @@ impl<S: AsRef<str>> NameTable<S> {
     }
 
     /// The id of `name`, added if new.
-    #[inline]
+    #[cfg(test)]
     fn intern(&mut self, name: S) -> u32 {
         let hash = name_hash(name.as_ref());
+        self.intern_hashed(name, hash)
+    }
+
+    /// The id of `name`, whose [`name_hash`] is `hash`, added if new.
+    #[inline]
+    fn intern_hashed(&mut self, name: S, hash: u32) -> u32 {
         match self.find(name.as_ref(), hash) {
             Ok(id) => id,
             Err(slot) => self.insert(slot, hash, name),
@@ -202,11 +208,7 @@ impl Allowlist {
     pub fn from_ids(ids: impl IntoIterator<Item = u32>) -> Allowlist {
         let mut bits: Vec<u64> = Vec::new();
         for id in ids {
-            let word = id as usize / 64;
-            if word >= bits.len() {
-                bits.resize(word + 1, 0);
-            }
-            bits[word] |= 1 << (id % 64);
+            set_bit(&mut bits, id);
         }
         Self::from_words(bits)
     }
@@ -230,6 +232,20 @@ impl Allowlist {
             bits: bits.into(),
             len,
         }
+    }
+
+    /// Every feature any of `sets` allows.
+    pub fn union_of<'a>(sets: impl IntoIterator<Item = &'a Allowlist>) -> Allowlist {
+        let mut bits: Vec<u64> = Vec::new();
+        for set in sets {
+            if bits.len() < set.bits.len() {
+                bits.resize(set.bits.len(), 0);
+            }
+            for (word, set) in bits.iter_mut().zip(set.bits.iter()) {
+                *word |= set;
+            }
+        }
+        Self::from_words(bits)
     }
 
     /// Every feature either allows.
@@ -289,6 +305,16 @@ impl Allowlist {
     }
 }
 
+/// Sets bit `id` of `bits`, growing it as needed.
+#[inline]
+fn set_bit(bits: &mut Vec<u64>, id: u32) {
+    let word = id as usize / 64;
+    if word >= bits.len() {
+        bits.resize(word + 1, 0);
+    }
+    bits[word] |= 1 << (id % 64);
+}
+
 /// One bundle as serving needs it.
 #[derive(Debug, PartialEq)]
 pub struct BundleTable {
@@ -301,7 +327,7 @@ pub struct BundleTable {
     /// Build time: kept so that a new build of the same allowlists counts as a change, as it
     /// did when whole documents were compared.
     created_at: Option<Box<str>>,
-    /// Models named by entries or labels, by name.
+    /// Models named by entries or labels, in name order.
     pub(super) models: Vec<TableModel>,
     /// Number of model-version entries.
     model_versions: usize,
@@ -348,21 +374,37 @@ impl BundleTable {
         })
     }
 
-    /// The table of a validated bundle on the shared `names`, locked only to add this bundle's
-    /// distinct names: the names are first numbered within the bundle (a bundle repeats each
-    /// name across its versions), so several bundles can be read at once and the shared table
-    /// sees each distinct name once per bundle, not once per version.
+    /// The table of a validated bundle on the shared `names`, locked only to add names that
+    /// `known` (the names as they were when the scan began) lacks. A name `known` has keeps
+    /// its id for good, so a reload, whose names are nearly all known, looks each up once and
+    /// builds its bitsets straight away; the other names are first numbered within the bundle
+    /// (a bundle repeats each name across its versions), so several bundles can be read at
+    /// once and the shared table sees each new name once per bundle, not once per version.
     pub fn from_view_shared(
         view: &BundleView<'_>,
+        known: &FeatureNames,
         names: &Mutex<Arc<FeatureNames>>,
     ) -> BundleTable {
         let mut local = NameTable::<&str>::default();
-        let listed: Vec<Vec<u32>> = view
+        // Per entry: its known ids as a bitset, and the local numbers of its other names.
+        let mut listed: Vec<(Vec<u64>, Vec<u32>)> = view
             .models
             .iter()
-            .map(|entry| entry.features.iter().map(|f| local.intern(f)).collect())
+            .map(|entry| {
+                let (mut bits, mut new) = (Vec::new(), Vec::new());
+                for f in entry.features.iter() {
+                    let hash = name_hash(f);
+                    match known.table.find(f, hash) {
+                        Ok(id) => set_bit(&mut bits, id),
+                        Err(_) => new.push(local.intern_hashed(f, hash)),
+                    }
+                }
+                (bits, new)
+            })
             .collect();
-        let shared: Vec<u32> = {
+        let shared: Vec<u32> = if local.names.is_empty() {
+            Vec::new()
+        } else {
             let mut names = names
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -373,7 +415,11 @@ impl BundleTable {
         };
         drop(local);
         Self::from_view_with(view, |i, _| {
-            Allowlist::from_ids(listed[i].iter().map(|&local| shared[local as usize]))
+            let (mut bits, new) = std::mem::take(&mut listed[i]);
+            for local in new {
+                set_bit(&mut bits, shared[local as usize]);
+            }
+            Allowlist::from_words(bits)
         })
     }
 
@@ -458,6 +504,12 @@ impl BundleTable {
             model_versions: self.model_versions,
             used: remap(&self.used),
         }
+    }
+
+    /// The part of model `name`, if the bundle names it.
+    pub(super) fn model(&self, name: &str) -> Option<&TableModel> {
+        let at = self.models.binary_search_by(|m| (*m.name).cmp(name));
+        at.ok().map(|at| &self.models[at])
     }
 
     /// Every feature any entry lists.
