@@ -250,16 +250,7 @@ impl Allowlist {
 
     /// Every feature either allows.
     pub fn union(&self, other: &Allowlist) -> Allowlist {
-        let (long, short) = if self.bits.len() >= other.bits.len() {
-            (&self.bits, &other.bits)
-        } else {
-            (&other.bits, &self.bits)
-        };
-        let mut bits = long.to_vec();
-        for (w, s) in bits.iter_mut().zip(short.iter()) {
-            *w |= s;
-        }
-        Self::from_words(bits)
+        Self::union_of([self, other])
     }
 
     /// Whether feature `id` is allowed.
