@@ -1475,12 +1475,15 @@ mod avx2 {
             Ymm { v, cpu: self.cpu }
         }
 
-        /// All ones in the lanes of `lanes`.
+        /// All ones in the lanes of `lanes`: each lane compares its own bit of them.
         #[inline(always)]
         fn lane_mask(self, lanes: u8) -> __m256i {
-            let bit = |j: u8| -i64::from(lanes >> j & 1);
             // SAFETY: `self.cpu` proves AVX2; no memory is touched.
-            unsafe { _mm256_setr_epi64x(bit(0), bit(1), bit(2), bit(3)) }
+            unsafe {
+                let bits = _mm256_setr_epi64x(1, 2, 4, 8);
+                let mine = _mm256_and_si256(_mm256_set1_epi64x(i64::from(lanes)), bits);
+                _mm256_cmpeq_epi64(mine, bits)
+            }
         }
     }
 
