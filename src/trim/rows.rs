@@ -86,8 +86,6 @@ pub(super) struct Members {
     spans: Vec<u32>,
     /// How many of `spans` hold positions.
     found: usize,
-    /// How many keys were found (half the spans for a valid object).
-    keys: u32,
     /// Whether the map has bytes above 0x7F (in its strings), which are not checked here.
     pub(super) high: bool,
 }
@@ -184,7 +182,6 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
     // the map is not over and those bytes fail it: then it is scanned again, whole chunks only.
     for short in [true, false] {
         members.found = 0;
-        members.keys = 0;
         let mut state = State::<L>::new(cpu);
         let mut at = open + 1;
         // The grammar reads one chunk while the next is classified into the other: it then
@@ -271,11 +268,11 @@ fn classify_chunk<L: Lanes>(
     Some(L::BLOCKS)
 }
 
-/// Checks the key bounds pair up; at least two members (a single `{"b64": ...}` member is a
-/// value, not a map, which the cursor tells apart).
+/// At least two members (a single `{"b64": ...}` member is a value, not a map, which the
+/// cursor tells apart). The key bounds pair up: no colon or member comma stands in a string,
+/// so a key's closing quote is on the key side with its opening one.
 fn finish(members: &Members, end: usize) -> Option<usize> {
-    let keys = members.keys as usize;
-    (keys >= 2 && members.found == 2 * keys).then_some(end + 1)
+    (members.found >= 4).then_some(end + 1)
 }
 
 /// The flags of a byte, as simdjson's stage 1 classifies: `LOW_NIBBLE[b & 15] &
@@ -655,12 +652,10 @@ impl<L: Lanes> State<L> {
         }
 
         // Members: their keys' quotes, the only quotes where `value_side` is even.
-        let key = open_quote.but(value_side).and(live).words();
         let key_quotes = quote.but(value_side).and(live).words();
         let mut n = members.found;
         let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
-            members.keys += key.as_ref()[j].count_ones();
             let base = base + 64 * j as u32;
             n = L::positions(key_quotes.as_ref()[j], base, &mut members.spans, n);
         }
