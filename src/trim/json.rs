@@ -362,7 +362,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Leaves the bytes from `at` on (string content with bytes above 0x7F, read by the cursor
-    /// or vouched for by the map index) to the UTF-8 check in [`Cursor::end`].
+    /// or vouched for by the map index) to the next UTF-8 check ([`Cursor::check_utf8`]).
     pub(super) fn unchecked_from(&mut self, at: usize) {
         self.unchecked = self.unchecked.min(at);
     }
@@ -374,11 +374,17 @@ impl<'a> Cursor<'a> {
         if self.peek().is_some() {
             return self.fail("the end of the document");
         }
-        if let Some(rest) = self.bytes.get(self.unchecked..) {
-            if let Err(e) = simdutf8::compat::from_utf8(rest) {
+        self.check_utf8(self.bytes.len())
+    }
+
+    /// Checks that the bytes left unchecked before `to` are UTF-8, and marks them checked.
+    pub(super) fn check_utf8(&mut self, to: usize) -> Scan<()> {
+        if let Some(pending) = self.bytes.get(self.unchecked..to) {
+            if let Err(e) = simdutf8::compat::from_utf8(pending) {
                 self.pos = self.unchecked + e.valid_up_to();
                 return self.fail("valid UTF-8");
             }
+            self.unchecked = usize::MAX;
         }
         Ok(())
     }

@@ -331,7 +331,9 @@ fn filter_map(
     let bytes = c.bytes;
     if let Some(end) = rows::index(bytes, c.pos, &mut o.members) {
         if o.members.high {
+            // Now, while the map's bytes are in cache.
             c.unchecked_from(c.pos);
+            c.check_utf8(end)?;
         }
         filter_indexed(bytes, o, allowed, end);
         c.pos = end;
@@ -387,7 +389,7 @@ fn filter_map(
 }
 
 /// Filters a map the bit-parallel index vouched for (`o.members` holds its keys; the map has
-/// no escapes, and its UTF-8 is left to `Cursor::end`) into the output; `end` is one past its
+/// no escapes, and its UTF-8 was checked) into the output; `end` is one past its
 /// `}`. Where a value ends is worked out only for the members kept (and the last): the bytes
 /// before the first key, each kept member with the separator that preceded it, and the bytes
 /// after the last value are copied.
