@@ -159,9 +159,9 @@ fn golden_kserve() {
     ));
 }
 
-/// The engines check UTF-8 as they scan (there is no separate pass over the body), so every
-/// place a byte above 0x7F can sit is tried with valid and invalid sequences, through both the
-/// bit-parallel index and the cursor: a body is trimmed exactly when serde_json accepts it,
+/// The engines check UTF-8 only where bytes above 0x7F were seen (an indexed map right after
+/// indexing it, the rest at the end), so every place such a byte can sit is tried with valid
+/// and invalid sequences, through both the bit-parallel index and the cursor: a body is trimmed exactly when serde_json accepts it,
 /// and then the non-ASCII bytes arrive as they were sent.
 #[test]
 fn utf8_is_checked_wherever_a_byte_above_0x7f_sits() {
