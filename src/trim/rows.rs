@@ -584,22 +584,10 @@ impl<L: Lanes> State<L> {
         let open_quote = quote.and(in_string);
         let string_or_quote = in_string.or(quote);
         let k = L::load(cpu, chunk, string_or_quote);
-        let (close_brace, open_bracket, close_bracket) =
-            (k.close_brace, k.open_bracket, k.close_bracket);
-        // Arrays: with no nesting, brackets alternate open and close (checked below).
-        let in_array = open_bracket
-            .or(close_bracket)
-            .prefix_xor(&mut self.in_array);
-        // Live: up to and including the first `}` outside strings.
-        let ends = close_brace.lowest();
-        let end_lanes = ends.nonzero();
-        let live_lanes = if end_lanes == 0 {
-            ((1u16 << L::BLOCKS) - 1) as u8
-        } else {
-            ((2u16 << end_lanes.trailing_zeros()) - 1) as u8
-        };
-        let live = ends.through().keep(live_lanes);
         let Classes {
+            close_brace,
+            open_bracket,
+            close_bracket,
             comma,
             colon,
             digit,
@@ -610,6 +598,40 @@ impl<L: Lanes> State<L> {
             plus,
             ..
         } = k;
+        // Arrays: with no nesting, brackets alternate open and close (checked below).
+        let in_array = open_bracket
+            .or(close_bracket)
+            .prefix_xor(&mut self.in_array);
+        let member_comma = comma.but(in_array);
+        let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
+        // Members: their keys' quotes, the only quotes where `value_side` is even.
+        let key_quotes = quote.but(value_side);
+        // The `]` of `[]` (nothing between the brackets) is an atom of its own.
+        let empty = self.open_bracket.of(open_bracket).and(close_bracket);
+        let separators = comma.or(colon).or(close_brace);
+        // What the numbers do not change is checked before them, so that fewer masks live
+        // across them: a `[` that closes (nested) or a `]` that opens; `:` or `}` in an array;
+        // a member comma that makes `value_side` odd, or `:`, `}` or `[` where it is even.
+        // Each is one mask of two kinds of bytes against the parity flipped for one kind.
+        let in_array_only = close_bracket.or(colon).or(close_brace);
+        let bad = k
+            .escape
+            .and(in_string)
+            .or(k.other.but(string_or_quote))
+            .or(open_bracket
+                .or(in_array_only)
+                .but(in_array.xor(in_array_only)))
+            .or(member_comma
+                .or(colon)
+                .or(close_brace)
+                .or(open_bracket)
+                .but(value_side.xor(member_comma)));
+        // Against `turn`, `[` stands where a separator may and `]` where an atom may (the `]`
+        // of `[]` is an atom).
+        let separator_like = separators.or(open_bracket);
+        let tokens = open_quote.or(close_bracket).or(separator_like);
+        let atoms = open_quote.or(empty);
+
         let token = digit.or(dot).or(exp).or(minus).or(plus);
         let numbers = self.numbers.step(NumberBytes {
             token,
@@ -620,50 +642,42 @@ impl<L: Lanes> State<L> {
             minus,
             plus,
         });
-
-        let member_comma = comma.but(in_array);
-        // The `]` of `[]` (nothing between the brackets) is an atom of its own.
-        let empty = self.open_bracket.of(open_bracket).and(close_bracket);
-        let atoms = open_quote.or(numbers.starts).or(empty);
-        let separators = comma.or(colon).or(close_brace);
-        let turn = atoms.or(separators).prefix_xor(&mut self.turn);
-        let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
-
-        let bad = k
-            .escape
-            .and(in_string)
-            .or(k.other.but(string_or_quote))
-            .or(atoms.but(turn))
-            .or(separators.and(turn))
-            .or(open_bracket.and(turn))
-            .or(close_bracket.but(turn).but(empty))
-            // A `[` that closes (nested) or a `]` that opens; `:` or `}` in an array.
-            .or(open_bracket.but(in_array))
-            .or(close_bracket.or(colon).or(close_brace).and(in_array))
-            .or(member_comma.and(value_side))
-            .or(colon
-                .or(close_brace)
-                .or(numbers.starts)
-                .or(open_bracket)
-                .but(value_side))
+        let turn = atoms
+            .or(numbers.starts)
+            .or(separators)
+            .prefix_xor(&mut self.turn);
+        // Atoms where `turn` is even, separators where it is odd; numbers on the key side.
+        let mut bad = bad
+            .or(tokens.or(numbers.starts).but(turn.xor(separator_like)))
+            .or(numbers.starts.but(value_side))
             .or(numbers.wrong);
-        if bad.and(live).nonzero() != 0 {
+        let mut key_quotes = key_quotes;
+        let mut lanes = L::BLOCKS;
+        let mut end = None;
+        let end_lanes = close_brace.nonzero();
+        if end_lanes != 0 {
+            // Only the chunk of the `}` has bytes past the object, which nothing is asked of.
+            // Live: up to and including the first `}` outside strings.
+            let lane = end_lanes.trailing_zeros() as usize;
+            let ends = close_brace.lowest();
+            let live = ends.through().keep(((2u16 << lane) - 1) as u8);
+            bad = bad.and(live);
+            key_quotes = key_quotes.and(live);
+            lanes = lane + 1;
+            end = Some(64 * lane + ends.words().as_ref()[lane].trailing_zeros() as usize);
+        }
+        if bad.nonzero() != 0 {
             return None;
         }
 
-        // Members: their keys' quotes, the only quotes where `value_side` is even.
-        let key_quotes = quote.but(value_side).and(live).words();
+        let key_quotes = key_quotes.words();
         let mut n = members.found;
-        let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
             let base = base + 64 * j as u32;
             n = L::positions(key_quotes.as_ref()[j], base, &mut members.spans, n);
         }
         members.found = n;
-        Some((end_lanes != 0).then(|| {
-            let lane = end_lanes.trailing_zeros() as usize;
-            64 * lane + ends.words().as_ref()[lane].trailing_zeros() as usize
-        }))
+        Some(end)
     }
 }
 
