@@ -20,7 +20,7 @@
 //! returns `None` and the validating cursor in `json.rs` handles the object from its start, so
 //! it alone decides and reports errors.
 
-use super::json::{Bits, NumberBytes, NumberGrammar, Prev};
+use super::json::{Bits, NumberBytes, NumberGrammar};
 
 /// One bit per byte for each class of byte the index distinguishes: `W` is `u64` for one
 /// 64-byte block, or [`Lanes`] for a chunk of eight blocks.
@@ -480,7 +480,7 @@ trait Wide: Lanes<Carry = u8> {
     fn up1(self, below: Self) -> Self;
     fn up2(self, below: Self) -> Self;
     fn up4(self, below: Self) -> Self;
-    /// Lane-wise sum, and the lanes that carried out.
+    /// Lane-wise sum with `o`, whose bits are within `self`, and the lanes that carried out.
     fn add(self, o: Self) -> (Self, u8);
     /// Adds one in `lanes`; returns the lanes that wrapped to zero.
     fn inc(self, lanes: u8) -> (Self, u8);
@@ -493,7 +493,7 @@ fn later<L: Wide>(x: L, before: L) -> L {
 }
 
 /// [`Bits::add_carried`] for lanes: carries between lanes, and from the previous chunk's top
-/// lane (`carry` is 1 when it carried out).
+/// lane (`carry` is 1 when it carried out); `seeds` are within `run`, as in `json.rs`.
 #[inline(always)]
 fn add_carried<L: Wide>(run: L, seeds: L, carry: &mut u8) -> L {
     let top = L::BLOCKS - 1;
@@ -540,7 +540,8 @@ struct State<L: Lanes> {
     turn: L,
     /// Parity of the colons and the commas between members so far (see `step`).
     value_side: L,
-    open_bracket: Prev<L>,
+    /// The previous chunk's `[`s, for a `[]` across chunks.
+    open_bracket: L,
     numbers: NumberGrammar<L>,
 }
 
@@ -552,7 +553,7 @@ impl<L: Lanes> State<L> {
             in_array: zero,
             turn: zero,
             value_side: zero,
-            open_bracket: Prev(zero),
+            open_bracket: zero,
             numbers: NumberGrammar::new(zero),
         }
     }
@@ -606,8 +607,6 @@ impl<L: Lanes> State<L> {
         let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
         // Members: their keys' quotes, the only quotes where `value_side` is even.
         let key_quotes = quote.but(value_side);
-        // The `]` of `[]` (nothing between the brackets) is an atom of its own.
-        let empty = self.open_bracket.of(open_bracket).and(close_bracket);
         let separators = comma.or(colon).or(close_brace);
         // What the numbers do not change is checked before them, so that fewer masks live
         // across them: a `[` that closes (nested) or a `]` that opens; `:` or `}` in an array;
@@ -630,7 +629,7 @@ impl<L: Lanes> State<L> {
         // of `[]` is an atom).
         let separator_like = separators.or(open_bracket);
         let tokens = open_quote.or(close_bracket).or(separator_like);
-        let atoms = open_quote.or(empty);
+        let opens_before = std::mem::replace(&mut self.open_bracket, open_bracket);
 
         let token = digit.or(dot).or(exp).or(minus).or(plus);
         let numbers = self.numbers.step(NumberBytes {
@@ -642,10 +641,17 @@ impl<L: Lanes> State<L> {
             minus,
             plus,
         });
-        let turn = atoms
-            .or(numbers.starts)
-            .or(separators)
-            .prefix_xor(&mut self.turn);
+        let atoms = open_quote.or(numbers.starts);
+        let turn_before = self.turn;
+        let mut turn = atoms.or(separators).prefix_xor(&mut self.turn);
+        // The `]` of `[]` (nothing between the brackets) is an atom of its own. Only there
+        // does a `]` of a valid object find `turn` even before counting it (it follows a
+        // separator, where others follow an atom): then `turn` is taken again with it.
+        if close_bracket.but(turn).nonzero() != 0 {
+            let empty = open_bracket.later(opens_before).and(close_bracket);
+            self.turn = turn_before;
+            turn = atoms.or(empty).or(separators).prefix_xor(&mut self.turn);
+        }
         // Atoms where `turn` is even, separators where it is odd; numbers on the key side.
         let mut bad = bad
             .or(tokens.or(numbers.starts).but(turn.xor(separator_like)))
@@ -1688,11 +1694,9 @@ mod avx2 {
             // SAFETY: `self.cpu` proves AVX2; no memory is touched.
             let (sum, carried) = unsafe {
                 let sum = _mm256_add_epi64(self.v, o.v);
-                // Unsigned `sum < self`: a signed compare with the top bits flipped.
-                let flip = _mm256_set1_epi64x(i64::MIN);
-                let below =
-                    _mm256_cmpgt_epi64(_mm256_xor_si256(self.v, flip), _mm256_xor_si256(sum, flip));
-                (sum, _mm256_movemask_pd(_mm256_castsi256_pd(below)) as u8)
+                // A full adder's carry out of the top bit, `o` being within `self`.
+                let carry = _mm256_or_si256(o.v, _mm256_andnot_si256(sum, self.v));
+                (sum, _mm256_movemask_pd(_mm256_castsi256_pd(carry)) as u8)
             };
             (self.with(sum), carried)
         }
