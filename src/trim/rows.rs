@@ -20,7 +20,7 @@
 //! returns `None` and the validating cursor in `json.rs` handles the object from its start, so
 //! it alone decides and reports errors.
 
-use super::json::{Bits, NumberBytes, NumberGrammar, Prev};
+use super::json::{Bits, NumberBytes, NumberGrammar};
 
 /// One bit per byte for each class of byte the index distinguishes: `W` is `u64` for one
 /// 64-byte block, or [`Lanes`] for a chunk of eight blocks.
@@ -480,7 +480,7 @@ trait Wide: Lanes<Carry = u8> {
     fn up1(self, below: Self) -> Self;
     fn up2(self, below: Self) -> Self;
     fn up4(self, below: Self) -> Self;
-    /// Lane-wise sum, and the lanes that carried out.
+    /// Lane-wise sum with `o`, whose bits are within `self`, and the lanes that carried out.
     fn add(self, o: Self) -> (Self, u8);
     /// Adds one in `lanes`; returns the lanes that wrapped to zero.
     fn inc(self, lanes: u8) -> (Self, u8);
@@ -493,7 +493,7 @@ fn later<L: Wide>(x: L, before: L) -> L {
 }
 
 /// [`Bits::add_carried`] for lanes: carries between lanes, and from the previous chunk's top
-/// lane (`carry` is 1 when it carried out).
+/// lane (`carry` is 1 when it carried out); `seeds` are within `run`, as in `json.rs`.
 #[inline(always)]
 fn add_carried<L: Wide>(run: L, seeds: L, carry: &mut u8) -> L {
     let top = L::BLOCKS - 1;
@@ -540,7 +540,8 @@ struct State<L: Lanes> {
     turn: L,
     /// Parity of the colons and the commas between members so far (see `step`).
     value_side: L,
-    open_bracket: Prev<L>,
+    /// The previous chunk's `[`s, for a `[]` across chunks.
+    open_bracket: L,
     numbers: NumberGrammar<L>,
 }
 
@@ -552,7 +553,7 @@ impl<L: Lanes> State<L> {
             in_array: zero,
             turn: zero,
             value_side: zero,
-            open_bracket: Prev(zero),
+            open_bracket: zero,
             numbers: NumberGrammar::new(zero),
         }
     }
@@ -584,22 +585,10 @@ impl<L: Lanes> State<L> {
         let open_quote = quote.and(in_string);
         let string_or_quote = in_string.or(quote);
         let k = L::load(cpu, chunk, string_or_quote);
-        let (close_brace, open_bracket, close_bracket) =
-            (k.close_brace, k.open_bracket, k.close_bracket);
-        // Arrays: with no nesting, brackets alternate open and close (checked below).
-        let in_array = open_bracket
-            .or(close_bracket)
-            .prefix_xor(&mut self.in_array);
-        // Live: up to and including the first `}` outside strings.
-        let ends = close_brace.lowest();
-        let end_lanes = ends.nonzero();
-        let live_lanes = if end_lanes == 0 {
-            ((1u16 << L::BLOCKS) - 1) as u8
-        } else {
-            ((2u16 << end_lanes.trailing_zeros()) - 1) as u8
-        };
-        let live = ends.through().keep(live_lanes);
         let Classes {
+            close_brace,
+            open_bracket,
+            close_bracket,
             comma,
             colon,
             digit,
@@ -610,6 +599,38 @@ impl<L: Lanes> State<L> {
             plus,
             ..
         } = k;
+        // Arrays: with no nesting, brackets alternate open and close (checked below).
+        let in_array = open_bracket
+            .or(close_bracket)
+            .prefix_xor(&mut self.in_array);
+        let member_comma = comma.but(in_array);
+        let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
+        // Members: their keys' quotes, the only quotes where `value_side` is even.
+        let key_quotes = quote.but(value_side);
+        let separators = comma.or(colon).or(close_brace);
+        // What the numbers do not change is checked before them, so that fewer masks live
+        // across them: a `[` that closes (nested) or a `]` that opens; `:` or `}` in an array;
+        // a member comma that makes `value_side` odd, or `:`, `}` or `[` where it is even.
+        // Each is one mask of two kinds of bytes against the parity flipped for one kind.
+        let in_array_only = close_bracket.or(colon).or(close_brace);
+        let bad = k
+            .escape
+            .and(in_string)
+            .or(k.other.but(string_or_quote))
+            .or(open_bracket
+                .or(in_array_only)
+                .but(in_array.xor(in_array_only)))
+            .or(member_comma
+                .or(colon)
+                .or(close_brace)
+                .or(open_bracket)
+                .but(value_side.xor(member_comma)));
+        // Against `turn`, `[` stands where a separator may and `]` where an atom may (the `]`
+        // of `[]` is an atom).
+        let separator_like = separators.or(open_bracket);
+        let tokens = open_quote.or(close_bracket).or(separator_like);
+        let opens_before = std::mem::replace(&mut self.open_bracket, open_bracket);
+
         let token = digit.or(dot).or(exp).or(minus).or(plus);
         let numbers = self.numbers.step(NumberBytes {
             token,
@@ -620,50 +641,49 @@ impl<L: Lanes> State<L> {
             minus,
             plus,
         });
-
-        let member_comma = comma.but(in_array);
-        // The `]` of `[]` (nothing between the brackets) is an atom of its own.
-        let empty = self.open_bracket.of(open_bracket).and(close_bracket);
-        let atoms = open_quote.or(numbers.starts).or(empty);
-        let separators = comma.or(colon).or(close_brace);
-        let turn = atoms.or(separators).prefix_xor(&mut self.turn);
-        let value_side = colon.or(member_comma).prefix_xor(&mut self.value_side);
-
-        let bad = k
-            .escape
-            .and(in_string)
-            .or(k.other.but(string_or_quote))
-            .or(atoms.but(turn))
-            .or(separators.and(turn))
-            .or(open_bracket.and(turn))
-            .or(close_bracket.but(turn).but(empty))
-            // A `[` that closes (nested) or a `]` that opens; `:` or `}` in an array.
-            .or(open_bracket.but(in_array))
-            .or(close_bracket.or(colon).or(close_brace).and(in_array))
-            .or(member_comma.and(value_side))
-            .or(colon
-                .or(close_brace)
-                .or(numbers.starts)
-                .or(open_bracket)
-                .but(value_side))
+        let atoms = open_quote.or(numbers.starts);
+        let turn_before = self.turn;
+        let mut turn = atoms.or(separators).prefix_xor(&mut self.turn);
+        // The `]` of `[]` (nothing between the brackets) is an atom of its own. Only there
+        // does a `]` of a valid object find `turn` even before counting it (it follows a
+        // separator, where others follow an atom): then `turn` is taken again with it.
+        if close_bracket.but(turn).nonzero() != 0 {
+            let empty = open_bracket.later(opens_before).and(close_bracket);
+            self.turn = turn_before;
+            turn = atoms.or(empty).or(separators).prefix_xor(&mut self.turn);
+        }
+        // Atoms where `turn` is even, separators where it is odd; numbers on the key side.
+        let mut bad = bad
+            .or(tokens.or(numbers.starts).but(turn.xor(separator_like)))
+            .or(numbers.starts.but(value_side))
             .or(numbers.wrong);
-        if bad.and(live).nonzero() != 0 {
+        let mut key_quotes = key_quotes;
+        let mut lanes = L::BLOCKS;
+        let mut end = None;
+        let end_lanes = close_brace.nonzero();
+        if end_lanes != 0 {
+            // Only the chunk of the `}` has bytes past the object, which nothing is asked of.
+            // Live: up to and including the first `}` outside strings.
+            let lane = end_lanes.trailing_zeros() as usize;
+            let ends = close_brace.lowest();
+            let live = ends.through().keep(((2u16 << lane) - 1) as u8);
+            bad = bad.and(live);
+            key_quotes = key_quotes.and(live);
+            lanes = lane + 1;
+            end = Some(64 * lane + ends.words().as_ref()[lane].trailing_zeros() as usize);
+        }
+        if bad.nonzero() != 0 {
             return None;
         }
 
-        // Members: their keys' quotes, the only quotes where `value_side` is even.
-        let key_quotes = quote.but(value_side).and(live).words();
+        let key_quotes = key_quotes.words();
         let mut n = members.found;
-        let lanes = 8 - live_lanes.leading_zeros() as usize;
         for j in 0..lanes {
             let base = base + 64 * j as u32;
             n = L::positions(key_quotes.as_ref()[j], base, &mut members.spans, n);
         }
         members.found = n;
-        Some((end_lanes != 0).then(|| {
-            let lane = end_lanes.trailing_zeros() as usize;
-            64 * lane + ends.words().as_ref()[lane].trailing_zeros() as usize
-        }))
+        Some(end)
     }
 }
 
@@ -1674,11 +1694,9 @@ mod avx2 {
             // SAFETY: `self.cpu` proves AVX2; no memory is touched.
             let (sum, carried) = unsafe {
                 let sum = _mm256_add_epi64(self.v, o.v);
-                // Unsigned `sum < self`: a signed compare with the top bits flipped.
-                let flip = _mm256_set1_epi64x(i64::MIN);
-                let below =
-                    _mm256_cmpgt_epi64(_mm256_xor_si256(self.v, flip), _mm256_xor_si256(sum, flip));
-                (sum, _mm256_movemask_pd(_mm256_castsi256_pd(below)) as u8)
+                // A full adder's carry out of the top bit, `o` being within `self`.
+                let carry = _mm256_or_si256(o.v, _mm256_andnot_si256(sum, self.v));
+                (sum, _mm256_movemask_pd(_mm256_castsi256_pd(carry)) as u8)
             };
             (self.with(sum), carried)
         }
