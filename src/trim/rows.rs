@@ -93,10 +93,14 @@ pub(super) struct Members {
 impl Members {
     /// Each member's key bounds, quotes included.
     pub(super) fn keys(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (pairs, _) = self.spans[..self.found].as_chunks::<2>();
-        pairs
+        self.quotes()
             .iter()
             .map(|&[start, close]| (start as usize, close as usize + 1))
+    }
+
+    /// Each member's key quotes: the offsets of its opening and closing quote.
+    pub(super) fn quotes(&self) -> &[[u32; 2]] {
+        self.spans[..self.found].as_chunks::<2>().0
     }
 
     /// Offset of the first member's key.
