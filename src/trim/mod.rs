@@ -273,6 +273,18 @@ fn ends_of(key: &[u8]) -> (u64, u64) {
     }
 }
 
+/// Whether `slot` holds `key` (quotes included), which starts the body `bytes`.
+#[inline(always)]
+fn remembers(slot: &Remembered, bytes: &[u8], key: &[u8]) -> bool {
+    // Up to sixteen bytes, the two words cover the whole key.
+    usize::from(slot.len) == key.len()
+        && (slot.head, slot.tail) == ends_of(key)
+        && (key.len() <= 16 || {
+            let from = slot.start as usize;
+            bytes.get(from..from + key.len()) == Some(key)
+        })
+}
+
 /// Whether a map member with key bytes (quotes included) at `start..end` is kept. `slot` is
 /// what the previous map had at the same position: it answers when the bytes are the same;
 /// otherwise `lookup` asks the allowlist and the answer is remembered there.
@@ -284,19 +296,11 @@ fn memo_keep(
     lookup: impl FnOnce() -> bool,
 ) -> bool {
     let key = &bytes[start..end];
-    let (head, tail) = ends_of(key);
-    // Up to sixteen bytes, the two words cover the whole key.
-    if usize::from(slot.len) == key.len()
-        && slot.head == head
-        && slot.tail == tail
-        && (key.len() <= 16 || {
-            let from = slot.start as usize;
-            bytes[from..from + key.len()] == *key
-        })
-    {
+    if remembers(slot, bytes, key) {
         return slot.keep;
     }
     let keep = lookup();
+    let (head, tail) = ends_of(key);
     // A key too long or too far into the body to note down is remembered as length 0, which
     // no key (two quotes at least) matches.
     let (start, len) = match (u32::try_from(start), u16::try_from(key.len())) {
@@ -311,6 +315,20 @@ fn memo_keep(
         keep,
     };
     keep
+}
+
+/// How many of `keys` (each key's quotes), from the first, are the keys their `memo` slots
+/// hold. Out of line, with no allowlist to ask, so that the loop has the registers to itself.
+#[inline(never)]
+fn remembered(bytes: &[u8], keys: &[[u32; 2]], memo: &[Remembered]) -> usize {
+    keys.iter()
+        .zip(memo)
+        .take_while(|&(&[open, close], slot)| {
+            bytes
+                .get(open as usize..close as usize + 1)
+                .is_some_and(|key| remembers(slot, bytes, key))
+        })
+        .count()
 }
 
 /// What a `{...}` at the cursor turned out to be.
@@ -400,10 +418,18 @@ fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usi
     }
     // First every decision (each lands in the member's memo slot), then the copying: two
     // short loops keep their state in registers where one long one spilled it.
-    for ((start, key_end), slot) in m.keys().zip(&mut o.memo) {
-        memo_keep(slot, bytes, (start, key_end), || {
-            allowed.allows(json::str_of(&bytes[start + 1..key_end - 1]))
-        });
+    // Rows mostly repeat the previous row's keys: runs of them are passed over out of line.
+    let keys = m.quotes();
+    let mut at = 0;
+    while at < keys.len() {
+        at += remembered(bytes, &keys[at..], &o.memo[at..]);
+        if let (Some(&[open, close]), Some(slot)) = (keys.get(at), o.memo.get_mut(at)) {
+            let (start, key_end) = (open as usize, close as usize + 1);
+            memo_keep(slot, bytes, (start, key_end), || {
+                allowed.allows(json::str_of(&bytes[start + 1..key_end - 1]))
+            });
+        }
+        at += 1;
     }
     let out = &mut o.out;
     out.extend_from_slice(&bytes[o.copied..m.first()]);

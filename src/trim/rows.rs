@@ -93,10 +93,14 @@ pub(super) struct Members {
 impl Members {
     /// Each member's key bounds, quotes included.
     pub(super) fn keys(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (pairs, _) = self.spans[..self.found].as_chunks::<2>();
-        pairs
+        self.quotes()
             .iter()
             .map(|&[start, close]| (start as usize, close as usize + 1))
+    }
+
+    /// Each member's key quotes: the offsets of its opening and closing quote.
+    pub(super) fn quotes(&self) -> &[[u32; 2]] {
+        self.spans[..self.found].as_chunks::<2>().0
     }
 
     /// Offset of the first member's key.
@@ -110,7 +114,7 @@ impl Members {
 
     /// One past the value of member `i` of the object that ends at `end` (one past its `}`):
     /// back from the next key (or the `}`) over whitespace, the comma, whitespace.
-    #[inline]
+    #[inline(always)]
     pub(super) fn value_end(&self, bytes: &[u8], i: usize, end: usize) -> usize {
         let space = |mut at: usize| {
             while matches!(bytes[at - 1], b' ' | b'\n' | b'\r' | b'\t') {
@@ -121,6 +125,12 @@ impl Members {
         let next = self.spans[..self.found]
             .get(2 * (i + 1))
             .map_or(end - 1, |&k| k as usize);
+        // Mostly, a comma stands right after the value and right before the next key.
+        if let [.., before, b','] = bytes[..next] {
+            if !matches!(before, b' ' | b'\n' | b'\r' | b'\t') {
+                return next - 1;
+            }
+        }
         let at = space(next);
         if bytes[at - 1] == b',' {
             space(at - 1)
