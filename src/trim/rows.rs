@@ -254,6 +254,13 @@ fn classify_chunk<L: Lanes>(
     short: bool,
     high: &mut u64,
 ) -> Option<usize> {
+    if !short {
+        if let Some(whole) = bytes.get(at..at + 64 * L::BLOCKS) {
+            // One bounds check, and the classifier's tables loaded once, for the whole chunk.
+            *high |= L::classify_all(cpu, whole.as_chunks::<64>().0, chunk);
+            return Some(L::BLOCKS);
+        }
+    }
     for j in 0..L::BLOCKS {
         let from = at + 64 * j;
         *high |= match bytes.get(from..from + 64) {
@@ -408,6 +415,16 @@ trait Lanes: Bits {
     type Chunk: Default;
     /// Classifies `block` as block `j` of `chunk`; returns its [`Classes::high`].
     fn classify(cpu: Self::Cpu, block: &[u8; 64], chunk: &mut Self::Chunk, j: usize) -> u64;
+    /// Classifies `blocks`, all of a chunk's, into `chunk`; returns their [`Classes::high`]
+    /// ORed.
+    #[inline(always)]
+    fn classify_all(cpu: Self::Cpu, blocks: &[[u8; 64]], chunk: &mut Self::Chunk) -> u64 {
+        let mut high = 0;
+        for (j, block) in blocks.iter().enumerate() {
+            high |= Self::classify(cpu, block, chunk, j);
+        }
+        high
+    }
     /// Whether block `j` of `chunk` may hold a `}` (in a string or not): a small map's first
     /// chunk stops after it.
     fn closes(chunk: &Self::Chunk, j: usize) -> bool;
@@ -1435,26 +1452,40 @@ mod avx2 {
             unsafe { _mm256_movemask_epi8(_mm256_or_si256(a, b)) as u32 }
         }
 
+        /// The classifier's tables and constants in registers.
+        #[inline(always)]
+        fn tables(self) -> Tables {
+            // SAFETY: `self` proves AVX2; each table load reads the 16 bytes of a table.
+            unsafe {
+                // A macro, not a closure: a closure would not inherit the CPU features.
+                macro_rules! table {
+                    ($t:expr) => {
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128($t.as_ptr().cast()))
+                    };
+                }
+                Tables {
+                    nibble: _mm256_set1_epi8(0x0f),
+                    flags: [table!(LOW_NIBBLE), table!(HIGH_NIBBLE)],
+                    code: [table!(CODE_LOW), table!(CODE_HIGH)],
+                    quote: _mm256_set1_epi8(b'"' as i8),
+                    outside: _mm256_set1_epi8(OUTSIDE as i8),
+                }
+            }
+        }
+
         /// The planes of one half block, in the order of [`PLANES`].
         #[inline(always)]
-        fn planes(self, v: __m256i) -> [u32; PLANES] {
-            // SAFETY: `self` proves AVX2; the table loads read the 16 bytes of a table.
+        fn planes(self, t: &Tables, v: __m256i) -> [u32; PLANES] {
+            // SAFETY: `self` proves AVX2; no memory is touched.
             unsafe {
-                let nibble = _mm256_set1_epi8(0x0f);
-                let low = _mm256_and_si256(v, nibble);
-                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                let low = _mm256_and_si256(v, t.nibble);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(v), t.nibble);
                 // Macros, not closures: a closure would not inherit the CPU features.
                 macro_rules! lookup {
-                    ($low:expr, $high:expr) => {
+                    ($tables:expr) => {
                         _mm256_and_si256(
-                            _mm256_shuffle_epi8(
-                                _mm256_broadcastsi128_si256(_mm_loadu_si128($low.as_ptr().cast())),
-                                low,
-                            ),
-                            _mm256_shuffle_epi8(
-                                _mm256_broadcastsi128_si256(_mm_loadu_si128($high.as_ptr().cast())),
-                                high,
-                            ),
+                            _mm256_shuffle_epi8($tables[0], low),
+                            _mm256_shuffle_epi8($tables[1], high),
                         )
                     };
                 }
@@ -1463,16 +1494,16 @@ mod avx2 {
                         _mm256_movemask_epi8($e) as u32
                     };
                 }
-                let flags = lookup!(LOW_NIBBLE, HIGH_NIBBLE);
-                let code = lookup!(CODE_LOW, CODE_HIGH);
+                let flags = lookup!(t.flags);
+                let code = lookup!(t.code);
                 const _: () = assert!(ESCAPE == 0xc0);
                 [
-                    mask!(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8))),
+                    mask!(_mm256_cmpeq_epi8(v, t.quote)),
                     // The escape bits are the top two: the lower one moved up and the top
                     // bit taken.
                     mask!(_mm256_or_si256(flags, _mm256_add_epi8(flags, flags))),
                     mask!(_mm256_cmpeq_epi8(
-                        _mm256_and_si256(flags, _mm256_set1_epi8(OUTSIDE as i8)),
+                        _mm256_and_si256(flags, t.outside),
                         _mm256_setzero_si256(),
                     )),
                     // Code bits 4 to 7, each moved to the top.
@@ -1483,6 +1514,17 @@ mod avx2 {
                 ]
             }
         }
+    }
+
+    /// The tables of [`Avx2::planes`], loaded once per chunk.
+    struct Tables {
+        nibble: __m256i,
+        /// The tables of [`LOW_NIBBLE`] and [`HIGH_NIBBLE`].
+        flags: [__m256i; 2],
+        /// The tables of [`CODE_LOW`] and [`CODE_HIGH`].
+        code: [__m256i; 2],
+        quote: __m256i,
+        outside: __m256i,
     }
 
     /// Four lanes (blocks) in one AVX2 register, with the proof that they may be computed on:
@@ -1560,13 +1602,32 @@ mod avx2 {
         const BLOCKS: usize = 4;
         #[inline(always)]
         fn classify(cpu: Avx2, block: &[u8; 64], chunk: &mut Chunk, j: usize) -> u64 {
+            let tables = cpu.tables();
             let halves = cpu.halves(block);
             for (h, &half) in halves.iter().enumerate() {
-                for (plane, mask) in chunk.0.iter_mut().zip(cpu.planes(half)) {
+                for (plane, mask) in chunk.0.iter_mut().zip(cpu.planes(&tables, half)) {
                     plane[2 * j + h] = mask;
                 }
             }
             u64::from(cpu.high(halves))
+        }
+        #[inline(always)]
+        fn classify_all(cpu: Avx2, blocks: &[[u8; 64]], chunk: &mut Chunk) -> u64 {
+            let tables = cpu.tables();
+            // SAFETY: `cpu` proves AVX2; no memory is touched.
+            let mut any = unsafe { _mm256_setzero_si256() };
+            for (j, block) in blocks.iter().enumerate() {
+                let halves = cpu.halves(block);
+                for (h, &half) in halves.iter().enumerate() {
+                    for (plane, mask) in chunk.0.iter_mut().zip(cpu.planes(&tables, half)) {
+                        plane[2 * j + h] = mask;
+                    }
+                }
+                // SAFETY: `cpu` proves AVX2; no memory is touched.
+                any = unsafe { _mm256_or_si256(any, _mm256_or_si256(halves[0], halves[1])) };
+            }
+            // SAFETY: `cpu` proves AVX2; no memory is touched.
+            u64::from(unsafe { _mm256_movemask_epi8(any) } as u32)
         }
         #[inline(always)]
         fn closes(chunk: &Chunk, j: usize) -> bool {
@@ -1730,8 +1791,9 @@ mod avx2 {
         /// The planes (see [`Chunk`]) decoded one block at a time.
         #[inline(always)]
         fn classify(self, block: &[u8; 64]) -> Classes<u64> {
+            let tables = self.tables();
             let halves = self.halves(block);
-            let [a, b] = halves.map(|half| self.planes(half));
+            let [a, b] = halves.map(|half| self.planes(&tables, half));
             let p: [u64; PLANES] = std::array::from_fn(|i| u64::from(a[i]) | u64::from(b[i]) << 32);
             decode(
                 [p[QUOTES], p[ESCAPES], p[OTHERS]],
