@@ -273,7 +273,7 @@ fn ends_of(key: &[u8]) -> (u64, u64) {
     }
 }
 
-/// Whether `slot` holds `key` (quotes included), which starts the body `bytes`.
+/// Whether `slot` holds `key` (quotes included), a key of the body `bytes`.
 #[inline(always)]
 fn remembers(slot: &Remembered, bytes: &[u8], key: &[u8]) -> bool {
     // Up to sixteen bytes, the two words cover the whole key.
