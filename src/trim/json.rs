@@ -368,8 +368,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// Checks that only whitespace remains, and that the strings read are UTF-8: one check
-    /// from the first with a byte above 0x7F on (bytes outside strings are ASCII by then), as
-    /// fast on long text as checking each string is slow on short ones.
+    /// from the first not yet checked with a byte above 0x7F on (bytes outside strings are
+    /// ASCII by then), as fast on long text as checking each string is slow on short ones.
     pub fn end(&mut self) -> Scan<()> {
         if self.peek().is_some() {
             return self.fail("the end of the document");
@@ -377,7 +377,8 @@ impl<'a> Cursor<'a> {
         self.check_utf8(self.bytes.len())
     }
 
-    /// Checks that the bytes left unchecked before `to` are UTF-8, and marks them checked.
+    /// Checks that the bytes left unchecked before `to` are UTF-8, and marks them checked:
+    /// nothing at or after `to` may be pending (the cursor has not read past it).
     pub(super) fn check_utf8(&mut self, to: usize) -> Scan<()> {
         if let Some(pending) = self.bytes.get(self.unchecked..to) {
             if let Err(e) = simdutf8::compat::from_utf8(pending) {
