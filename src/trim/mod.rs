@@ -3,6 +3,8 @@
 //! reason nothing was changed) out. No HTTP, no metrics, no I/O, so the engines can be fuzzed
 //! and benchmarked alone.
 
+#[cfg(target_arch = "x86_64")]
+mod cpu;
 pub mod grpc;
 pub mod json;
 pub mod kserve;
@@ -17,7 +19,8 @@ use json::{Cursor, SyntaxError};
 /// a time) when the CPU has AVX-512BW, POPCNT and BMI1 and the environment does not set
 /// `TRIMMER_AVX512=off`; else `"avx2"` (the same index one block at a time) when it has AVX2,
 /// PCLMULQDQ, POPCNT and BMI1 and the environment does not set `TRIMMER_AVX2=off`; else
-/// `"portable"` (the cursor alone). Decided once per process.
+/// `"portable"` (the cursor alone). Decided once per process. Arrays of numbers (tensor data)
+/// are classified with AVX2 on both vector paths, or when `TRIMMER_AVX2=off` with SSE2.
 pub fn vector_path() -> &'static str {
     rows::runs().unwrap_or("portable")
 }

@@ -175,9 +175,7 @@ pub(super) fn runs() -> Option<&'static str> {
 }
 
 #[cfg(target_arch = "x86_64")]
-use avx2::Avx2;
-#[cfg(target_arch = "x86_64")]
-use avx512::Avx512;
+use super::cpu::{Avx2, Avx512};
 
 /// The scan over chunks of `L::BLOCKS` blocks; `L` does the classifying and the lane
 /// arithmetic, on the CPU `cpu` vouches for.
@@ -1061,40 +1059,16 @@ impl Classify for Bytewise {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    //! The lanes as one AVX-512 register, and the proof that this CPU may run them.
+    //! The lanes as one AVX-512 register.
+    use super::Avx512;
     use super::{
         add_carried, later, load_classes, positions_unrolled, prefix_xor, scan, set_classes,
         unread_classes, Bits, Classes, Lanes, Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE,
         OUTSIDE,
     };
     use std::arch::x86_64::*;
-    use std::sync::LazyLock;
-
-    /// Proof that this process may run AVX-512BW, POPCNT and BMI1 instructions: the CPU has
-    /// them, and `TRIMMER_AVX512=off` does not turn them off. The private field leaves
-    /// [`Avx512::detect`] the only way to make one, so every [`Zmm`] (which holds one) and every
-    /// call that takes one may run them.
-    #[derive(Debug, Clone, Copy)]
-    pub(super) struct Avx512 {
-        _detected: (),
-    }
 
     impl Avx512 {
-        /// The proof, if this process has it; detected once.
-        #[inline]
-        pub(super) fn get() -> Option<Avx512> {
-            static DETECTED: LazyLock<Option<Avx512>> = LazyLock::new(Avx512::detect);
-            *DETECTED
-        }
-
-        fn detect() -> Option<Avx512> {
-            let allowed = std::env::var("TRIMMER_AVX512").map_or(true, |v| v != "off");
-            let present = is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("popcnt")
-                && is_x86_feature_detected!("bmi1");
-            (allowed && present).then_some(Avx512 { _detected: () })
-        }
-
         /// [`super::index`] on AVX-512.
         #[inline]
         pub(super) fn index(
@@ -1348,41 +1322,15 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ, and the proof that
-    //! this CPU may run them.
+    //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ.
+    use super::Avx2;
     use super::{
         add_carried, decode, later, positions_loop, prefix_xor, scan, Bits, Classes, Classify,
         Lanes, Members, Wide, CODE_HIGH, CODE_LOW, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
     };
     use std::arch::x86_64::*;
-    use std::sync::LazyLock;
-
-    /// Proof that this process may run AVX2, PCLMULQDQ, POPCNT and BMI1 instructions: the CPU
-    /// has them, and `TRIMMER_AVX2=off` does not turn them off. The private field leaves
-    /// [`Avx2::detect`] the only way to make one, so every [`Word`] that holds one and every
-    /// call that takes one may run them.
-    #[derive(Debug, Clone, Copy)]
-    pub(super) struct Avx2 {
-        _detected: (),
-    }
 
     impl Avx2 {
-        /// The proof, if this process has it; detected once.
-        #[inline]
-        pub(super) fn get() -> Option<Avx2> {
-            static DETECTED: LazyLock<Option<Avx2>> = LazyLock::new(Avx2::detect);
-            *DETECTED
-        }
-
-        fn detect() -> Option<Avx2> {
-            let allowed = std::env::var("TRIMMER_AVX2").map_or(true, |v| v != "off");
-            let present = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("pclmulqdq")
-                && is_x86_feature_detected!("popcnt")
-                && is_x86_feature_detected!("bmi1");
-            (allowed && present).then_some(Avx2 { _detected: () })
-        }
-
         /// [`super::index`] on AVX2.
         #[inline]
         pub(super) fn index(
@@ -1864,44 +1812,6 @@ mod tests {
         scan::<Word<Bytewise>>(Bytewise, bytes, open, members)
     }
 
-    /// The AVX-512 proof, for a test that compares the vector code with the bytewise one.
-    /// Without it, says so once per process, past the test harness's output capture: a skipped
-    /// comparison must not look like a passed one.
-    #[cfg(target_arch = "x86_64")]
-    fn avx512_or_say_why() -> Option<Avx512> {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        let cpu = Avx512::get();
-        if cpu.is_none() {
-            SAID.call_once(|| {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED in trim::rows tests: the AVX-512 index is not compared with the \
-                     bytewise one (no AVX-512BW/POPCNT/BMI1 on this CPU, or TRIMMER_AVX512=off)"
-                );
-            });
-        }
-        cpu
-    }
-
-    /// The AVX2 proof, as [`avx512_or_say_why`].
-    #[cfg(target_arch = "x86_64")]
-    fn avx2_or_say_why() -> Option<Avx2> {
-        static SAID: std::sync::Once = std::sync::Once::new();
-        let cpu = Avx2::get();
-        if cpu.is_none() {
-            SAID.call_once(|| {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED in trim::rows tests: the AVX2 index is not compared with the \
-                     bytewise one (no AVX2/PCLMULQDQ/POPCNT/BMI1 on this CPU, or TRIMMER_AVX2=off)"
-                );
-            });
-        }
-        cpu
-    }
-
     fn indexed(
         text: &str,
         index: impl Fn(&[u8], usize, &mut Members) -> Option<usize>,
@@ -1952,7 +1862,7 @@ mod tests {
         assert_eq!(Some(&got), reference(text).as_ref(), "{text:?}");
         assert_eq!(indexed(text, index_word).as_ref(), Some(&got), "{text:?}");
         #[cfg(target_arch = "x86_64")]
-        if let Some(cpu) = avx512_or_say_why() {
+        if let Some(cpu) = Avx512::or_say_why() {
             assert_eq!(
                 indexed(text, |b, o, m| cpu.index(b, o, m)).as_ref(),
                 Some(&got),
@@ -1960,7 +1870,7 @@ mod tests {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(cpu) = avx2_or_say_why() {
+        if let Some(cpu) = Avx2::or_say_why() {
             assert_eq!(
                 indexed(text, |b, o, m| cpu.index(b, o, m)).as_ref(),
                 Some(&got),
@@ -2134,7 +2044,7 @@ mod tests {
             cpu: Bytewise,
         };
         #[cfg(target_arch = "x86_64")]
-        let mut avx2_carry = avx2_or_say_why().map(|cpu| Word { bits: 0, cpu });
+        let mut avx2_carry = Avx2::or_say_why().map(|cpu| Word { bits: 0, cpu });
         let mut odd = false;
         for _ in 0..2_000 {
             let words = Words(std::array::from_fn(|_| {
@@ -2170,7 +2080,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_lanes_match_the_portable_ones() {
-        let Some(cpu) = avx2_or_say_why() else {
+        let Some(cpu) = Avx2::or_say_why() else {
             return;
         };
         let mut rng = crate::trim::Lcg(11);
@@ -2205,7 +2115,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_classifier_matches_the_bytewise_one() {
-        let Some(cpu) = avx2_or_say_why() else {
+        let Some(cpu) = Avx2::or_say_why() else {
             return;
         };
         for (round, block) in random_blocks().enumerate() {
@@ -2285,7 +2195,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_vector_classifier_matches_the_bytewise_one() {
-        let Some(cpu) = avx512_or_say_why() else {
+        let Some(cpu) = Avx512::or_say_why() else {
             return;
         };
         for (round, block) in random_blocks().enumerate() {
