@@ -161,6 +161,8 @@ struct Output {
     /// The previous map's keys by position: rows usually repeat their keys in the same order,
     /// so comparing bytes replaces most allowlist lookups.
     memo: Vec<Remembered>,
+    /// Some slot of `memo` may hold a key longer than sixteen bytes.
+    long_keys: bool,
     /// Member boundaries from the bit-parallel index, reused.
     members: rows::Members,
     /// The allowlist's identity, when it has one.
@@ -176,7 +178,7 @@ impl Output {
         let mut kept = KEPT.with(RefCell::take);
         if owner.is_none() || kept.owner != owner {
             kept.memo.clear();
-        } else {
+        } else if kept.long_keys {
             for slot in kept.memo.iter_mut().filter(|slot| slot.len > 16) {
                 *slot = Remembered::NOTHING;
             }
@@ -188,6 +190,7 @@ impl Output {
             removed: 0,
             kept: 0,
             memo: kept.memo,
+            long_keys: false,
             members: kept.members,
             owner,
         }
@@ -214,6 +217,7 @@ impl Drop for Output {
         }
         let kept = Kept {
             memo: std::mem::take(&mut self.memo),
+            long_keys: self.long_keys,
             members: std::mem::take(&mut self.members),
             owner: self.owner,
         };
@@ -228,6 +232,8 @@ const KEPT_MEMBERS: usize = 16_384;
 #[derive(Default)]
 struct Kept {
     memo: Vec<Remembered>,
+    /// As [`Output::long_keys`].
+    long_keys: bool,
     /// The allowlist the memo's answers are for.
     owner: Option<AllowlistId>,
     members: rows::Members,
@@ -290,10 +296,12 @@ fn remembers(slot: &Remembered, bytes: &[u8], key: &[u8]) -> bool {
 
 /// Whether a map member with key bytes (quotes included) at `start..end` is kept. `slot` is
 /// what the previous map had at the same position: it answers when the bytes are the same;
-/// otherwise `lookup` asks the allowlist and the answer is remembered there.
+/// otherwise `lookup` asks the allowlist and the answer is remembered there (and
+/// `long_keys` set if the key is longer than sixteen bytes).
 #[inline(always)]
 fn memo_keep(
     slot: &mut Remembered,
+    long_keys: &mut bool,
     bytes: &[u8],
     (start, end): (usize, usize),
     lookup: impl FnOnce() -> bool,
@@ -317,6 +325,7 @@ fn memo_keep(
         len,
         keep,
     };
+    *long_keys |= len > 16;
     keep
 }
 
@@ -380,9 +389,13 @@ fn filter_map(
         if o.memo.len() <= members {
             o.memo.push(Remembered::NOTHING);
         }
-        let keep = memo_keep(&mut o.memo[members], bytes, (key.start, key.end), || {
-            allowed.allows(c.text(key, &mut o.scratch))
-        });
+        let keep = memo_keep(
+            &mut o.memo[members],
+            &mut o.long_keys,
+            bytes,
+            (key.start, key.end),
+            || allowed.allows(c.text(key, &mut o.scratch)),
+        );
         if members == 0 {
             b64_string = is_string
                 && (raw == b"\"b64\"" || (key.escaped && c.text(key, &mut o.scratch) == "b64"));
@@ -428,7 +441,7 @@ fn filter_indexed(bytes: &[u8], o: &mut Output, allowed: &impl Allowed, end: usi
         at += remembered(bytes, &keys[at..], &o.memo[at..]);
         if let (Some(&[open, close]), Some(slot)) = (keys.get(at), o.memo.get_mut(at)) {
             let (start, key_end) = (open as usize, close as usize + 1);
-            memo_keep(slot, bytes, (start, key_end), || {
+            memo_keep(slot, &mut o.long_keys, bytes, (start, key_end), || {
                 allowed.allows(json::str_of(&bytes[start + 1..key_end - 1]))
             });
         }
