@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -200,14 +199,14 @@ async fn exchange_h1(
         let endpoint = leaf.stream.peer_addr().map(|a| a.to_string());
         cluster.malformed(&endpoint.unwrap_or_default(), e.to_string())
     })?;
-    let (mut frames, body) = Channel::<Bytes, BoxError>::new(4);
+    let (mut frames, body) = h1::frame_channel(4);
     tokio::spawn(async move {
         match h1::relay_frames(&head, &mut buf, &mut leaf.stream, &mut frames).await {
             Ok(true) if head.reusable => leaf.release(),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "relaying the upstream response failed");
-                frames.abort(e.into());
+                frames.abort(e.into()).await;
             }
         }
     });
