@@ -80,8 +80,7 @@ async fn h2c_forwards_bytes_and_headers_unchanged() {
 async fn chunked_request_body_arrives_whole() {
     let leaf = Leaf::start("leaf").await;
     let sidecar = Sidecar::start(config_for(&leaf)).await;
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+    let (mut tx, body) = streamed(2);
     let expected = pattern(300_000);
     let chunks = expected.clone();
     tokio::spawn(async move {
@@ -144,8 +143,7 @@ async fn oversized_body_gets_413_declared_or_not() {
         .contains("max_body_bytes (1000 bytes)"));
 
     // Undeclared length (chunked): the limit trips while reading.
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+    let (mut tx, body) = streamed(2);
     tokio::spawn(async move {
         for _ in 0..20 {
             if tx.send_data(pattern(100)).await.is_err() {

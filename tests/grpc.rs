@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use feature_trimmer::config::{Config, UpstreamProtocol};
 use http::{HeaderMap, Request, Response};
-use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -265,7 +264,7 @@ async fn echo(
     if path == "/hang" {
         std::future::pending::<()>().await;
     }
-    let (mut tx, rx) = Channel::<Bytes, Infallible>::new(4);
+    let (mut tx, rx) = streamed(4);
     let mut body = request.into_body();
     tokio::spawn(async move {
         let mut all = BytesMut::new();
@@ -373,7 +372,7 @@ async fn a_stream_is_trimmed_message_by_message_as_it_arrives() {
         // Any other method passes untouched, streaming as well.
         "/test.Chat/Talk",
     ] {
-        let (mut tx, rx) = Channel::<Bytes, Infallible>::new(4);
+        let (mut tx, rx) = streamed(4);
         let response = sender.send_request(grpc_request(path, rx.boxed(), &[]));
         let message = infer_request(&["a", "x", "b", "z"]);
         tx.send_data(framed(&message)).await.unwrap();

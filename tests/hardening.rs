@@ -628,8 +628,7 @@ async fn a_stalled_body_is_answered_408_and_closed() {
         assert!(closed.is_ok(), "{transport:?}: the connection stays open");
     }
     // h2c: a body stream that never ends.
-    let (mut tx, body) =
-        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+    let (mut tx, body) = streamed(1);
     tx.send_data(Bytes::from_static(b"some")).await.unwrap();
     let request = http::Request::post(sidecar.url("/echo"))
         .body(body)

@@ -473,8 +473,7 @@ async fn a_body_discovered_too_large_is_the_same_413_where_it_can_be() {
     let sidecar = sidecar(vec![leaf.url()], |c| c.max_body_bytes = 1000).await;
     let mut answers = Vec::new();
     for h2 in [false, true] {
-        let (mut tx, body) =
-            http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+        let (mut tx, body) = streamed(4);
         tokio::spawn(async move {
             for _ in 0..4 {
                 if tx.send_data(Bytes::from(vec![b'x'; 400])).await.is_err() {

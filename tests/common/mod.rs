@@ -95,6 +95,23 @@ impl Drop for Leaf {
 
 type LeafBody = BoxBody<Bytes, Infallible>;
 
+/// A body another task feeds frame by frame, through the sidecar's own frame queue
+/// (`upstream::h1::frame_channel`): http-body-util's `Channel` can end before its last frame.
+/// Nothing here ends one with an error.
+pub fn streamed(
+    capacity: usize,
+) -> (
+    feature_trimmer::upstream::h1::FrameSender,
+    BoxBody<Bytes, Infallible>,
+) {
+    let (tx, rx) = feature_trimmer::upstream::h1::frame_channel(capacity);
+    (
+        tx,
+        rx.map_err(|e| -> Infallible { unreachable!("{e}") })
+            .boxed(),
+    )
+}
+
 async fn leaf_handle(
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -133,7 +150,7 @@ async fn leaf_handle(
             .insert("content-type", "application/json".parse().unwrap());
         response
     } else if path == "/trailers" {
-        let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+        let (mut tx, body) = streamed(4);
         tokio::spawn(async move {
             let _ = tx.send_data(Bytes::from_static(b"part one;")).await;
             let _ = tx.send_data(Bytes::from_static(b"part two")).await;
@@ -142,7 +159,7 @@ async fn leaf_handle(
             trailers.insert("x-checksum", "abc123".parse().unwrap());
             let _ = tx.send_trailers(trailers).await;
         });
-        let mut response = Response::new(rx.boxed());
+        let mut response = Response::new(body);
         response
             .headers_mut()
             .insert("trailer", "grpc-status, x-checksum".parse().unwrap());
