@@ -205,6 +205,8 @@ async fn exchange_h1(
             Ok(true) if head.reusable => leaf.release(),
             Ok(_) => {}
             Err(e) => {
+                // The connection is of no more use; the client may take a while to read.
+                drop(leaf);
                 tracing::warn!(error = %e, "relaying the upstream response failed");
                 frames.abort(e.into()).await;
             }

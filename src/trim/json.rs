@@ -831,6 +831,7 @@ fn number_array_rest_avx2(cpu: Avx2, bytes: &[u8], pos: usize) -> Option<usize> 
     number_array_rest_with(bytes, pos, |block| classify_avx2(cpu, block))
 }
 
+/// [`number_array_rest`] with the block classifier `classify`.
 #[inline(always)]
 fn number_array_rest_with(
     bytes: &[u8],

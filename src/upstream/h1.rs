@@ -516,7 +516,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Sends the leaf's body to `frames` as data frames and trailers as they arrive, decoding its
 /// framing. `buf` holds the head and whatever body bytes came with it. `Ok(true)` when the
 /// body ended exactly at its framing (the connection may be reused); `Ok(false)` when the
-/// leaf sent more, or when the client went away (nothing reads the frames).
+/// leaf sent more; an error when the leaf failed, or when the client went away (nothing reads
+/// the frames).
 pub async fn relay_frames(
     head: &ResponseHead,
     buf: &mut Vec<u8>,
