@@ -451,19 +451,17 @@ pub fn response_parts(head: &ResponseHead) -> Result<http::response::Parts, BadR
         .map_err(|e| BadResponse::Malformed(e.to_string()))
 }
 
-/// A relayed body's frames, and the error that ends it early, in one ordered queue.
-type Frames = tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>;
+/// What a relayed body's queue holds, in order: its frames, or the error that ends it early.
+type Queued = Result<hyper::body::Frame<bytes::Bytes>, BoxError>;
 
 /// Where a body relayed as frames goes: the sending half of [`frame_channel`].
-pub struct FrameSender(
-    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>,
-);
+pub struct FrameSender(tokio::sync::mpsc::Sender<Queued>);
 
 /// A relayed body as hyper reads it: it ends when its sender is gone, but only after every
 /// frame sent before that. (http-body-util's `Channel` carries its error on a second channel
 /// and could see the sender gone while the last frame was still queued: an answer cut short
 /// of its `Content-Length`, which an h2 client resets as a protocol error.)
-pub struct FrameBody(Frames);
+pub struct FrameBody(tokio::sync::mpsc::Receiver<Queued>);
 
 /// A body fed frame by frame from another task, holding up to `capacity` frames.
 pub fn frame_channel(capacity: usize) -> (FrameSender, FrameBody) {
@@ -487,10 +485,7 @@ impl FrameSender {
         let _ = self.send(Err(error)).await;
     }
 
-    async fn send(
-        &mut self,
-        frame: Result<hyper::body::Frame<bytes::Bytes>, BoxError>,
-    ) -> io::Result<()> {
+    async fn send(&mut self, frame: Queued) -> io::Result<()> {
         self.0
             .send(frame)
             .await
@@ -505,7 +500,7 @@ impl hyper::body::Body for FrameBody {
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
+    ) -> std::task::Poll<Option<Queued>> {
         self.0.poll_recv(cx)
     }
 }
