@@ -82,11 +82,12 @@ fn bench(c: &mut Criterion) {
 /// runs one function for seconds, then the other; on a host whose speed drifts over seconds,
 /// alternating call by call gives the steadier ratio. `TRIM_ONLY=name` runs one workload (for
 /// `valgrind --tool=callgrind`, whose instruction counts are steady where times are not).
+/// `TRIM_VARY=N` times `small` over N bodies of its shape, one after the other, instead of
+/// replaying one: both parsers' branches are then predicted as well as a server's are.
 fn alternating(rounds: usize) {
     use std::time::Instant;
     for w in workload::all().into_iter().filter(only) {
         let snapshot = AllowlistSnapshot::build([&w.bundle()], &TrimConfig::default());
-        let json = &w.body[..w.json_len.unwrap_or(w.body.len())];
         // Small bodies are timed in batches, so the clock's resolution does not matter.
         let batch = (1_000_000 / w.body.len()).max(1);
         let time = |f: &dyn Fn()| {
@@ -96,13 +97,24 @@ fn alternating(rounds: usize) {
             }
             start.elapsed().as_secs_f64() / batch as f64
         };
+        let vary = std::env::var("TRIM_VARY").ok().and_then(|n| n.parse().ok());
+        let bodies: Vec<Workload> = match vary {
+            Some(n) if w.name == "small" => (1..=n).map(workload::small_varied).collect(),
+            _ => Vec::new(),
+        };
+        let next = std::cell::Cell::new(0);
+        let body = || {
+            next.set(next.get() + 1);
+            bodies.get(next.get() % bodies.len().max(1)).unwrap_or(&w)
+        };
         let (mut trimmer, mut validate) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             trimmer.push(time(&|| {
-                black_box(engine(black_box(&w), &snapshot));
+                black_box(engine(black_box(body()), &snapshot));
             }));
             validate.push(time(&|| {
-                serde_validate(black_box(json));
+                let w = body();
+                serde_validate(black_box(&w.body[..w.json_len.unwrap_or(w.body.len())]));
             }));
         }
         let median = |mut v: Vec<f64>| {
@@ -111,7 +123,7 @@ fn alternating(rounds: usize) {
         };
         let (t, v) = (median(trimmer), median(validate));
         println!(
-            "alternating {}: trimmer {:.1} us, serde_json_validate {:.1} us, ratio {:.2}x ({rounds} rounds)",
+            "alternating {}: trimmer {:.2} us, serde_json_validate {:.2} us, ratio {:.2}x ({rounds} rounds)",
             w.name,
             t * 1e6,
             v * 1e6,

@@ -140,6 +140,12 @@ impl Members {
     }
 }
 
+/// The longest body whose key positions are written one at a time ([`positions_loop`]). The
+/// loop's exit in each block is a branch on how many keys the block holds: over a long
+/// body's many blocks it is mispredicted often enough that eight writes per block whatever
+/// the count ([`positions_unrolled`]) are faster; over a short body the loop is.
+const LOOPED_BODY: usize = 16 * 1024;
+
 /// How far ahead of the scan the body is asked into the cache, in bytes.
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -177,10 +183,21 @@ pub(super) fn runs() -> Option<&'static str> {
 #[cfg(target_arch = "x86_64")]
 use super::cpu::{Avx2, Avx512};
 
+/// Whether the key positions in `bytes` are written by [`positions_unrolled`] rather than
+/// [`positions_loop`] (see [`LOOPED_BODY`]). Each way has its own compiled scan.
+fn unrolled(bytes: &[u8]) -> bool {
+    bytes.len() > LOOPED_BODY
+}
+
 /// The scan over chunks of `L::BLOCKS` blocks; `L` does the classifying and the lane
-/// arithmetic, on the CPU `cpu` vouches for.
+/// arithmetic, on the CPU `cpu` vouches for. `UNROLLED` as [`unrolled`] says.
 #[inline(always)]
-fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
+fn scan<L: Lanes, const UNROLLED: bool>(
+    cpu: L::Cpu,
+    bytes: &[u8],
+    open: usize,
+    members: &mut Members,
+) -> Option<usize> {
     let chunk_len = 64 * L::BLOCKS;
     if bytes.len() >= u32::MAX as usize - chunk_len {
         return None;
@@ -223,7 +240,7 @@ fn scan<L: Lanes>(cpu: L::Cpu, bytes: &[u8], open: usize, members: &mut Members)
                 let chunk = &mut chunks[current ^ 1];
                 next_filled = classify_chunk::<L>(cpu, bytes, next, chunk, false, &mut next_high)?;
             }
-            match state.step(cpu, &chunks[current], at as u32, members) {
+            match state.step(cpu, &chunks[current], at as u32, members, UNROLLED) {
                 Some(None) => at = next,
                 Some(Some(end)) => {
                     // The grammar kept bytes above 0x7F inside strings; the caller checks them.
@@ -435,9 +452,6 @@ trait Lanes: Bits {
     fn load(cpu: Self::Cpu, chunk: &Self::Chunk, strings: Self) -> Classes<Self>;
     fn from_words(cpu: Self::Cpu, words: Self::Words) -> Self;
     fn words(self) -> Self::Words;
-    /// Writes `base + i` for each set bit `i` of `bits` to `out` from `n` on, and returns the
-    /// new `n`. May write up to sixteen slots past it.
-    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize;
     fn splat(cpu: Self::Cpu, x: u64) -> Self;
     /// Bit `i` set where the bits up to `i`, in this and all earlier lanes and chunks, have
     /// odd parity; `carry` holds the previous chunk's result.
@@ -583,9 +597,10 @@ impl<L: Lanes> State<L> {
         }
     }
 
-    /// Checks one chunk at offset `base` and records the member boundaries in it. `None`:
-    /// the cursor must decide; `Some(None)`: the object goes on; `Some(Some(i))`: its `}` is
-    /// at `base + i`.
+    /// Checks one chunk at offset `base` and records the member boundaries in it (with
+    /// [`positions_unrolled`] if `unrolled`, else [`positions_loop`]). `None`: the cursor
+    /// must decide; `Some(None)`: the object goes on; `Some(Some(i))`: its `}` is at
+    /// `base + i`.
     ///
     /// The order of tokens is checked with two parities instead of following each token to
     /// the next one past whitespace. Atoms (a string, a number, an empty array) and
@@ -603,6 +618,7 @@ impl<L: Lanes> State<L> {
         chunk: &L::Chunk,
         base: u32,
         members: &mut Members,
+        unrolled: bool,
     ) -> Option<Option<usize>> {
         // Strings: with no backslash, quotes alternate open and close.
         let quote = L::quotes(cpu, chunk);
@@ -705,7 +721,12 @@ impl<L: Lanes> State<L> {
         let mut n = members.found;
         for j in 0..lanes {
             let base = base + 64 * j as u32;
-            n = L::positions(key_quotes.as_ref()[j], base, &mut members.spans, n);
+            let bits = key_quotes.as_ref()[j];
+            n = if unrolled {
+                positions_unrolled(bits, base, &mut members.spans, n)
+            } else {
+                positions_loop(bits, base, &mut members.spans, n)
+            };
         }
         members.found = n;
         Some(end)
@@ -792,9 +813,6 @@ impl Lanes for Words {
     fn words(self) -> [u64; 8] {
         self.0
     }
-    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
-        positions_loop(bits, base, out, n)
-    }
     fn splat((): (), x: u64) -> Self {
         Words([x; 8])
     }
@@ -853,7 +871,8 @@ impl Wide for Words {
     }
 }
 
-/// [`Lanes::positions`] one bit at a time: for one block of a map, a handful of positions.
+/// Writes `base + i` for each set bit `i` of `bits` to `out` from `n` on, one bit at a time,
+/// and returns the new `n`.
 #[inline(always)]
 fn positions_loop(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> usize {
     while bits != 0 {
@@ -864,9 +883,10 @@ fn positions_loop(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> us
     n
 }
 
-/// [`Lanes::positions`] for the vector paths: eight slots written whatever the count (a
-/// branch only for denser words). Each step clears the bit its `tzcnt` found: with `blsr`
-/// instead, the compiler turns the eight `tzcnt`s into a vector popcount sequence.
+/// [`positions_loop`] with eight slots written whatever the count (a branch only for denser
+/// words), so up to eight past the new `n`; `out` needs sixteen slots of room from `n`. Each
+/// step clears the bit its `tzcnt` found: with `blsr` instead, the compiler turns the eight
+/// `tzcnt`s into a vector popcount sequence.
 #[inline(always)]
 fn positions_unrolled(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
     let count = bits.count_ones() as usize;
@@ -1005,10 +1025,6 @@ impl<C: Classify> Lanes for Word<C> {
         [self.bits]
     }
     #[inline(always)]
-    fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
-        positions_loop(bits, base, out, n)
-    }
-    #[inline(always)]
     fn splat(cpu: C, bits: u64) -> Self {
         Word { bits, cpu }
     }
@@ -1062,9 +1078,8 @@ mod avx512 {
     //! The lanes as one AVX-512 register.
     use super::Avx512;
     use super::{
-        add_carried, later, load_classes, positions_unrolled, prefix_xor, scan, set_classes,
-        unread_classes, Bits, Classes, Lanes, Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE,
-        OUTSIDE,
+        add_carried, later, load_classes, prefix_xor, scan, set_classes, unread_classes, unrolled,
+        Bits, Classes, Lanes, Members, Wide, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
     };
     use std::arch::x86_64::*;
 
@@ -1078,13 +1093,24 @@ mod avx512 {
             members: &mut Members,
         ) -> Option<usize> {
             // SAFETY: `self` proves the CPU has the features `index` is compiled for.
-            unsafe { index(self, bytes, open, members) }
+            unsafe {
+                if unrolled(bytes) {
+                    index::<true>(self, bytes, open, members)
+                } else {
+                    index::<false>(self, bytes, open, members)
+                }
+            }
         }
     }
 
     #[target_feature(enable = "avx512bw,popcnt,bmi1")]
-    fn index(cpu: Avx512, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-        scan::<Zmm>(cpu, bytes, open, members)
+    fn index<const UNROLLED: bool>(
+        cpu: Avx512,
+        bytes: &[u8],
+        open: usize,
+        members: &mut Members,
+    ) -> Option<usize> {
+        scan::<Zmm, UNROLLED>(cpu, bytes, open, members)
     }
 
     /// The eight lanes in one register, with the proof that they may be computed on.
@@ -1225,10 +1251,6 @@ mod avx512 {
             words
         }
         #[inline(always)]
-        fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
-            positions_unrolled(bits, base, out, n)
-        }
-        #[inline(always)]
         fn splat(cpu: Avx512, x: u64) -> Self {
             // SAFETY: `cpu` proves AVX-512F; no memory is touched.
             let v = unsafe { _mm512_set1_epi64(x as i64) };
@@ -1325,8 +1347,8 @@ mod avx2 {
     //! The classifier and prefix xor of [`Word`] on AVX2 and PCLMULQDQ.
     use super::Avx2;
     use super::{
-        add_carried, decode, later, positions_loop, prefix_xor, scan, Bits, Classes, Classify,
-        Lanes, Members, Wide, CODE_HIGH, CODE_LOW, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
+        add_carried, decode, later, prefix_xor, scan, unrolled, Bits, Classes, Classify, Lanes,
+        Members, Wide, CODE_HIGH, CODE_LOW, ESCAPE, HIGH_NIBBLE, LOW_NIBBLE, OUTSIDE,
     };
     use std::arch::x86_64::*;
 
@@ -1340,13 +1362,24 @@ mod avx2 {
             members: &mut Members,
         ) -> Option<usize> {
             // SAFETY: `self` proves the CPU has the features `index` is compiled for.
-            unsafe { index(self, bytes, open, members) }
+            unsafe {
+                if unrolled(bytes) {
+                    index::<true>(self, bytes, open, members)
+                } else {
+                    index::<false>(self, bytes, open, members)
+                }
+            }
         }
     }
 
     #[target_feature(enable = "avx2,pclmulqdq,popcnt,bmi1")]
-    fn index(cpu: Avx2, bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-        scan::<Ymm>(cpu, bytes, open, members)
+    fn index<const UNROLLED: bool>(
+        cpu: Avx2,
+        bytes: &[u8],
+        open: usize,
+        members: &mut Members,
+    ) -> Option<usize> {
+        scan::<Ymm, UNROLLED>(cpu, bytes, open, members)
     }
 
     /// [`super::index`] one block at a time ([`super::Word`]), the shape another CPU's classifier
@@ -1359,7 +1392,11 @@ mod avx2 {
         open: usize,
         members: &mut Members,
     ) -> Option<usize> {
-        scan::<super::Word<Avx2>>(cpu, bytes, open, members)
+        if unrolled(bytes) {
+            scan::<super::Word<Avx2>, true>(cpu, bytes, open, members)
+        } else {
+            scan::<super::Word<Avx2>, false>(cpu, bytes, open, members)
+        }
     }
 
     /// The masks the AVX2 classifier makes of a block, from which the lanes decode the
@@ -1641,10 +1678,6 @@ mod avx2 {
             words
         }
         #[inline(always)]
-        fn positions(bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
-            positions_loop(bits, base, out, n)
-        }
-        #[inline(always)]
         fn splat(cpu: Avx2, x: u64) -> Self {
             // SAFETY: `cpu` proves AVX2; no memory is touched.
             let v = unsafe { _mm256_set1_epi64x(x as i64) };
@@ -1804,12 +1837,20 @@ mod tests {
     }
 
     fn index_bytewise(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-        scan::<Words>((), bytes, open, members)
+        if unrolled(bytes) {
+            scan::<Words, true>((), bytes, open, members)
+        } else {
+            scan::<Words, false>((), bytes, open, members)
+        }
     }
 
     /// The one-block shape with the reference classifier.
     fn index_word(bytes: &[u8], open: usize, members: &mut Members) -> Option<usize> {
-        scan::<Word<Bytewise>>(Bytewise, bytes, open, members)
+        if unrolled(bytes) {
+            scan::<Word<Bytewise>, true>(Bytewise, bytes, open, members)
+        } else {
+            scan::<Word<Bytewise>, false>(Bytewise, bytes, open, members)
+        }
     }
 
     fn indexed(
@@ -1830,8 +1871,17 @@ mod tests {
     }
 
     /// Checks the index against the cursor: whatever it vouches for, the cursor agrees with
-    /// member for member. Returns whether it vouched.
+    /// member for member. Returns whether it vouched. Once as a short body and once followed
+    /// by enough spaces to be a long one, so that both position writers run (see
+    /// [`LOOPED_BODY`]).
     fn agrees(text: &str) -> bool {
+        let vouched = agrees_as_body(text);
+        let long = format!("{text}{}", " ".repeat(LOOPED_BODY));
+        assert_eq!(agrees_as_body(&long), vouched, "{text:?}");
+        vouched
+    }
+
+    fn agrees_as_body(text: &str) -> bool {
         let Some(got) = indexed(text, index_bytewise) else {
             // Where the eight-lane shape declines, so do the others.
             assert_eq!(indexed(text, index_word), None, "{text:?}");
