@@ -204,6 +204,10 @@ async fn exchange_h1(
         match h1::relay_frames(&head, &mut buf, &mut leaf.stream, &mut frames).await {
             Ok(true) if head.reusable => leaf.release(),
             Ok(_) => {}
+            // Nothing reads the frames: a client's everyday timeout, not the leaf's failing.
+            Err(e) if h1::client_went_away(&e) => {
+                tracing::debug!(error = %e, "the client left before its answer ended")
+            }
             Err(e) => {
                 // The connection is of no more use; the client may take a while to read.
                 drop(leaf);

@@ -21,7 +21,7 @@ use super::io::{ClientStream, Rewind};
 use super::{await_signature, forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
-use crate::upstream::h1::{read_more, relay, MAX_HEAD, READ_SIZE};
+use crate::upstream::h1::{client_went_away, read_more, relay, MAX_HEAD, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing};
 use crate::verify::capture::{parse_http1, Tee};
 use crate::verify::Shadow;
@@ -321,6 +321,11 @@ async fn forward(
                 leaf.release();
             }
             true
+        }
+        // A client's everyday timeout, not the leaf's failing.
+        Err(e) if client_went_away(&e) => {
+            tracing::debug!(error = %e, path, "the client left before its answer ended");
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, path, "relaying the upstream response failed");

@@ -42,6 +42,31 @@ impl From<WriteError> for io::Error {
     }
 }
 
+/// What a relay's error wraps when the client went away (a write to it failed, or nothing
+/// reads its frames any more), where the other errors are the leaf's: see
+/// [`client_went_away`].
+#[derive(Debug)]
+struct ClientGone(io::Error);
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client went away: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
+fn client_gone(error: impl Into<io::Error>) -> io::Error {
+    let error = error.into();
+    io::Error::new(error.kind(), ClientGone(error))
+}
+
+/// Whether a relay ([`relay`], [`relay_frames`]) failed because the client went away, not the
+/// leaf: an everyday event (a client's timeout), where a leaf failing mid-answer is not.
+pub fn client_went_away(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<ClientGone>())
+}
+
 /// Writes all of `slices` (vectored writes until done).
 pub async fn write_all_vectored<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -254,7 +279,7 @@ fn parse_response(buf: &[u8], bodiless: bool) -> Result<Option<ResponseHead>, Ba
 /// Sends the client the head and the body as it arrives from the leaf. `buf` holds the head
 /// and whatever body bytes came with it. `Ok(false)` when the leaf sent bytes past the end of
 /// its response (its connection must not be used again); an error leaves both connections
-/// unusable.
+/// unusable, and says whose it was ([`client_went_away`]).
 pub async fn relay<W: AsyncWrite + Unpin>(
     head: &ResponseHead,
     buf: &mut Vec<u8>,
@@ -264,7 +289,10 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     buf.drain(..head.head_len);
     match head.framing {
         Framing::Empty => {
-            client.write_all(&head.client_head).await?;
+            client
+                .write_all(&head.client_head)
+                .await
+                .map_err(client_gone)?;
             Ok(buf.is_empty())
         }
         Framing::Length(len) => {
@@ -273,10 +301,12 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             let clean = buf.len() == first;
             left -= first as u64;
             let mut slices = [IoSlice::new(&head.client_head), IoSlice::new(&buf[..first])];
-            write_all_vectored(client, &mut slices).await?;
+            write_all_vectored(client, &mut slices)
+                .await
+                .map_err(client_gone)?;
             while left > 0 {
                 left -= read_length_part(leaf, buf, left).await?;
-                client.write_all(buf).await?;
+                client.write_all(buf).await.map_err(client_gone)?;
             }
             Ok(clean)
         }
@@ -287,7 +317,8 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 let end = chunks.feed(buf);
                 let body = &buf[..end.unwrap_or(buf.len())];
                 write_all_vectored(client, &mut [IoSlice::new(pending), IoSlice::new(body)])
-                    .await?;
+                    .await
+                    .map_err(client_gone)?;
                 pending = &[];
                 if let Some(end) = end {
                     return Ok(end == buf.len());
@@ -296,7 +327,10 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             }
         }
         Framing::Close => {
-            client.write_all(&head.client_head).await?;
+            client
+                .write_all(&head.client_head)
+                .await
+                .map_err(client_gone)?;
             loop {
                 if !buf.is_empty() {
                     let size = format!("{:x}\r\n", buf.len());
@@ -308,11 +342,12 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                             IoSlice::new(b"\r\n"),
                         ],
                     )
-                    .await?;
+                    .await
+                    .map_err(client_gone)?;
                 }
                 buf.clear();
                 if read_more(leaf, buf).await? == 0 {
-                    client.write_all(b"0\r\n\r\n").await?;
+                    client.write_all(b"0\r\n\r\n").await.map_err(client_gone)?;
                     return Ok(false);
                 }
             }
@@ -489,7 +524,7 @@ impl FrameSender {
         self.0
             .send(frame)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+            .map_err(|_| client_gone(io::Error::from(io::ErrorKind::BrokenPipe)))
     }
 }
 
@@ -747,6 +782,56 @@ mod tests {
         assert!(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
             .await
             .is_none());
+    }
+
+    /// A relay's error says whose it was: the client's going away (its pipe closed, or
+    /// nothing reading the frames), or the leaf's ending short of its `Content-Length`.
+    #[tokio::test]
+    async fn a_relay_error_says_whether_the_client_went_away() {
+        // The head and 3 of 10 body bytes, as read from the leaf before the relay.
+        let raw: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+        let head = parse_response(raw, false).unwrap().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The sidecar's end of a leaf connection, and the leaf's.
+        let connect = || async {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            (stream, listener.accept().await.unwrap().0)
+        };
+
+        // The client's pipe is closed: the first write fails.
+        let (mut stream, _leaf) = connect().await;
+        let (mut client, reader) = tokio::io::duplex(64);
+        drop(reader);
+        let e = relay(&head, &mut raw.to_vec(), &mut stream, &mut client)
+            .await
+            .unwrap_err();
+        assert!(client_went_away(&e), "{e}");
+
+        // Nothing reads the frames any more.
+        let (mut stream, _leaf) = connect().await;
+        let (mut frames, body) = frame_channel(4);
+        drop(body);
+        let e = relay_frames(&head, &mut raw.to_vec(), &mut stream, &mut frames)
+            .await
+            .unwrap_err();
+        assert!(client_went_away(&e), "{e}");
+
+        // The leaf closes 7 bytes short, with the client still there, on both relays.
+        let (mut stream, leaf) = connect().await;
+        drop(leaf);
+        let (mut client, _reader) = tokio::io::duplex(64);
+        let e = relay(&head, &mut raw.to_vec(), &mut stream, &mut client)
+            .await
+            .unwrap_err();
+        assert!(!client_went_away(&e), "{e}");
+        let (mut stream, leaf) = connect().await;
+        drop(leaf);
+        let (mut frames, _body) = frame_channel(4);
+        let e = relay_frames(&head, &mut raw.to_vec(), &mut stream, &mut frames)
+            .await
+            .unwrap_err();
+        assert!(!client_went_away(&e), "{e}");
     }
 
     #[test]
