@@ -886,7 +886,9 @@ fn positions_loop(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> us
 /// [`positions_loop`] with eight slots written whatever the count (a branch only for denser
 /// words), so up to eight past the new `n`; `out` needs sixteen slots of room from `n`. Each
 /// step clears the bit its `tzcnt` found: with `blsr` instead, the compiler turns the eight
-/// `tzcnt`s into a vector popcount sequence.
+/// `tzcnt`s into a vector popcount sequence. Each slot is one volatile store: plain stores
+/// the compiler gathered into a vector with `vpinsrd`, shuffles that compete with the index's
+/// own for the same port.
 #[inline(always)]
 fn positions_unrolled(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
     let count = bits.count_ones() as usize;
@@ -896,7 +898,8 @@ fn positions_unrolled(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> us
     let mut write = |slots: &mut [u32]| {
         for slot in slots {
             let at = bits.trailing_zeros();
-            *slot = base + at;
+            // SAFETY: `slot` is a `&mut u32`, valid and aligned for the write.
+            unsafe { std::ptr::write_volatile(slot, base + at) };
             bits &= !1u64.wrapping_shl(at);
         }
     };
