@@ -98,23 +98,32 @@ fn alternating(rounds: usize) {
             start.elapsed().as_secs_f64() / batch as f64
         };
         let vary = std::env::var("TRIM_VARY").ok().and_then(|n| n.parse().ok());
-        let bodies: Vec<Workload> = match vary {
+        let varied: Vec<Workload> = match vary {
             Some(n) if w.name == "small" => (1..=n).map(workload::small_varied).collect(),
             _ => Vec::new(),
         };
-        let next = std::cell::Cell::new(0);
-        let body = || {
-            next.set(next.get() + 1);
-            bodies.get(next.get() % bodies.len().max(1)).unwrap_or(&w)
+        // Each workload with its JSON; each function goes through them in the same order.
+        fn json(w: &Workload) -> &[u8] {
+            &w.body[..w.json_len.unwrap_or(w.body.len())]
+        }
+        let bodies: Vec<(&Workload, &[u8])> = if varied.is_empty() {
+            vec![(&w, json(&w))]
+        } else {
+            varied.iter().map(|v| (v, json(v))).collect()
         };
+        let turn = |next: &std::cell::Cell<usize>| {
+            let i = next.get();
+            next.set(if i + 1 == bodies.len() { 0 } else { i + 1 });
+            &bodies[i]
+        };
+        let (next_trim, next_validate) = Default::default();
         let (mut trimmer, mut validate) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             trimmer.push(time(&|| {
-                black_box(engine(black_box(body()), &snapshot));
+                black_box(engine(black_box(turn(&next_trim).0), &snapshot));
             }));
             validate.push(time(&|| {
-                let w = body();
-                serde_validate(black_box(&w.body[..w.json_len.unwrap_or(w.body.len())]));
+                serde_validate(black_box(turn(&next_validate).1));
             }));
         }
         let median = |mut v: Vec<f64>| {

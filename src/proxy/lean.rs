@@ -21,7 +21,7 @@ use super::io::{ClientStream, Rewind};
 use super::{await_signature, forwards_header, own_lines, prepare, route, Prepared, RequestHead};
 use crate::headers::{push_header, INFERENCE_HEADER_LENGTH};
 use crate::state::Shared;
-use crate::upstream::h1::{client_went_away, read_more, relay, MAX_HEAD, READ_SIZE};
+use crate::upstream::h1::{client_went_away, read_more, relay, ClientSide, MAX_HEAD, READ_SIZE};
 use crate::upstream::{Cluster, Outgoing};
 use crate::verify::capture::{parse_http1, Tee};
 use crate::verify::Shadow;
@@ -302,14 +302,14 @@ async fn forward(
         }
     };
     let relayed = match verification {
-        None => relay(&head, answer, &mut leaf.stream, stream).await,
+        None => relay(&head, answer, &mut leaf.stream, &mut ClientSide(stream)).await,
         Some(verification) => {
             // The client's answer is relayed as always; a copy is kept for the comparison.
-            let mut tee = Tee::new(&mut *stream);
+            let mut tee = ClientSide(Tee::new(&mut *stream));
             let relayed = relay(&head, answer, &mut leaf.stream, &mut tee).await;
             // An answer that failed on its way is not sent: the verification counts `error`.
             if relayed.is_ok() {
-                let kept = tee.capture.into_bytes().and_then(|b| parse_http1(&b));
+                let kept = tee.0.capture.into_bytes().and_then(|b| parse_http1(&b));
                 let _ = verification.send(kept);
             }
             relayed

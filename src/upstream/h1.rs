@@ -54,17 +54,69 @@ impl std::fmt::Display for ClientGone {
     }
 }
 
-impl std::error::Error for ClientGone {}
+impl std::error::Error for ClientGone {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
-fn client_gone(error: impl Into<io::Error>) -> io::Error {
-    let error = error.into();
+fn client_gone(error: io::Error) -> io::Error {
     io::Error::new(error.kind(), ClientGone(error))
 }
 
-/// Whether a relay ([`relay`], [`relay_frames`]) failed because the client went away, not the
-/// leaf: an everyday event (a client's timeout), where a leaf failing mid-answer is not.
+/// Whether a relay ([`relay`] to a [`ClientSide`], [`relay_frames`]) failed because the client
+/// went away, not the leaf: an everyday event (a client's timeout), where a leaf failing
+/// mid-answer is not.
 pub fn client_went_away(error: &io::Error) -> bool {
     error.get_ref().is_some_and(|e| e.is::<ClientGone>())
+}
+
+/// A client's connection, as [`relay`] writes to it: its errors are the client's going away
+/// (see [`client_went_away`]).
+pub struct ClientSide<W>(pub W);
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for ClientSide<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_write(cx, buf)
+            .map_err(client_gone)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_write_vectored(cx, bufs)
+            .map_err(client_gone)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_flush(cx)
+            .map_err(client_gone)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_shutdown(cx)
+            .map_err(client_gone)
+    }
 }
 
 /// Writes all of `slices` (vectored writes until done).
@@ -279,7 +331,7 @@ fn parse_response(buf: &[u8], bodiless: bool) -> Result<Option<ResponseHead>, Ba
 /// Sends the client the head and the body as it arrives from the leaf. `buf` holds the head
 /// and whatever body bytes came with it. `Ok(false)` when the leaf sent bytes past the end of
 /// its response (its connection must not be used again); an error leaves both connections
-/// unusable, and says whose it was ([`client_went_away`]).
+/// unusable; with `client` a [`ClientSide`], [`client_went_away`] says whose it was.
 pub async fn relay<W: AsyncWrite + Unpin>(
     head: &ResponseHead,
     buf: &mut Vec<u8>,
@@ -289,10 +341,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     buf.drain(..head.head_len);
     match head.framing {
         Framing::Empty => {
-            client
-                .write_all(&head.client_head)
-                .await
-                .map_err(client_gone)?;
+            client.write_all(&head.client_head).await?;
             Ok(buf.is_empty())
         }
         Framing::Length(len) => {
@@ -301,12 +350,10 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             let clean = buf.len() == first;
             left -= first as u64;
             let mut slices = [IoSlice::new(&head.client_head), IoSlice::new(&buf[..first])];
-            write_all_vectored(client, &mut slices)
-                .await
-                .map_err(client_gone)?;
+            write_all_vectored(client, &mut slices).await?;
             while left > 0 {
                 left -= read_length_part(leaf, buf, left).await?;
-                client.write_all(buf).await.map_err(client_gone)?;
+                client.write_all(buf).await?;
             }
             Ok(clean)
         }
@@ -317,8 +364,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 let end = chunks.feed(buf);
                 let body = &buf[..end.unwrap_or(buf.len())];
                 write_all_vectored(client, &mut [IoSlice::new(pending), IoSlice::new(body)])
-                    .await
-                    .map_err(client_gone)?;
+                    .await?;
                 pending = &[];
                 if let Some(end) = end {
                     return Ok(end == buf.len());
@@ -327,10 +373,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             }
         }
         Framing::Close => {
-            client
-                .write_all(&head.client_head)
-                .await
-                .map_err(client_gone)?;
+            client.write_all(&head.client_head).await?;
             loop {
                 if !buf.is_empty() {
                     let size = format!("{:x}\r\n", buf.len());
@@ -342,12 +385,11 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                             IoSlice::new(b"\r\n"),
                         ],
                     )
-                    .await
-                    .map_err(client_gone)?;
+                    .await?;
                 }
                 buf.clear();
                 if read_more(leaf, buf).await? == 0 {
-                    client.write_all(b"0\r\n\r\n").await.map_err(client_gone)?;
+                    client.write_all(b"0\r\n\r\n").await?;
                     return Ok(false);
                 }
             }
@@ -799,14 +841,20 @@ mod tests {
             (stream, listener.accept().await.unwrap().0)
         };
 
-        // The client's pipe is closed: the first write fails.
+        // The client's pipe is closed: the first write fails. Only a `ClientSide` is the
+        // client (the sidecar's own reads relay into buffers of their own).
         let (mut stream, _leaf) = connect().await;
-        let (mut client, reader) = tokio::io::duplex(64);
+        let (client, reader) = tokio::io::duplex(1024);
         drop(reader);
+        let mut client = ClientSide(client);
         let e = relay(&head, &mut raw.to_vec(), &mut stream, &mut client)
             .await
             .unwrap_err();
         assert!(client_went_away(&e), "{e}");
+        let e = relay(&head, &mut raw.to_vec(), &mut stream, &mut client.0)
+            .await
+            .unwrap_err();
+        assert!(!client_went_away(&e), "{e}");
 
         // Nothing reads the frames any more.
         let (mut stream, _leaf) = connect().await;
@@ -820,10 +868,15 @@ mod tests {
         // The leaf closes 7 bytes short, with the client still there, on both relays.
         let (mut stream, leaf) = connect().await;
         drop(leaf);
-        let (mut client, _reader) = tokio::io::duplex(64);
-        let e = relay(&head, &mut raw.to_vec(), &mut stream, &mut client)
-            .await
-            .unwrap_err();
+        let (client, _reader) = tokio::io::duplex(1024);
+        let e = relay(
+            &head,
+            &mut raw.to_vec(),
+            &mut stream,
+            &mut ClientSide(client),
+        )
+        .await
+        .unwrap_err();
         assert!(!client_went_away(&e), "{e}");
         let (mut stream, leaf) = connect().await;
         drop(leaf);
