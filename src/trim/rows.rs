@@ -885,11 +885,10 @@ fn positions_loop(mut bits: u64, base: u32, out: &mut [u32], mut n: usize) -> us
 
 /// [`positions_loop`] with eight slots written whatever the count (a branch only for denser
 /// words), so up to eight past the new `n`; `out` needs sixteen slots from `n`, or as many
-/// as `bits` has set when more. Each
-/// step clears the bit its `tzcnt` found: with `blsr` instead, the compiler turns the eight
-/// `tzcnt`s into a vector popcount sequence. Each slot is one volatile store: plain stores
-/// the compiler gathered into a vector with `vpinsrd`, shuffles that compete with the index's
-/// own for the same port.
+/// as `bits` has set when more. Each step clears the bit its `tzcnt` found: with `blsr`
+/// instead, the compiler turns the eight `tzcnt`s into a vector popcount sequence. Each slot
+/// is one volatile store: plain stores the compiler gathered into a vector with `vpinsrd`,
+/// shuffles that compete with the index's own for the same port.
 #[inline(always)]
 fn positions_unrolled(mut bits: u64, base: u32, out: &mut [u32], n: usize) -> usize {
     let count = bits.count_ones() as usize;
