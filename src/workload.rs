@@ -42,25 +42,25 @@ fn allow_every(features: &[String], keep: usize) -> Vec<String> {
 /// `tfs-rows`: TF Serving predict, 64 instances × 1,000 features (full-precision numbers,
 /// strings, short lists), allowlist 100 (~1.6 MB in, ~10% out).
 pub fn tfs_rows() -> Workload {
-    tf_rows("tfs-rows", 64, 1000, 100, false)
+    tf_rows("tfs-rows", 64, 1000, 100, false, 42)
 }
 
 /// `small`: TF Serving predict, 1 instance × 200 features, allowlist 50 (~4 KB).
 pub fn small() -> Workload {
-    tf_rows("small", 1, 200, 50, false)
+    tf_rows("small", 1, 200, 50, false, 42)
 }
 
 /// `small` with other values (the same keys, so the same allowlist applies), one body per
 /// `seed`: benches rotate through several, as a server sees bodies that differ, so that a
 /// branch predictor cannot learn one replayed body's every branch.
 pub fn small_varied(seed: u64) -> Workload {
-    tf_rows_seeded("small", 1, 200, 50, false, seed)
+    tf_rows("small", 1, 200, 50, false, seed)
 }
 
 /// `tfs-text`: not one of DESIGN.md's; `tfs-rows` with its string values in several scripts
 /// (UTF-8 well above 0x7F), for the engine's UTF-8 path.
 pub fn tfs_text() -> Workload {
-    tf_rows("tfs-text", 64, 1000, 100, true)
+    tf_rows("tfs-text", 64, 1000, 100, true, 42)
 }
 
 /// Words for `tfs-text`'s string values.
@@ -75,11 +75,7 @@ const TEXT: [&str; 8] = [
     "café",
 ];
 
-fn tf_rows(name: &'static str, rows: usize, n: usize, keep: usize, text: bool) -> Workload {
-    tf_rows_seeded(name, rows, n, keep, text, 42)
-}
-
-fn tf_rows_seeded(
+fn tf_rows(
     name: &'static str,
     rows: usize,
     n: usize,
